@@ -1,0 +1,155 @@
+//! Condition types and reasons for all three resources, in one place, and the one function that
+//! updates a condition list.
+//!
+//! Conditions are `metav1.Condition`-shaped. [`set_condition`] moves `lastTransitionTime` only
+//! when a condition's status really changes, so a reconcile that finds nothing new produces an
+//! identical status and writes nothing (no self-inflicted hot loop).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Condition types.
+pub mod types {
+    /// The spec passed validation (schema, cross-field rules, references resolve).
+    pub const ACCEPTED: &str = "Accepted";
+    /// The resource's work is in progress (a Job running, a rollout stepping).
+    pub const PROGRESSING: &str = "Progressing";
+    /// The DistillationJob or Benchmark finished successfully.
+    pub const COMPLETE: &str = "Complete";
+    /// The DistillationJob or Benchmark failed and will not be retried.
+    pub const FAILED: &str = "Failed";
+    /// The ModelDeployment serves traffic from ready replicas.
+    pub const AVAILABLE: &str = "Available";
+    /// The ModelDeployment's last canary analysis passed.
+    pub const ANALYSIS_PASSING: &str = "AnalysisPassing";
+    /// The ModelDeployment rolled back a canary.
+    pub const ROLLED_BACK: &str = "RolledBack";
+}
+
+/// Condition reasons (CamelCase, as the API conventions ask).
+pub mod reasons {
+    /// The spec is valid.
+    pub const SPEC_VALID: &str = "SpecValid";
+    /// The spec is invalid; the message says which field and why. Not retried until the spec
+    /// changes.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A referenced object (Secret, DistillationJob, HTTPRoute) does not exist yet.
+    pub const REFERENCE_NOT_FOUND: &str = "ReferenceNotFound";
+    /// The workload was created and waits for its pod.
+    pub const PENDING: &str = "Pending";
+    /// The workload's pod is running.
+    pub const RUNNING: &str = "Running";
+    /// The work is suspended by `spec.suspend`.
+    pub const SUSPENDED: &str = "Suspended";
+    /// The workload completed.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// The workload exhausted its retries.
+    pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
+    /// The workload ran past `activeDeadlineSeconds`.
+    pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    /// A canary step is in progress.
+    pub const CANARY_STEP: &str = "CanaryStep";
+    /// The canary was promoted to stable.
+    pub const PROMOTED: &str = "Promoted";
+    /// Canary analysis found the model's accuracy or agreement below its threshold.
+    pub const ACCURACY_DRIFT: &str = "AccuracyDrift";
+    /// Canary analysis found latency or errors above their threshold.
+    pub const SERVING_DEGRADED: &str = "ServingDegraded";
+}
+
+/// Sets the condition of `type_` in `conditions` and returns whether anything changed.
+///
+/// `lastTransitionTime` is set to `now` only when the condition is new or its status flips;
+/// a changed reason, message or generation updates those fields and keeps the old time.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: &Time,
+) -> bool {
+    let status = if status { "True" } else { "False" }.to_string();
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            let before = existing.clone();
+            if existing.status != status {
+                existing.last_transition_time = now.clone();
+            }
+            existing.status = status;
+            existing.reason = reason.to_string();
+            existing.message = message;
+            existing.observed_generation = observed_generation;
+            *existing != before
+        }
+        None => {
+            conditions.push(Condition {
+                type_: type_.to_string(),
+                status,
+                reason: reason.to_string(),
+                message,
+                observed_generation,
+                last_transition_time: now.clone(),
+            });
+            true
+        }
+    }
+}
+
+/// Finds a condition by type.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of `type_` exists with status `True`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn new_condition_gets_now() {
+        let mut c = vec![];
+        assert!(set_condition(&mut c, types::ACCEPTED, true, reasons::SPEC_VALID, "ok", Some(1), &t(10)));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].status, "True");
+        assert_eq!(c[0].last_transition_time, t(10));
+    }
+
+    #[test]
+    fn same_condition_again_changes_nothing() {
+        let mut c = vec![];
+        set_condition(&mut c, types::ACCEPTED, true, reasons::SPEC_VALID, "ok", Some(1), &t(10));
+        let before = c.clone();
+        assert!(!set_condition(&mut c, types::ACCEPTED, true, reasons::SPEC_VALID, "ok", Some(1), &t(99)));
+        assert_eq!(c, before, "a no-op update must leave the list byte-identical");
+    }
+
+    #[test]
+    fn message_change_keeps_transition_time() {
+        let mut c = vec![];
+        set_condition(&mut c, types::PROGRESSING, true, reasons::RUNNING, "step 1", Some(1), &t(10));
+        assert!(set_condition(&mut c, types::PROGRESSING, true, reasons::RUNNING, "step 2", Some(1), &t(20)));
+        assert_eq!(c[0].message, "step 2");
+        assert_eq!(c[0].last_transition_time, t(10));
+    }
+
+    #[test]
+    fn status_flip_moves_transition_time() {
+        let mut c = vec![];
+        set_condition(&mut c, types::PROGRESSING, true, reasons::RUNNING, "", Some(1), &t(10));
+        assert!(set_condition(&mut c, types::PROGRESSING, false, reasons::SUCCEEDED, "", Some(1), &t(20)));
+        assert_eq!(c[0].last_transition_time, t(20));
+        assert!(!is_true(&c, types::PROGRESSING));
+        assert!(find(&c, types::COMPLETE).is_none());
+    }
+}

@@ -1,0 +1,57 @@
+//! Distillery's test harness: locating the repository and the setup cache, reading example
+//! manifests, and rendering the Helm chart with Helm's own SDK.
+//!
+//! The in-process Kubernetes API server and simulated cluster will live here too (see
+//! DESIGN.md, testing tiers).
+
+pub mod chart;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The setup cache (`scripts/setup.sh`): `$DISTILLERY_CACHE`, else `$XDG_CACHE_HOME/distillery`,
+/// else `~/.cache/distillery`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DISTILLERY_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache"));
+    base.join("distillery")
+}
+
+/// A YAML file's documents, parsed to JSON values (empty documents skipped).
+pub fn read_documents(path: &Path) -> Result<Vec<Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_documents(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses a multi-document YAML string into JSON values (empty documents skipped).
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, serde_norway::Error> {
+    let mut docs = vec![];
+    for doc in serde_norway::Deserializer::from_str(text) {
+        let value: Value = serde::Deserialize::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// The YAML files directly inside `dir`, sorted.
+pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    files
+}
