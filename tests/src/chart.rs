@@ -72,7 +72,8 @@ pub fn render(values: &Value) -> Result<Vec<Value>, HelmError> {
     let mut objects = vec![];
     let mut files: Vec<(&String, &Value)> = rendered.as_object().into_iter().flatten().collect();
     files.sort_by_key(|(k, _)| k.as_str());
-    for (file, text) in files {
+    // NOTES.txt is printed to the user, not applied.
+    for (file, text) in files.into_iter().filter(|(f, _)| !f.ends_with("NOTES.txt")) {
         let text = text.as_str().unwrap_or_default();
         let docs = crate::parse_documents(text).map_err(|e| HelmError::Failed(format!("{file} is not YAML: {e}")))?;
         objects.extend(docs);
