@@ -1,5 +1,9 @@
 //! `Benchmark`: compare models side by side on accuracy, latency and throughput, run as a
 //! `batch/v1` Job of the worker's load generator and evaluator.
+#![allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) of #[kube] repeats type_ = ...; clippy reads them as one attribute list"
+)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};

@@ -1,5 +1,9 @@
 //! `ModelDeployment`: serve a model with ONNX Runtime and roll new versions out as a canary that
 //! is promoted step by step, judged on model quality, and rolled back automatically.
+#![allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) of #[kube] repeats type_ = ...; clippy reads them as one attribute list"
+)]
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -22,9 +26,24 @@ use crate::common::{DURATION_PATTERN, EvalDataset, LocalObjectReference, ModelVa
     status = "ModelDeploymentStatus",
     doc = "ModelDeployment serves a model with ONNX Runtime (KServe V2 protocol) and rolls a new model out as a canary, promoted step by step while its accuracy and its agreement with the stable model hold, and rolled back automatically when they drift.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Stable", type_ = "string", json_path = ".status.stable.modelDigest", description = "digest of the model serving stable traffic"),
-    printcolumn(name = "Canary", type_ = "string", json_path = ".status.canary.modelDigest", description = "digest of the canary model"),
-    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.canary.weight", description = "percent of traffic on the canary"),
+    printcolumn(
+        name = "Stable",
+        type_ = "string",
+        json_path = ".status.stable.modelDigest",
+        description = "digest of the model serving stable traffic"
+    ),
+    printcolumn(
+        name = "Canary",
+        type_ = "string",
+        json_path = ".status.canary.modelDigest",
+        description = "digest of the canary model"
+    ),
+    printcolumn(
+        name = "Weight",
+        type_ = "integer",
+        json_path = ".status.canary.weight",
+        description = "percent of traffic on the canary"
+    ),
     printcolumn(name = "Agreement", type_ = "number", json_path = ".status.lastAnalysis.agreement", priority = 1),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.stable.readyReplicas"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")

@@ -1,5 +1,9 @@
 //! `DistillationJob`: distil a teacher model into a smaller student by knowledge distillation,
 //! then quantize it, on a worker pod the operator launches as a `batch/v1` Job.
+#![allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) of #[kube] repeats type_ = ...; clippy reads them as one attribute list"
+)]
 
 use std::collections::BTreeMap;
 
@@ -28,7 +32,12 @@ use crate::common::{Compression, DataFormat, S3Settings, URI_PATTERN};
     printcolumn(name = "Task", type_ = "string", json_path = ".spec.task"),
     printcolumn(name = "Step", type_ = "integer", json_path = ".status.progress.step"),
     printcolumn(name = "Loss", type_ = "number", json_path = ".status.progress.loss"),
-    printcolumn(name = "Retention", type_ = "number", json_path = ".status.result.retention", description = "student accuracy / teacher accuracy on the held-out split"),
+    printcolumn(
+        name = "Retention",
+        type_ = "number",
+        json_path = ".status.result.retention",
+        description = "student accuracy / teacher accuracy on the held-out split"
+    ),
     printcolumn(name = "Served", type_ = "string", json_path = ".status.result.servedVariant"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -603,7 +612,9 @@ pub struct GpuRequest {
     pub count: u32,
     /// Extended resource name the device plugin advertises.
     #[serde(default = "default_gpu_resource")]
-    #[schemars(regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[a-z0-9]([-a-z0-9._]*[a-z0-9])?$"))]
+    #[schemars(regex(
+        pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[a-z0-9]([-a-z0-9._]*[a-z0-9])?$"
+    ))]
     pub resource_name: String,
 }
 

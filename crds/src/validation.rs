@@ -37,7 +37,9 @@ pub enum ValidationError {
     #[error("not valid YAML or JSON: {0}")]
     Parse(String),
     /// The document is of another kind than expected.
-    #[error("expected apiVersion {expected_api_version} kind {expected_kind}, found apiVersion {api_version:?} kind {kind:?}")]
+    #[error(
+        "expected apiVersion {expected_api_version} kind {expected_kind}, found apiVersion {api_version:?} kind {kind:?}"
+    )]
     WrongKind {
         /// The apiVersion wanted.
         expected_api_version: String,
@@ -84,10 +86,12 @@ pub fn validate_object(crd: &CustomResourceDefinition, object: &Value) -> Result
     if violations.is_empty()
         && let Err(errors) = Validator::new().validate(&schema, object, None)
     {
-        violations.extend(errors.into_vec().into_iter().map(|e| Violation {
-            path: e.field_path.trim_start_matches('.').to_string(),
-            message: e.message,
-        }));
+        violations.extend(
+            errors
+                .into_vec()
+                .into_iter()
+                .map(|e| Violation { path: e.field_path.trim_start_matches('.').to_string(), message: e.message }),
+        );
     }
     if violations.is_empty() { Ok(()) } else { Err(violations) }
 }
@@ -146,7 +150,9 @@ fn structural_violations(schema: &Value, object: &Value) -> Vec<Violation> {
     adapt(&mut strict, true);
     let validator = match jsonschema::draft4::new(&strict) {
         Ok(v) => v,
-        Err(e) => return vec![Violation { path: String::new(), message: format!("the CRD schema itself is invalid: {e}") }],
+        Err(e) => {
+            return vec![Violation { path: String::new(), message: format!("the CRD schema itself is invalid: {e}") }];
+        }
     };
     validator
         .iter_errors(object)
@@ -218,6 +224,9 @@ mod tests {
     fn pointer_paths_read_like_kubectl() {
         assert_eq!(pointer_to_path("/spec/rollout/steps/1/weight"), "spec.rollout.steps[1].weight");
         assert_eq!(pointer_to_path(""), "");
-        assert_eq!(pointer_to_path("/metadata/labels/app.kubernetes.io~1name"), "metadata.labels.app.kubernetes.io/name");
+        assert_eq!(
+            pointer_to_path("/metadata/labels/app.kubernetes.io~1name"),
+            "metadata.labels.app.kubernetes.io/name"
+        );
     }
 }

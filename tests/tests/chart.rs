@@ -48,7 +48,8 @@ fn documented() -> BTreeSet<(String, String, String)> {
     let readme = std::fs::read_to_string(repo_root().join("charts/distillery/README.md")).unwrap();
     let section = readme.split("## RBAC").nth(1).expect("README has an RBAC section");
     let mut out = BTreeSet::new();
-    for line in section.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| scope") && !l.starts_with("| ---")) {
+    for line in section.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| scope") && !l.starts_with("| ---"))
+    {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         let group = cells[2].split_whitespace().next().unwrap().trim_matches('"').to_string();
         for resource in cells[3].split(',') {
@@ -74,7 +75,16 @@ fn lints_clean_with_default_and_custom_values() {
 fn default_render_has_every_object() {
     let objects = render(&json!({})).unwrap();
     let kinds: BTreeSet<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
-    for kind in ["Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "CustomResourceDefinition"] {
+    for kind in [
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "CustomResourceDefinition",
+    ] {
         assert!(kinds.contains(kind), "default render lacks a {kind}: {kinds:?}");
     }
     assert_eq!(find(&objects, "CustomResourceDefinition").len(), 3);

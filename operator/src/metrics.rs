@@ -1,0 +1,79 @@
+//! Prometheus metrics of the operator.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of the build-info gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// Crate version.
+    pub version: String,
+}
+
+/// Labels naming a controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `distillationjob`, `modeldeployment` or `benchmark`.
+    pub controller: String,
+}
+
+/// Labels of a reconcile error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The controller.
+    pub controller: String,
+    /// The error's category (`invalid-spec`, `kube-api`, …), which decides its retry policy.
+    pub category: String,
+}
+
+/// All operator metrics, registered in one registry.
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// Reconciles run, by controller.
+    pub reconciles: Family<ControllerLabels, Counter>,
+    /// Reconcile errors, by controller and category.
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// Reconcile durations in seconds, by controller.
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    /// 1 while this replica holds the leader lease (or leader election is off).
+    pub leader: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `distillery_operator` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("distillery_operator");
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        registry.register("build_info", "Operator build information", build_info);
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("reconcile_errors", "Reconcile errors by category", reconcile_errors.clone());
+        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
+        let leader = Gauge::default();
+        registry.register("leader", "1 while this replica is the leader", leader.clone());
+        Self { registry, reconciles, reconcile_errors, reconcile_duration, leader }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

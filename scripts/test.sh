@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command (the README's second command; .ci/run calls it too): fetch what the
+# tests need (idempotent), then run every test of the workspace. Extra arguments go to cargo test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(scripts/setup.sh)"            # exports DISTILLERY_CACHE and ORT_DYLIB_PATH
+# One rayon thread: on 2 cores, 2 threads cost ~5x more CPU per small step under load.
+export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}"
+echo "test: RAYON_NUM_THREADS=$RAYON_NUM_THREADS DISTILLERY_CACHE=$DISTILLERY_CACHE" >&2
+exec cargo test --workspace --locked "$@"

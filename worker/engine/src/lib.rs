@@ -1,0 +1,12 @@
+//! The Distillery worker: the data plane a DistillationJob's pod runs, and the README's main job
+//! run locally — same spec, same code path.
+//!
+//! Built so far: reading and validating a DistillationJob spec exactly as the API server would
+//! ([`spec`]), resolving its URIs ([`store`]) and inspecting the teacher with candle
+//! ([`teacher`]). The distillation engine, ONNX export, int8 quantization and load generator are
+//! the next issues' work, and `distill` says so instead of pretending.
+
+pub mod cli;
+pub mod spec;
+pub mod store;
+pub mod teacher;

@@ -1,0 +1,45 @@
+//! The artifact store: model, dataset and artifact URIs resolved to local paths. `file://` is the
+//! embedded default (a mounted volume in a pod, a directory locally).
+
+use std::path::PathBuf;
+
+/// Why a URI cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Not a URI this worker understands.
+    #[error("{0}: unsupported URI; use file:///absolute/path or s3://bucket/key")]
+    Unsupported(String),
+    /// `s3://` is part of the API but this build reads only `file://`.
+    #[error("{0}: s3:// is not implemented in this worker yet; mount the data and use a file:// URI")]
+    S3NotImplemented(String),
+    /// A `file://` URI with a relative path.
+    #[error("{0}: a file:// URI needs an absolute path (file:///…)")]
+    Relative(String),
+}
+
+/// Resolves a URI to a local path.
+pub fn local_path(uri: &str) -> Result<PathBuf, StoreError> {
+    if let Some(path) = uri.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(StoreError::Relative(uri.into()));
+        }
+        return Ok(PathBuf::from(path));
+    }
+    if uri.starts_with("s3://") {
+        return Err(StoreError::S3NotImplemented(uri.into()));
+    }
+    Err(StoreError::Unsupported(uri.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_file_uris() {
+        assert_eq!(local_path("file:///models/t").unwrap(), PathBuf::from("/models/t"));
+        assert!(matches!(local_path("file://models/t"), Err(StoreError::Relative(_))));
+        assert!(matches!(local_path("s3://b/k"), Err(StoreError::S3NotImplemented(_))));
+        assert!(matches!(local_path("https://x"), Err(StoreError::Unsupported(_))));
+    }
+}

@@ -1,0 +1,44 @@
+//! Loading the ONNX Runtime shared library. ort is built with `load-dynamic`: nothing is linked at
+//! build time, and the library (`libonnxruntime.so.1.31.1`, fetched by scripts/setup.sh) is
+//! loaded here, once, before any other ort call.
+
+use std::path::{Path, PathBuf};
+
+/// The ONNX Runtime version ort 2.0.0-rc.15 is built against.
+pub const EXPECTED_ORT_VERSION: &str = "1.31.1";
+
+/// Why ONNX Runtime could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No path was given.
+    #[error(
+        "no ONNX Runtime library given: pass --ort-library or set ORT_DYLIB_PATH to libonnxruntime.so.{EXPECTED_ORT_VERSION} (scripts/setup.sh puts it in ~/.cache/distillery/onnxruntime/)"
+    )]
+    NotConfigured,
+    /// The file does not exist.
+    #[error(
+        "ONNX Runtime library {0} does not exist (run scripts/setup.sh, or point ORT_DYLIB_PATH at libonnxruntime.so.{EXPECTED_ORT_VERSION})"
+    )]
+    Missing(PathBuf),
+    /// The file exists but could not be loaded, or is a version ort refuses.
+    #[error("cannot load ONNX Runtime from {path}: {message} (ort needs ONNX Runtime {EXPECTED_ORT_VERSION})")]
+    Load {
+        /// The library path.
+        path: PathBuf,
+        /// ort's message.
+        message: String,
+    },
+}
+
+/// Loads ONNX Runtime from `path` and creates the global environment. ort checks the library's
+/// version while loading and refuses one it does not support. Returns ORT's build info string.
+pub fn load(path: Option<&Path>) -> Result<String, RuntimeError> {
+    let path = path.ok_or(RuntimeError::NotConfigured)?;
+    if !path.is_file() {
+        return Err(RuntimeError::Missing(path.to_path_buf()));
+    }
+    let load_error = |message: String| RuntimeError::Load { path: path.to_path_buf(), message };
+    let builder = ort::init_from(path).map_err(|e| load_error(e.to_string()))?;
+    builder.with_name("distillery").build().map_err(|e| load_error(e.to_string()))?;
+    Ok(ort::info().to_string())
+}

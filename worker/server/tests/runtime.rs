@@ -1,0 +1,52 @@
+//! ONNX Runtime loads from the library scripts/setup.sh fetched, and a bad path gives an error
+//! that says what to do instead of a panic.
+
+use std::path::PathBuf;
+
+use distillery_server::runtime::{RuntimeError, load};
+
+fn cache() -> PathBuf {
+    std::env::var_os("DISTILLERY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/distillery"))
+}
+
+#[test]
+fn bad_paths_are_explained() {
+    assert!(matches!(load(None), Err(RuntimeError::NotConfigured)));
+    let missing = PathBuf::from("/nonexistent/libonnxruntime.so");
+    let err = load(Some(&missing)).unwrap_err();
+    assert!(matches!(err, RuntimeError::Missing(_)));
+    assert!(err.to_string().contains("scripts/setup.sh"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_a_library_fails_cleanly() {
+    // ORT is loaded once per process, so this runs in the binary, not in this test process.
+    let not_a_library = tempfile_path();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_distillery-server"))
+        .env("ORT_DYLIB_PATH", &not_a_library)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&not_a_library).ok();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot load ONNX Runtime from"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn loads_the_pinned_runtime_from_the_setup_cache() {
+    let lib = cache().join("onnxruntime/libonnxruntime.so.1.31.1");
+    assert!(lib.is_file(), "{} missing: run scripts/setup.sh", lib.display());
+    // ort checks the library's version while loading it and refuses versions it does not support
+    // (1.30 is refused), so a successful load is the version check.
+    let info = load(Some(&lib)).unwrap();
+    assert!(info.starts_with("ORT Build Info"), "unexpected ORT build info: {info}");
+}
+
+fn tempfile_path() -> PathBuf {
+    let p = std::env::temp_dir().join(format!("not-ort-{}.so", std::process::id()));
+    std::fs::write(&p, b"this is not an ELF file").unwrap();
+    p
+}
