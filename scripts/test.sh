@@ -7,4 +7,4 @@ eval "$(scripts/setup.sh)"            # exports DISTILLERY_CACHE and ORT_DYLIB_P
 # One rayon thread: on 2 cores, 2 threads cost ~5x more CPU per small step under load.
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}"
 echo "test: RAYON_NUM_THREADS=$RAYON_NUM_THREADS DISTILLERY_CACHE=$DISTILLERY_CACHE" >&2
-exec cargo test --workspace --locked "$@"
+exec cargo test --workspace --locked --no-fail-fast "$@"
