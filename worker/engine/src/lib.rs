@@ -6,7 +6,12 @@
 //! ([`teacher`]). The distillation engine, ONNX export, int8 quantization and load generator are
 //! the next issues' work, and `distill` says so instead of pretending.
 
+pub mod baseline;
 pub mod cli;
+pub mod data;
+pub mod loss;
+pub mod model;
+pub mod schedule;
 pub mod spec;
 pub mod store;
 pub mod teacher;

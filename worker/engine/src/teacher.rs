@@ -76,7 +76,8 @@ pub fn inspect(dir: &Path) -> Result<TeacherInfo, TeacherError> {
     let weights_path = dir.join("model.safetensors");
     let tensors = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)
         .map_err(|source| TeacherError::Weights { path: weights_path.clone(), source })?;
-    let parameters = tensors.values().map(|t| t.elem_count() as u64).sum();
+    // Float tensors only: `embeddings.position_ids` is an integer buffer, not a parameter.
+    let parameters = tensors.values().filter(|t| t.dtype().is_float()).map(|t| t.elem_count() as u64).sum();
     let has_classifier = tensors.keys().any(|k| k.starts_with("classifier."));
     let weights_bytes = std::fs::metadata(&weights_path).map(|m| m.len()).unwrap_or(0);
     let tokenizer_path = dir.join("tokenizer.json");
