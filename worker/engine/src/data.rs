@@ -329,6 +329,16 @@ pub fn limit(split: &Split, max: usize) -> Split {
     }
 }
 
+/// The order in which training examples `0..n` are visited in `epoch` (0-based): a shuffle seeded
+/// by `(seed, epoch)` alone, so a resumed run can recompute exactly where it stopped.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(epoch);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +461,17 @@ mod tests {
         assert_eq!(l.train.len() + l.validation.len(), 20);
         assert_eq!(l.validation.len(), 5);
         assert!(l.train.iter().all(|i| s.train.contains(i)));
+    }
+
+    #[test]
+    fn epoch_order_is_a_seeded_permutation() {
+        let a = epoch_order(100, 7, 0);
+        assert_eq!(a, epoch_order(100, 7, 0));
+        assert_ne!(a, epoch_order(100, 7, 1), "each epoch is shuffled anew");
+        assert_ne!(a, epoch_order(100, 8, 0));
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
     }
 
     #[test]

@@ -7,10 +7,14 @@
 //! the next issues' work, and `distill` says so instead of pretending.
 
 pub mod baseline;
+pub mod batch;
+pub mod classifier;
 pub mod cli;
 pub mod data;
+pub mod init;
 pub mod loss;
 pub mod model;
+pub mod optim;
 pub mod schedule;
 pub mod spec;
 pub mod store;

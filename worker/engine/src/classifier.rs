@@ -1,0 +1,79 @@
+//! A sequence classifier: a BERT-family encoder, pooling, and a linear head named `classifier`
+//! (HuggingFace's name), so a saved model is one safetensors file in HuggingFace layout.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Linear, Module, VarBuilder, linear};
+use distillery_crds::distillation::Pooling;
+
+use crate::model::{Encoder, EncoderConfig, EncoderOutput, cls_pool, mean_pool};
+
+/// Encoder + pooling + linear head.
+pub struct Classifier {
+    /// The encoder.
+    pub encoder: Encoder,
+    /// The head, `(hidden → classes)`.
+    pub head: Linear,
+    /// How token states are pooled.
+    pub pooling: Pooling,
+}
+
+/// A forward pass's outputs.
+pub struct ClassifierOutput {
+    /// `(batch, classes)`.
+    pub logits: Tensor,
+    /// `(batch, hidden)`.
+    pub pooled: Tensor,
+    /// Every layer's output run in this pass.
+    pub encoder: EncoderOutput,
+}
+
+impl Classifier {
+    /// Builds the classifier: the encoder from `encoder_vb` and the head from `head_vb` (kept
+    /// apart so a pretrained encoder can be loaded into a map without a head).
+    pub fn new(
+        config: &EncoderConfig,
+        classes: usize,
+        pooling: Pooling,
+        encoder_vb: VarBuilder,
+        head_vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            encoder: Encoder::new(config, encoder_vb)?,
+            head: linear(config.hidden_size, classes, head_vb.pp("classifier"))?,
+            pooling,
+        })
+    }
+
+    /// Pools the last hidden state.
+    pub fn pool(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        match self.pooling {
+            Pooling::Mean => mean_pool(hidden, attention_mask),
+            Pooling::Cls => cls_pool(hidden),
+        }
+    }
+
+    /// Logits, pooled embedding and hidden states for a batch.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<ClassifierOutput> {
+        self.forward_from(0, None, input_ids, attention_mask)
+    }
+
+    /// Like [`Self::forward`], starting at layer `start` from cached `hidden` (see
+    /// [`Encoder::forward_from`]).
+    pub fn forward_from(
+        &self,
+        start: usize,
+        hidden: Option<&Tensor>,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<ClassifierOutput> {
+        let encoder = self.encoder.forward_from(start, hidden, input_ids, attention_mask)?;
+        let pooled = self.pool(encoder.last(), attention_mask)?;
+        let logits = self.head.forward(&pooled)?;
+        Ok(ClassifierOutput { logits, pooled, encoder })
+    }
+}
+
+/// Index of the largest logit of each row.
+pub fn predictions(logits: &Tensor) -> Result<Vec<u32>> {
+    logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()
+}
