@@ -18,5 +18,5 @@ pub mod optim;
 pub mod schedule;
 pub mod spec;
 pub mod store;
-pub mod train;
 pub mod teacher;
+pub mod train;

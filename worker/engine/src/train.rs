@@ -58,6 +58,17 @@ pub enum Objective<'a> {
     },
 }
 
+/// Tokenized examples with their labels, and which of them to train on.
+#[derive(Clone, Copy)]
+pub struct Examples<'a> {
+    /// Token ids of every example.
+    pub ids: &'a [Vec<u32>],
+    /// Label of every example.
+    pub labels: &'a [u32],
+    /// The examples to use (indices into `ids` and `labels`).
+    pub indices: &'a [usize],
+}
+
 /// One step's report, for progress output.
 #[derive(Clone, Copy, Debug)]
 pub struct StepReport {
@@ -71,18 +82,17 @@ pub struct StepReport {
     pub stats: StepStats,
 }
 
-/// Trains `trainable` variables of `model` on examples `train` (indices into `ids`/`labels`).
+/// Trains `trainable` variables of `model` on `examples`.
 pub fn fit(
     model: &Classifier,
     trainable: Vec<(String, Var)>,
-    ids: &[Vec<u32>],
-    labels: &[u32],
-    train: &[usize],
+    examples: Examples,
     objective: &Objective,
     settings: &FitSettings,
     device: &Device,
     mut on_step: impl FnMut(StepReport),
 ) -> Result<()> {
+    let train = examples.indices;
     let per_epoch = settings.steps_per_epoch(train.len());
     let total = per_epoch * settings.epochs;
     let schedule = LearningRate {
@@ -98,7 +108,7 @@ pub fn fit(
         for chunk in order.chunks(settings.batch_size) {
             let batch: Vec<usize> = chunk.iter().map(|&i| train[i]).collect();
             let step = trainer.steps_done();
-            let loss = batch_loss(model, ids, labels, &batch, objective, step, total, device)?;
+            let loss = batch_loss(model, examples, &batch, objective, (step, total), device)?;
             let stats = trainer.backward_step(&loss)?;
             on_step(StepReport { step: step + 1, total_steps: total, epoch: epoch + 1, stats });
         }
@@ -106,17 +116,16 @@ pub fn fit(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The loss of one batch at `(step, total)` of training.
 fn batch_loss(
     model: &Classifier,
-    ids: &[Vec<u32>],
-    labels: &[u32],
+    examples: Examples,
     batch: &[usize],
     objective: &Objective,
-    step: u64,
-    total: u64,
+    (step, total): (u64, u64),
     device: &Device,
 ) -> Result<Tensor> {
+    let (ids, labels) = (examples.ids, examples.labels);
     let sequences: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
     let (input_ids, mask) = pad(&sequences, device)?;
     let y = Tensor::from_vec(batch.iter().map(|&i| labels[i]).collect::<Vec<_>>(), batch.len(), device)?;
@@ -133,7 +142,13 @@ fn batch_loss(
 }
 
 /// Logits of examples `idx`, batch by batch (no gradients kept).
-pub fn logits(model: &Classifier, ids: &[Vec<u32>], idx: &[usize], batch_size: usize, device: &Device) -> Result<Vec<Vec<f32>>> {
+pub fn logits(
+    model: &Classifier,
+    ids: &[Vec<u32>],
+    idx: &[usize],
+    batch_size: usize,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(idx.len());
     for chunk in idx.chunks(batch_size) {
         let sequences: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
@@ -233,7 +248,16 @@ mod tests {
         let run = || {
             let (m, enc, head) = model(1);
             let mut losses = vec![];
-            fit(&m, named_vars(&[&enc, &head], |_| true), &ids, &labels, &train, &Objective::Labels, &settings(), &Device::Cpu, |r| losses.push(r.stats.loss)).unwrap();
+            fit(
+                &m,
+                named_vars(&[&enc, &head], |_| true),
+                Examples { ids: &ids, labels: &labels, indices: &train },
+                &Objective::Labels,
+                &settings(),
+                &Device::Cpu,
+                |r| losses.push(r.stats.loss),
+            )
+            .unwrap();
             let test_labels: Vec<u32> = test.iter().map(|&i| labels[i]).collect();
             (accuracy(&logits(&m, &ids, &test, 32, &Device::Cpu).unwrap(), &test_labels), losses)
         };
@@ -250,13 +274,23 @@ mod tests {
         // A "teacher" that knows the task perfectly (confident logits), and a student trained with
         // alpha = 0: it sees no labels at all, only the teacher.
         let (ids, labels) = task(160);
-        let teacher_logits: Vec<Vec<f32>> = labels.iter().map(|&l| if l == 1 { vec![-3.0, 3.0] } else { vec![3.0, -3.0] }).collect();
+        let teacher_logits: Vec<Vec<f32>> =
+            labels.iter().map(|&l| if l == 1 { vec![-3.0, 3.0] } else { vec![3.0, -3.0] }).collect();
         let t = TemperatureSchedule { start: 4.0, end: 1.0, schedule: Schedule::Linear };
         let objective = Objective::Distill { teacher_logits: &teacher_logits, alpha: 0.0, temperature: &t };
         let (m, enc, head) = model(2);
         let train: Vec<usize> = (0..128).collect();
         let test: Vec<usize> = (128..160).collect();
-        fit(&m, named_vars(&[&enc, &head], |_| true), &ids, &labels, &train, &objective, &settings(), &Device::Cpu, |_| {}).unwrap();
+        fit(
+            &m,
+            named_vars(&[&enc, &head], |_| true),
+            Examples { ids: &ids, labels: &labels, indices: &train },
+            &objective,
+            &settings(),
+            &Device::Cpu,
+            |_| {},
+        )
+        .unwrap();
         let test_labels: Vec<u32> = test.iter().map(|&i| labels[i]).collect();
         let acc = accuracy(&logits(&m, &ids, &test, 32, &Device::Cpu).unwrap(), &test_labels);
         assert!(acc >= 0.9, "a student taught only by the teacher reached {acc}");
