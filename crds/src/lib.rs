@@ -9,6 +9,7 @@
 //! and its CEL rules, the way the API server does at admission — for places with no API server.
 
 pub mod benchmark;
+pub mod cache;
 pub mod common;
 pub mod conditions;
 pub mod deployment;

@@ -15,17 +15,7 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-/// The setup cache (`scripts/setup.sh`): `$DISTILLERY_CACHE`, else `$XDG_CACHE_HOME/distillery`,
-/// else `~/.cache/distillery`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DISTILLERY_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache"));
-    base.join("distillery")
-}
+pub use distillery_crds::cache::cache_dir;
 
 /// A YAML file's documents, parsed to JSON values (empty documents skipped).
 pub fn read_documents(path: &Path) -> Result<Vec<Value>, String> {

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use distillery_crds::DistillationJob;
+use distillery_crds::cache::cache_dir;
 use distillery_crds::validation::{ValidationError, from_value};
 
 /// Why a spec could not be read.
@@ -46,17 +47,6 @@ pub enum SpecError {
     },
 }
 
-/// The default setup cache, as scripts/setup.sh computes it.
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DISTILLERY_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache"));
-    base.join("distillery")
-}
-
 /// Replaces every `${NAME}` in `text` using `lookup`. `DISTILLERY_CACHE` falls back to the
 /// default cache directory when unset. Returns the name of the first unset variable as an error.
 pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
@@ -70,8 +60,7 @@ pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
             return Ok(out);
         };
         let name = &after[..end];
-        let value =
-            lookup(name).or_else(|| (name == "DISTILLERY_CACHE").then(|| default_cache_dir().display().to_string()));
+        let value = lookup(name).or_else(|| (name == "DISTILLERY_CACHE").then(|| cache_dir().display().to_string()));
         match value {
             Some(v) => out.push_str(&v),
             None => return Err(name.to_string()),
@@ -121,7 +110,7 @@ mod tests {
     fn cache_variable_has_a_default() {
         // With no value from the lookup, DISTILLERY_CACHE resolves as scripts/setup.sh does.
         let out = expand("${DISTILLERY_CACHE}", |_| None).unwrap();
-        assert_eq!(out, default_cache_dir().display().to_string());
+        assert_eq!(out, cache_dir().display().to_string());
         assert!(!out.is_empty() && !out.contains("${"), "{out}");
     }
 }

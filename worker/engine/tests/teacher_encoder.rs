@@ -9,10 +9,7 @@ use candle_nn::VarBuilder;
 use distillery_worker::model::{Encoder, EncoderConfig, mean_pool};
 
 fn teacher_dir() -> PathBuf {
-    let cache = std::env::var_os("DISTILLERY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/distillery"));
-    cache.join("teacher/all-minilm-l6-v2")
+    distillery_crds::cache::cache_dir().join("teacher/all-minilm-l6-v2")
 }
 
 #[test]

@@ -5,12 +5,6 @@ use std::path::PathBuf;
 
 use distillery_server::runtime::{RuntimeError, load};
 
-fn cache() -> PathBuf {
-    std::env::var_os("DISTILLERY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/distillery"))
-}
-
 #[test]
 fn bad_paths_are_explained() {
     assert!(matches!(load(None), Err(RuntimeError::NotConfigured)));
@@ -37,7 +31,7 @@ fn a_file_that_is_not_a_library_fails_cleanly() {
 
 #[test]
 fn loads_the_pinned_runtime_from_the_setup_cache() {
-    let lib = cache().join("onnxruntime/libonnxruntime.so.1.31.1");
+    let lib = distillery_crds::cache::cache_dir().join("onnxruntime/libonnxruntime.so.1.31.1");
     assert!(lib.is_file(), "{} missing: run scripts/setup.sh", lib.display());
     // ort checks the library's version while loading it and refuses versions it does not support
     // (1.30 is refused), so a successful load is the version check.
