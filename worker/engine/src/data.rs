@@ -339,6 +339,24 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
+/// The batches of `epoch`: examples `0..lengths.len()` in [`epoch_order`], cut into windows of
+/// `batch_size × window` examples, each window sorted by length and cut into batches, and the
+/// batches shuffled. Batches then hold sequences of similar length, so padding to the longest
+/// wastes little, while every example is still seen once per epoch in a seeded order.
+pub fn bucketed_batches(lengths: &[usize], batch_size: usize, window: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+    let order = epoch_order(lengths.len(), seed, epoch);
+    let mut batches: Vec<Vec<usize>> = vec![];
+    for chunk in order.chunks(batch_size * window.max(1)) {
+        let mut chunk = chunk.to_vec();
+        chunk.sort_by_key(|&i| lengths[i]);
+        batches.extend(chunk.chunks(batch_size).map(<[usize]>::to_vec));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0ba7_c4e5);
+    rng.set_stream(epoch);
+    batches.shuffle(&mut rng);
+    batches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +490,23 @@ mod tests {
         let mut sorted = a.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn bucketed_batches_cover_every_example_once_with_little_padding() {
+        let lengths: Vec<usize> = (0..1000).map(|i| 5 + (i * 37) % 60).collect();
+        let batches = bucketed_batches(&lengths, 32, 20, 0, 0);
+        assert_eq!(batches, bucketed_batches(&lengths, 32, 20, 0, 0), "deterministic");
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+        let padded = |bs: &[Vec<usize>]| -> usize {
+            bs.iter().map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap()).sum()
+        };
+        let plain: Vec<Vec<usize>> = epoch_order(1000, 0, 0).chunks(32).map(<[usize]>::to_vec).collect();
+        let real: usize = lengths.iter().sum();
+        assert!(padded(&batches) < real * 11 / 10, "bucketed padding {} vs {real} real tokens", padded(&batches));
+        assert!(padded(&plain) > padded(&batches) * 13 / 10, "plain batches pad much more");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use distillery_crds::distillation::{Schedule, TemperatureSchedule};
 
 use crate::batch::pad;
 use crate::classifier::Classifier;
-use crate::data::epoch_order;
+use crate::data::bucketed_batches;
 use crate::loss;
 use crate::optim::{AdamWParams, StepStats, Trainer};
 use crate::schedule::{LearningRate, temperature};
@@ -34,6 +34,9 @@ pub struct FitSettings {
     /// Seed of the data order.
     pub seed: u64,
 }
+
+/// Batches per length-sorting window (see [`bucketed_batches`]).
+const BUCKET_WINDOW: usize = 50;
 
 impl FitSettings {
     /// Steps per epoch for `n` training examples (the last, partial batch included).
@@ -103,9 +106,9 @@ pub fn fit(
     };
     let params = AdamWParams { weight_decay: settings.weight_decay, ..AdamWParams::default() };
     let mut trainer = Trainer::new(trainable, params, schedule, settings.clip_norm)?;
+    let lengths: Vec<usize> = train.iter().map(|&i| examples.ids[i].len()).collect();
     for epoch in 0..settings.epochs {
-        let order = epoch_order(train.len(), settings.seed, epoch);
-        for chunk in order.chunks(settings.batch_size) {
+        for chunk in bucketed_batches(&lengths, settings.batch_size, BUCKET_WINDOW, settings.seed, epoch) {
             let batch: Vec<usize> = chunk.iter().map(|&i| train[i]).collect();
             let step = trainer.steps_done();
             let loss = batch_loss(model, examples, &batch, objective, (step, total), device)?;
@@ -294,6 +297,19 @@ mod tests {
         let test_labels: Vec<u32> = test.iter().map(|&i| labels[i]).collect();
         let acc = accuracy(&logits(&m, &ids, &test, 32, &Device::Cpu).unwrap(), &test_labels);
         assert!(acc >= 0.9, "a student taught only by the teacher reached {acc}");
+    }
+
+    #[test]
+    fn logits_come_back_in_the_order_asked_whatever_the_batching() {
+        let (ids, _) = task(40);
+        let (m, _, _) = model(5);
+        let idx: Vec<usize> = (0..40).rev().collect();
+        let batched = logits(&m, &ids, &idx, 7, &Device::Cpu).unwrap();
+        for (k, &i) in idx.iter().enumerate() {
+            let one = logits(&m, &ids, &[i], 1, &Device::Cpu).unwrap().remove(0);
+            let diff = one.iter().zip(&batched[k]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 1e-4, "example {i}: padded batch differs from alone by {diff}");
+        }
     }
 
     #[test]
