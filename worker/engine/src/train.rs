@@ -313,6 +313,30 @@ mod tests {
     }
 
     #[test]
+    fn alpha_decides_whether_labels_or_teacher_are_learned() {
+        // A teacher that contradicts every label: alpha 0 must learn the teacher (low accuracy on
+        // the labels), alpha 1 must ignore it (high accuracy).
+        let (ids, labels) = task(160);
+        let wrong: Vec<Vec<f32>> =
+            labels.iter().map(|&l| if l == 1 { vec![3.0, -3.0] } else { vec![-3.0, 3.0] }).collect();
+        let t = TemperatureSchedule { start: 2.0, end: 1.0, schedule: Schedule::Linear };
+        let train: Vec<usize> = (0..128).collect();
+        let test: Vec<usize> = (128..160).collect();
+        let test_labels: Vec<u32> = test.iter().map(|&i| labels[i]).collect();
+        let run = |alpha: f64| {
+            let (m, enc, head) = model(3);
+            let objective = Objective::Distill { teacher_logits: &wrong, alpha, temperature: &t };
+            let examples = Examples { ids: &ids, labels: &labels, indices: &train };
+            fit(&m, named_vars(&[&enc, &head], |_| true), examples, &objective, &settings(), &Device::Cpu, |_| {})
+                .unwrap();
+            accuracy(&logits(&m, &ids, &test, 32, &Device::Cpu).unwrap(), &test_labels)
+        };
+        let (labels_only, teacher_only) = (run(1.0), run(0.0));
+        assert!(labels_only >= 0.9, "alpha 1: {labels_only}");
+        assert!(teacher_only <= 0.1, "alpha 0 should follow the (wrong) teacher: {teacher_only}");
+    }
+
+    #[test]
     fn accuracy_counts_argmax_matches() {
         assert_eq!(accuracy(&[vec![0.1, 0.9], vec![2.0, -1.0], vec![0.0, 1.0]], &[1, 0, 0]), 2.0 / 3.0);
     }
