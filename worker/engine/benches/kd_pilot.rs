@@ -19,9 +19,10 @@ use candle_nn::{VarBuilder, VarMap};
 use distillery_crds::distillation::{Pooling, Schedule, TemperatureSchedule};
 use distillery_worker::baseline::{BagOfWords, BagOfWordsSettings};
 use distillery_worker::classifier::Classifier;
+use distillery_worker::inputs::{self, Inputs};
 use distillery_worker::model::EncoderConfig;
 use distillery_worker::train::{Examples, FitSettings, Objective, accuracy, fit, logits};
-use distillery_worker::{batch, data, init, spec, store};
+use distillery_worker::{init, spec};
 
 fn classifier(config: &EncoderConfig, enc: &VarMap, head: &VarMap, dev: &Device) -> Classifier {
     let vb = |m: &VarMap| VarBuilder::from_varmap(m, DType::F32, dev);
@@ -36,14 +37,8 @@ fn main() {
     let dev = Device::Cpu;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into());
     let job = spec::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/local/distill.yaml")).unwrap();
-    let s = &job.spec.dataset;
-    let ds = data::read_dataset(&store::local_path(&s.uri).unwrap(), s).unwrap();
-    let split = data::split(&ds.examples, &s.validation_split);
-    let tdir = store::local_path(&job.spec.teacher.uri).unwrap();
-    let tok = batch::load_tokenizer(&tdir.join("tokenizer.json"), 64).unwrap();
+    let Inputs { teacher_dir: tdir, dataset: ds, split, ids, labels } = inputs::load(&job).unwrap();
     let texts: Vec<&str> = ds.examples.iter().map(|e| e.text.as_str()).collect();
-    let ids = batch::encode_all(&tok, &texts).unwrap();
-    let labels: Vec<u32> = ds.examples.iter().map(|e| e.label as u32).collect();
     let val_labels: Vec<u32> = split.validation.iter().map(|&i| labels[i]).collect();
     let train = Examples { ids: &ids, labels: &labels, indices: &split.train };
     let base = FitSettings {

@@ -10,7 +10,8 @@
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use distillery_crds::distillation::{Pooling, Schedule, TemperatureSchedule};
-use distillery_worker::{batch, classifier::Classifier, data, init, model::EncoderConfig, spec, store, train::*};
+use distillery_worker::inputs::{self, Inputs};
+use distillery_worker::{classifier::Classifier, init, model::EncoderConfig, spec, train::*};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,17 +19,10 @@ fn main() {
     eprintln!("RAYON_NUM_THREADS={}", std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into()));
     let dev = Device::Cpu;
     let job = spec::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/local/distill.yaml")).unwrap();
-    let s = &job.spec.dataset;
-    let ds = data::read_dataset(&store::local_path(&s.uri).unwrap(), s).unwrap();
-    let split = data::split(&ds.examples, &s.validation_split);
-    let tdir = store::local_path(&job.spec.teacher.uri).unwrap();
-    let tok = batch::load_tokenizer(&tdir.join("tokenizer.json"), 64).unwrap();
-    let texts: Vec<&str> = ds.examples.iter().map(|e| e.text.as_str()).collect();
     let t0 = Instant::now();
-    let ids = batch::encode_all(&tok, &texts).unwrap();
-    let labels: Vec<u32> = ds.examples.iter().map(|e| e.label as u32).collect();
+    let Inputs { teacher_dir: tdir, split, ids, labels, .. } = inputs::load(&job).unwrap();
     let mean_len = ids.iter().map(|v| v.len()).sum::<usize>() as f64 / ids.len() as f64;
-    eprintln!("tokenized {} in {:?}, mean len {mean_len:.1}", ids.len(), t0.elapsed());
+    eprintln!("read and tokenized {} in {:?}, mean len {mean_len:.1}", ids.len(), t0.elapsed());
     let config: EncoderConfig =
         serde_json::from_str(&std::fs::read_to_string(tdir.join("config.json")).unwrap()).unwrap();
     let tensors = candle_core::safetensors::load(tdir.join("model.safetensors"), &dev).unwrap();

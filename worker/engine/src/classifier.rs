@@ -72,8 +72,3 @@ impl Classifier {
         Ok(ClassifierOutput { logits, pooled, encoder })
     }
 }
-
-/// Index of the largest logit of each row.
-pub fn predictions(logits: &Tensor) -> Result<Vec<u32>> {
-    logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()
-}

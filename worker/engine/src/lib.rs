@@ -12,6 +12,7 @@ pub mod classifier;
 pub mod cli;
 pub mod data;
 pub mod init;
+pub mod inputs;
 pub mod loss;
 pub mod model;
 pub mod optim;
