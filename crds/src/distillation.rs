@@ -180,6 +180,7 @@ pub enum HeadMode {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.architecture) != has(self.initFromTeacher)").message("set exactly one of student.architecture or student.initFromTeacher"))]
+#[x_kube(validation = Rule::new("!has(self.embeddingSize) || !has(self.architecture) || self.embeddingSize < self.architecture.hiddenSize").message("student.embeddingSize must be smaller than student.architecture.hiddenSize").field_path(".embeddingSize"))]
 pub struct StudentSpec {
     /// A fresh BERT-family configuration, randomly initialised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,6 +192,13 @@ pub struct StudentSpec {
     /// the exported tokenizer is rewritten to match.
     #[serde(default)]
     pub prune_vocabulary: bool,
+    /// Factorize the word-embedding table through this width (ALBERT style): `vocab ×
+    /// embeddingSize` rows and an `embeddingSize → hidden` projection instead of `vocab × hidden`.
+    /// With initFromTeacher both start from a truncated SVD of the teacher's table. Must be smaller
+    /// than the hidden size. Unset: no factorization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8))]
+    pub embedding_size: Option<u32>,
 }
 
 /// A fresh student architecture.

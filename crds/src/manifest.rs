@@ -27,6 +27,9 @@ pub struct ArtifactManifest {
     /// Measured figures.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// Training-curve summaries by run (`teacher`, `student`, `label-only`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub training: BTreeMap<String, serde_json::Value>,
     /// Every file of the artifact (relative path → size and sha256), the manifest itself excepted.
     pub files: BTreeMap<String, FileEntry>,
     /// Which ONNX variant to serve for `variant: auto` (`fp32` or `int8`), when exported.

@@ -29,6 +29,7 @@ fn main() {
     let train: Vec<usize> = split.train.iter().copied().take(32 * 6).collect();
     let settings = FitSettings {
         epochs: 1,
+        max_steps: None,
         batch_size: 32,
         learning_rate: 5e-5,
         warmup_fraction: 0.0,
@@ -36,6 +37,7 @@ fn main() {
         clip_norm: 1.0,
         weight_decay: 0.01,
         seed: 0,
+        frozen_layers: 0,
     };
     let t = TemperatureSchedule { start: 4.0, end: 1.0, schedule: Schedule::Cosine };
     for (label, layers_trainable) in [("teacher all layers (word emb frozen)", 6usize), ("teacher top-2 layers", 2)] {
@@ -57,16 +59,19 @@ fn main() {
         });
         let mut times = vec![];
         let mut last = Instant::now();
+        let settings = FitSettings { frozen_layers: first, ..settings.clone() };
+        let mut trainer = settings.trainer(vars, train.len()).unwrap();
         fit(
             &m,
-            vars,
+            &mut trainer,
             Examples { ids: &ids, labels: &labels, indices: &train },
             &Objective::Labels,
             &settings,
             &dev,
-            |_| {
+            |_, _| {
                 times.push(last.elapsed().as_secs_f64());
                 last = Instant::now();
+                Ok(())
             },
         )
         .unwrap();
@@ -88,16 +93,19 @@ fn main() {
     .unwrap();
     let teacher_logits: Vec<Vec<f32>> =
         labels.iter().map(|&l| if l == 1 { vec![-1.0, 1.0] } else { vec![1.0, -1.0] }).collect();
-    let obj = Objective::Distill { teacher_logits: &teacher_logits, alpha: 0.3, temperature: &t };
+    let obj = Objective::Distill { teacher_logits: &teacher_logits, pooled: None, alpha: 0.3, temperature: &t };
     for (label, frozen_words) in
         [("student 2 layers, word emb frozen", true), ("student 2 layers, all trainable", false)]
     {
         let vars = init::named_vars(&[&senc, &shead], |k| !(frozen_words && k.contains("word_embeddings")));
         let mut times = vec![];
         let mut last = Instant::now();
-        fit(&sm, vars, Examples { ids: &ids, labels: &labels, indices: &train }, &obj, &settings, &dev, |_| {
+        let mut trainer = settings.trainer(vars, train.len()).unwrap();
+        let examples = Examples { ids: &ids, labels: &labels, indices: &train };
+        fit(&sm, &mut trainer, examples, &obj, &settings, &dev, |_, _| {
             times.push(last.elapsed().as_secs_f64());
             last = Instant::now();
+            Ok(())
         })
         .unwrap();
         eprintln!("{label}: s/step {:?}", times.iter().skip(1).map(|x| format!("{x:.2}")).collect::<Vec<_>>());

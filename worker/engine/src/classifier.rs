@@ -57,6 +57,21 @@ impl Classifier {
         self.forward_from(0, None, input_ids, attention_mask)
     }
 
+    /// Like [`Self::forward`] with the embeddings and layers `..frozen` run without gradients: only
+    /// the layers above them (and the head) are trained, and backpropagation stops there.
+    pub fn forward_frozen_below(
+        &self,
+        frozen: usize,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<ClassifierOutput> {
+        if frozen == 0 {
+            return self.forward(input_ids, attention_mask);
+        }
+        let lower = self.encoder.frozen_lower(frozen, input_ids, attention_mask)?;
+        self.forward_from(frozen, Some(&lower), input_ids, attention_mask)
+    }
+
     /// Like [`Self::forward`], starting at layer `start` from cached `hidden` (see
     /// [`Encoder::forward_from`]).
     pub fn forward_from(

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use distillery_crds::DistillationJob;
 
-use crate::{spec, store, teacher};
+use candle_core::Device;
+use distillery_crds::cache::cache_dir;
+
+use crate::progress::{self, Event};
+use crate::{distill, spec};
 
 /// Distillery's worker: knowledge distillation, export, quantization, evaluation and load tests.
 #[derive(Parser, Debug)]
@@ -31,15 +35,12 @@ pub enum Command {
     },
 }
 
-/// Exit code when the command is valid but the capability it asks for is not built yet.
-pub const EXIT_NOT_BUILT: u8 = 2;
-
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Distill { file, output } => match distill(&file, output.as_deref()) {
-            Ok(code) => code,
+            Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("distillery-worker: {message}");
                 ExitCode::FAILURE
@@ -48,41 +49,35 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn distill(file: &Path, output: Option<&Path>) -> Result<ExitCode, String> {
-    let job: DistillationJob = spec::load(file).map_err(|e| e.to_string())?;
-    let s = &job.spec;
-    let teacher_dir = store::local_path(&s.teacher.uri).map_err(|e| e.to_string())?;
-    let dataset = store::local_path(&s.dataset.uri).map_err(|e| e.to_string())?;
-    let output = match output {
-        Some(p) => p.to_path_buf(),
-        None => store::local_path(&s.output.uri).map_err(|e| e.to_string())?,
-    };
-    if !dataset.is_file() {
-        return Err(format!(
-            "dataset {} does not exist (spec.dataset.uri; for the embedded default run scripts/setup.sh)",
-            dataset.display()
-        ));
+/// The device training runs on: the first CUDA GPU when built with `cuda` and the spec asks for a
+/// GPU, else the CPU.
+fn device(job: &DistillationJob) -> Result<Device, String> {
+    if job.spec.resources.gpu.count == 0 || !cfg!(feature = "cuda") {
+        return Ok(Device::Cpu);
     }
-    let info = teacher::inspect(&teacher_dir).map_err(|e| format!("spec.teacher.uri: {e}"))?;
+    Device::new_cuda(0).map_err(|e| format!("spec.resources.gpu asks for a GPU but CUDA is unusable: {e}"))
+}
+
+fn distill(file: &Path, output: Option<&Path>) -> Result<(), String> {
+    let job: DistillationJob = spec::load(file).map_err(|e| e.to_string())?;
+    let output = distill::output_dir(&job, output).map_err(|e| format!("spec.output.uri: {e}"))?;
+    let device = device(&job)?;
     let name = job.metadata.name.as_deref().unwrap_or("(unnamed)");
-    println!("DistillationJob {name}: spec is valid");
+    let mut reporter = progress::for_stderr();
+    reporter.report(&Event::Stage {
+        stage: "job".into(),
+        message: format!("DistillationJob {name}: spec is valid; output {}; device {device:?}", output.display()),
+    });
+    let outcome = distill::run(&job, &output, &cache_dir(), &device, reporter.as_mut()).map_err(|e| e.to_string())?;
+    let m = &outcome.manifest.metrics;
+    println!("\nDistillationJob {name} — held-out accuracy on {} examples", m["heldOutExamples"]);
+    print!("{}", distill::table(&outcome.rows));
     println!(
-        "  teacher  {}: BERT, {} layers, hidden {}, {} heads, vocab {} — {:.1}M parameters in {} tensors ({:.1} MB){}",
-        teacher_dir.display(),
-        info.config.num_hidden_layers,
-        info.config.hidden_size,
-        info.config.num_attention_heads,
-        info.tokenizer_vocab,
-        info.parameters as f64 / 1e6,
-        info.tensors,
-        info.weights_bytes as f64 / 1e6,
-        if info.has_classifier { ", with a classifier head" } else { ", no task head" }
+        "retention {:.1}% of the teacher's accuracy with {:.1}% of its parameters; distillation adds {:+.2} points over labels alone",
+        m["retention"] * 100.0,
+        m["parameterFraction"] * 100.0,
+        m["distillationGain"] * 100.0
     );
-    println!("  dataset  {}", dataset.display());
-    println!("  output   {}", output.display());
-    println!(
-        "\nNot built yet: the distillation engine (teacher preparation, KD training, evaluation, artifact writing) \
-         is the worker issue's work. Nothing was trained and nothing was written."
-    );
-    Ok(ExitCode::from(EXIT_NOT_BUILT))
+    println!("artifact: {}", outcome.output.display());
+    Ok(())
 }

@@ -28,12 +28,15 @@ pub fn insert(map: &VarMap, name: &str, tensor: &Tensor) -> Result<()> {
 pub fn encoder_shapes(c: &EncoderConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let mut out = vec![
-        ("embeddings.word_embeddings.weight".into(), vec![c.vocab_size, h]),
+        ("embeddings.word_embeddings.weight".into(), vec![c.vocab_size, c.embedding_size.unwrap_or(h)]),
         ("embeddings.position_embeddings.weight".into(), vec![c.max_position_embeddings, h]),
         ("embeddings.token_type_embeddings.weight".into(), vec![c.type_vocab_size, h]),
         ("embeddings.LayerNorm.weight".into(), vec![h]),
         ("embeddings.LayerNorm.bias".into(), vec![h]),
     ];
+    if let Some(e) = c.embedding_size {
+        out.push(("embeddings.word_projection.weight".into(), vec![h, e]));
+    }
     for l in 0..c.num_hidden_layers {
         let p = format!("encoder.layer.{l}");
         for (name, shape) in [
@@ -134,6 +137,50 @@ pub fn from_teacher_layers(
     Ok((config, map))
 }
 
+/// A factorized word-embedding table for `table` `(vocab, hidden)`: `(rows, projection)` with
+/// `rows` `(vocab, rank)` and `projection` `(hidden, rank)` (a `Linear` weight, so a token's vector
+/// is `rows[id] · projectionᵀ`) such that `rows · projectionᵀ` is the best rank-`rank`
+/// approximation of `table` (truncated SVD). The projection's columns are the top eigenvectors of
+/// `tableᵀ · table`, found by seeded subspace iteration; `rows = table · projection`.
+pub fn factorize_embeddings(table: &Tensor, rank: usize, seed: u64) -> Result<(Tensor, Tensor)> {
+    let (_, hidden) = table.dims2()?;
+    if rank == 0 || rank > hidden {
+        candle_core::bail!("embedding size {rank} must be between 1 and the hidden size {hidden}");
+    }
+    let e = table.to_dtype(DType::F64)?;
+    let gram = e.t()?.matmul(&e)?; // (hidden, hidden)
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfac7_0e15);
+    let normal = Normal::new(0.0f64, 1.0).expect("a valid normal distribution");
+    let start: Vec<f64> = (0..hidden * rank).map(|_| normal.sample(&mut rng)).collect();
+    let mut q = orthonormal_columns(Tensor::from_vec(start, (hidden, rank), table.device())?)?;
+    for _ in 0..SUBSPACE_ITERATIONS {
+        q = orthonormal_columns(gram.matmul(&q)?)?;
+    }
+    let rows = e.matmul(&q)?.to_dtype(DType::F32)?;
+    Ok((rows, q.to_dtype(DType::F32)?))
+}
+
+/// Subspace-iteration rounds of [`factorize_embeddings`]; the error of its approximation is within
+/// a fraction of a percent of the exact truncated SVD's on the teacher's table.
+const SUBSPACE_ITERATIONS: usize = 60;
+
+/// Modified Gram–Schmidt on the columns of `m` `(n, k)`, f64.
+fn orthonormal_columns(m: Tensor) -> Result<Tensor> {
+    let (n, k) = m.dims2()?;
+    let mut cols: Vec<Vec<f64>> = m.t()?.to_vec2()?;
+    for j in 0..k {
+        let (done, rest) = cols.split_at_mut(j);
+        let col = &mut rest[0];
+        for prev in done.iter() {
+            let dot: f64 = prev.iter().zip(col.iter()).map(|(a, b)| a * b).sum();
+            col.iter_mut().zip(prev).for_each(|(c, p)| *c -= dot * p);
+        }
+        let norm = col.iter().map(|c| c * c).sum::<f64>().sqrt().max(1e-300);
+        col.iter_mut().for_each(|c| *c /= norm);
+    }
+    Tensor::from_vec(cols.into_iter().flatten().collect::<Vec<_>>(), (k, n), m.device())?.t()?.contiguous()
+}
+
 /// The variables of `maps`, named, sorted by name (a deterministic order for the optimiser).
 pub fn named_vars(maps: &[&VarMap], keep: impl Fn(&str) -> bool) -> Vec<(String, Var)> {
     let mut out: Vec<(String, Var)> = maps
@@ -157,6 +204,33 @@ mod tests {
     use super::*;
     use candle_nn::VarBuilder;
 
+    #[test]
+    fn factorized_embeddings_reconstruct_a_low_rank_table_exactly() {
+        let dev = Device::Cpu;
+        // A (40 × 12) table of rank 3.
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let normal = Normal::new(0.0f32, 1.0).unwrap();
+        let mut draw = |r: usize, c: usize| {
+            Tensor::from_vec((0..r * c).map(|_| normal.sample(&mut rng)).collect::<Vec<_>>(), (r, c), &dev).unwrap()
+        };
+        let table = draw(40, 3).matmul(&draw(3, 12)).unwrap();
+        let (rows, projection) = factorize_embeddings(&table, 3, 0).unwrap();
+        assert_eq!(rows.dims(), [40, 3]);
+        assert_eq!(projection.dims(), [12, 3]);
+        let rebuilt = rows.matmul(&projection.t().unwrap()).unwrap();
+        let err = (rebuilt - &table).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = table.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err < 1e-4 * scale, "rank-3 table rebuilt with error {err} (scale {scale})");
+        // A lower rank loses something, and the error shrinks as the rank grows.
+        let residual = |rank| {
+            let (r, p) = factorize_embeddings(&table, rank, 0).unwrap();
+            let d = (r.matmul(&p.t().unwrap()).unwrap() - &table).unwrap();
+            d.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        assert!(residual(1) > residual(2) && residual(2) > 1e-3);
+        assert!(factorize_embeddings(&table, 13, 0).is_err());
+    }
+
     fn tiny() -> EncoderConfig {
         EncoderConfig {
             vocab_size: 30,
@@ -169,6 +243,7 @@ mod tests {
             layer_norm_eps: 1e-12,
             hidden_act: "gelu".into(),
             model_type: "bert".into(),
+            embedding_size: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use distillery_crds::DistillationJob;
 
 use crate::batch::{TokenizerError, encode_all, load_tokenizer};
-use crate::data::{DataError, Dataset, Split, read_dataset, split};
+use crate::data::{DataError, Dataset, Split, limit, read_dataset, split};
 use crate::store::{StoreError, local_path};
 
 /// A job's data, ready to train on.
@@ -42,7 +42,10 @@ pub fn load(job: &DistillationJob) -> Result<Inputs, InputError> {
     let spec = &job.spec.dataset;
     let teacher_dir = local_path(&job.spec.teacher.uri)?;
     let dataset = read_dataset(&local_path(&spec.uri)?, spec)?;
-    let split = split(&dataset.examples, &spec.validation_split);
+    let mut split = split(&dataset.examples, &spec.validation_split);
+    if let Some(max) = spec.max_examples {
+        split = limit(&split, max as usize);
+    }
     let tokenizer = load_tokenizer(&teacher_dir.join("tokenizer.json"), spec.max_sequence_length as usize)?;
     let texts: Vec<&str> = dataset.examples.iter().map(|e| e.text.as_str()).collect();
     let ids = encode_all(&tokenizer, &texts)?;

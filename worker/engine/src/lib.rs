@@ -8,16 +8,23 @@
 
 pub mod baseline;
 pub mod batch;
+pub mod checkpoint;
 pub mod classifier;
 pub mod cli;
 pub mod data;
+pub mod distill;
 pub mod init;
 pub mod inputs;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod prepare;
+pub mod progress;
+pub mod runner;
 pub mod schedule;
 pub mod spec;
 pub mod store;
+pub mod student;
 pub mod teacher;
 pub mod train;
+pub mod vocab;

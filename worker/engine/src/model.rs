@@ -39,6 +39,11 @@ pub struct EncoderConfig {
     /// Model type, `bert`.
     #[serde(default = "default_model_type")]
     pub model_type: String,
+    /// Width of a factorized word-embedding table (ALBERT's `embedding_size`): token ids look up
+    /// `(vocab, embedding_size)` rows that a bias-free projection `word_projection` maps to the
+    /// hidden width. Unset: the table is `(vocab, hidden)`, as in BERT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_size: Option<usize>,
 }
 
 fn default_type_vocab() -> usize {
@@ -64,7 +69,11 @@ impl EncoderConfig {
             self.max_position_embeddings as u64,
             self.type_vocab_size as u64,
         );
-        let embeddings = (v + p + t) * h + 2 * h;
+        let word = match self.embedding_size {
+            Some(e) => v * e as u64 + e as u64 * h,
+            None => v * h,
+        };
+        let embeddings = word + (p + t) * h + 2 * h;
         let attention = 4 * (h * h + h) + 2 * h;
         let feed_forward = (h * i + i) + (i * h + h) + 2 * h;
         embeddings + self.num_hidden_layers as u64 * (attention + feed_forward)
@@ -95,6 +104,8 @@ impl Module for LayerNorm {
 
 struct Embeddings {
     word: Embedding,
+    /// `(embedding_size → hidden)` when the word table is factorized.
+    word_projection: Option<Linear>,
     position: Embedding,
     token_type: Embedding,
     norm: LayerNorm,
@@ -102,8 +113,14 @@ struct Embeddings {
 
 impl Embeddings {
     fn new(c: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+        let width = c.embedding_size.unwrap_or(c.hidden_size);
+        let word_projection = match c.embedding_size {
+            Some(e) => Some(candle_nn::linear_no_bias(e, c.hidden_size, vb.pp("word_projection"))?),
+            None => None,
+        };
         Ok(Self {
-            word: embedding(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?,
+            word: embedding(c.vocab_size, width, vb.pp("word_embeddings"))?,
+            word_projection,
             position: embedding(c.max_position_embeddings, c.hidden_size, vb.pp("position_embeddings"))?,
             token_type: embedding(c.type_vocab_size, c.hidden_size, vb.pp("token_type_embeddings"))?,
             norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps, vb.pp("LayerNorm"))?,
@@ -113,7 +130,11 @@ impl Embeddings {
     fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
         let seq = input_ids.dim(1)?;
         let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?;
-        let x = self.word.forward(input_ids)?.broadcast_add(&self.position.forward(&positions)?)?;
+        let mut words = self.word.forward(input_ids)?;
+        if let Some(projection) = &self.word_projection {
+            words = projection.forward(&words)?;
+        }
+        let x = words.broadcast_add(&self.position.forward(&positions)?)?;
         let x = (x + self.token_type.forward(token_type_ids)?)?;
         self.norm.forward(&x)
     }
@@ -206,6 +227,16 @@ impl Encoder {
         self.forward_from(0, None, input_ids, attention_mask)
     }
 
+    /// The output of the embeddings and layers `..end`, with no gradient: frozen lower layers.
+    pub fn frozen_lower(&self, end: usize, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let mask_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.unsqueeze(1)?.unsqueeze(1)?;
+        let mut x = self.embeddings.forward(input_ids, &input_ids.zeros_like()?)?.detach();
+        for layer in &self.layers[..end] {
+            x = layer.forward(&x, &mask_bias)?.detach();
+        }
+        Ok(x)
+    }
+
     /// Runs layers `start..` on `hidden` (the output of layer `start − 1`), or from the
     /// embeddings when `hidden` is `None`. Lets frozen lower layers be computed once and cached.
     pub fn forward_from(
@@ -259,16 +290,19 @@ mod tests {
             layer_norm_eps: 1e-12,
             hidden_act: "gelu".into(),
             model_type: "bert".into(),
+            embedding_size: None,
         }
     }
 
     #[test]
     fn parameter_formula_matches_the_built_model() {
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        Encoder::new(&tiny(), vb).unwrap();
-        let built: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-        assert_eq!(built as u64, tiny().parameters());
+        for config in [tiny(), EncoderConfig { embedding_size: Some(6), ..tiny() }] {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            Encoder::new(&config, vb).unwrap();
+            let built: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+            assert_eq!(built as u64, config.parameters(), "{config:?}");
+        }
     }
 
     #[test]

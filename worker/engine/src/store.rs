@@ -1,7 +1,10 @@
 //! The artifact store: model, dataset and artifact URIs resolved to local paths. `file://` is the
 //! embedded default (a mounted volume in a pod, a directory locally).
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 /// Why a URI cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +34,40 @@ pub fn local_path(uri: &str) -> Result<PathBuf, StoreError> {
     Err(StoreError::Unsupported(uri.into()))
 }
 
+/// Lower-case hex sha256 of a file's content, read in blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_digest_matches_the_digest_of_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        // sha256("abc"), FIPS 180-2 appendix B.1.
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(sha256_file(&path).unwrap(), abc);
+        assert_eq!(sha256(b"abc"), abc);
+    }
 
     #[test]
     fn resolves_file_uris() {

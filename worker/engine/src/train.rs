@@ -17,8 +17,10 @@ use crate::schedule::{LearningRate, temperature};
 /// Optimisation settings of one training run.
 #[derive(Clone, Debug)]
 pub struct FitSettings {
-    /// Passes over the training examples.
+    /// Passes over the training examples (ignored when `max_steps` is set).
     pub epochs: u64,
+    /// Total optimiser steps instead of whole epochs.
+    pub max_steps: Option<u64>,
     /// Examples per step.
     pub batch_size: usize,
     /// Peak learning rate.
@@ -33,6 +35,9 @@ pub struct FitSettings {
     pub weight_decay: f64,
     /// Seed of the data order.
     pub seed: u64,
+    /// The embeddings and this many lower encoder layers run without gradients (their variables
+    /// must not be trained): backpropagation stops above them.
+    pub frozen_layers: usize,
 }
 
 /// Batches per length-sorting window (see [`bucketed_batches`]).
@@ -42,6 +47,24 @@ impl FitSettings {
     /// Steps per epoch for `n` training examples (the last, partial batch included).
     pub fn steps_per_epoch(&self, n: usize) -> u64 {
         n.div_ceil(self.batch_size) as u64
+    }
+
+    /// Total steps for `n` training examples.
+    pub fn total_steps(&self, n: usize) -> u64 {
+        self.max_steps.unwrap_or(self.steps_per_epoch(n) * self.epochs)
+    }
+
+    /// A fresh optimiser over `vars` with these settings' schedule, for `n` training examples.
+    pub fn trainer(&self, vars: Vec<(String, Var)>, n: usize) -> Result<Trainer> {
+        let total = self.total_steps(n);
+        let schedule = LearningRate {
+            peak: self.learning_rate,
+            warmup: (self.warmup_fraction * total as f64).round() as u64,
+            total,
+            decay: self.decay,
+        };
+        let params = AdamWParams { weight_decay: self.weight_decay, ..AdamWParams::default() };
+        Trainer::new(vars, params, schedule, self.clip_norm)
     }
 }
 
@@ -54,6 +77,9 @@ pub enum Objective<'a> {
     Distill {
         /// Teacher logits of every example (indexed by example index).
         teacher_logits: &'a [Vec<f32>],
+        /// Teacher pooled embeddings of every example and the weight of the cosine distance
+        /// between them and the student's (feature alignment), when used.
+        pooled: Option<(&'a [Vec<f32>], f64)>,
         /// Weight of the hard-label term.
         alpha: f64,
         /// Temperature over training.
@@ -81,40 +107,48 @@ pub struct StepReport {
     pub total_steps: u64,
     /// Epoch (1-based).
     pub epoch: u64,
+    /// Examples in this step's batch.
+    pub examples: usize,
     /// The optimiser's figures.
     pub stats: StepStats,
 }
 
-/// Trains `trainable` variables of `model` on `examples`.
+/// Trains the variables of `trainer` (which `model` is built over) on `examples`, continuing
+/// after the `trainer.steps_done()` steps it has already taken: a trainer restored from a
+/// checkpoint resumes exactly where the interrupted run stopped, since the batches of every epoch
+/// follow from the seed alone. `on_step` runs after every step and may write a checkpoint; its
+/// error stops training.
 pub fn fit(
     model: &Classifier,
-    trainable: Vec<(String, Var)>,
+    trainer: &mut Trainer,
     examples: Examples,
     objective: &Objective,
     settings: &FitSettings,
     device: &Device,
-    mut on_step: impl FnMut(StepReport),
+    mut on_step: impl FnMut(StepReport, &Trainer) -> Result<()>,
 ) -> Result<()> {
     let train = examples.indices;
-    let per_epoch = settings.steps_per_epoch(train.len());
-    let total = per_epoch * settings.epochs;
-    let schedule = LearningRate {
-        peak: settings.learning_rate,
-        warmup: (settings.warmup_fraction * total as f64).round() as u64,
-        total,
-        decay: settings.decay,
-    };
-    let params = AdamWParams { weight_decay: settings.weight_decay, ..AdamWParams::default() };
-    let mut trainer = Trainer::new(trainable, params, schedule, settings.clip_norm)?;
+    let total = settings.total_steps(train.len());
     let lengths: Vec<usize> = train.iter().map(|&i| examples.ids[i].len()).collect();
-    for epoch in 0..settings.epochs {
+    let mut step = 0u64;
+    let mut epoch = 0u64;
+    while step < total {
         for chunk in bucketed_batches(&lengths, settings.batch_size, BUCKET_WINDOW, settings.seed, epoch) {
+            if step >= total {
+                break;
+            }
+            step += 1;
+            if step <= trainer.steps_done() {
+                continue;
+            }
             let batch: Vec<usize> = chunk.iter().map(|&i| train[i]).collect();
-            let step = trainer.steps_done();
-            let loss = batch_loss(model, examples, &batch, objective, (step, total), device)?;
+            let loss =
+                batch_loss(model, examples, &batch, objective, (step - 1, total), settings.frozen_layers, device)?;
             let stats = trainer.backward_step(&loss)?;
-            on_step(StepReport { step: step + 1, total_steps: total, epoch: epoch + 1, stats });
+            let report = StepReport { step, total_steps: total, epoch: epoch + 1, examples: batch.len(), stats };
+            on_step(report, trainer)?;
         }
+        epoch += 1;
     }
     Ok(())
 }
@@ -126,25 +160,38 @@ fn batch_loss(
     batch: &[usize],
     objective: &Objective,
     (step, total): (u64, u64),
+    frozen_layers: usize,
     device: &Device,
 ) -> Result<Tensor> {
     let (ids, labels) = (examples.ids, examples.labels);
     let sequences: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
     let (input_ids, mask) = pad(&sequences, device)?;
     let y = Tensor::from_vec(batch.iter().map(|&i| labels[i]).collect::<Vec<_>>(), batch.len(), device)?;
-    let logits = model.forward(&input_ids, &mask)?.logits;
+    let out = model.forward_frozen_below(frozen_layers, &input_ids, &mask)?;
     match objective {
-        Objective::Labels => loss::hard_ce(&logits, &y),
-        Objective::Distill { teacher_logits, alpha, temperature: t } => {
-            let classes = logits.dim(1)?;
-            let rows: Vec<f32> = batch.iter().flat_map(|&i| teacher_logits[i].iter().copied()).collect();
-            let teacher = Tensor::from_vec(rows, (batch.len(), classes), device)?;
-            loss::distillation(&logits, &teacher, &y, *alpha, temperature(t, step, total))
+        Objective::Labels => loss::hard_ce(&out.logits, &y),
+        Objective::Distill { teacher_logits, pooled, alpha, temperature: t } => {
+            let gather = |rows: &[Vec<f32>]| {
+                let width = rows[batch[0]].len();
+                Tensor::from_vec(
+                    batch.iter().flat_map(|&i| rows[i].iter().copied()).collect(),
+                    (batch.len(), width),
+                    device,
+                )
+            };
+            let teacher = gather(teacher_logits)?;
+            let kd = loss::distillation(&out.logits, &teacher, &y, *alpha, temperature(t, step, total))?;
+            match pooled {
+                Some((targets, weight)) if *weight > 0.0 => {
+                    kd + (loss::cosine_distance(&out.pooled, &gather(targets)?)? * *weight)?
+                }
+                _ => Ok(kd),
+            }
         }
     }
 }
 
-/// Logits of examples `idx`, batch by batch (no gradients kept).
+/// Logits of examples `idx`, batch by batch (no gradients kept), in the order asked.
 pub fn logits(
     model: &Classifier,
     ids: &[Vec<u32>],
@@ -152,14 +199,36 @@ pub fn logits(
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(idx.len());
-    for chunk in idx.chunks(batch_size) {
-        let sequences: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+    Ok(outputs(model, ids, idx, batch_size, device)?.0)
+}
+
+/// One row of floats per example.
+pub type Rows = Vec<Vec<f32>>;
+
+/// Logits and pooled embeddings of examples `idx`, in the order asked. Examples are batched by
+/// length so that little of each batch is padding.
+pub fn outputs(
+    model: &Classifier,
+    ids: &[Vec<u32>],
+    idx: &[usize],
+    batch_size: usize,
+    device: &Device,
+) -> Result<(Rows, Rows)> {
+    let mut order: Vec<usize> = (0..idx.len()).collect();
+    order.sort_by_key(|&k| ids[idx[k]].len());
+    let mut logits = vec![vec![]; idx.len()];
+    let mut pooled = vec![vec![]; idx.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let sequences: Vec<&[u32]> = chunk.iter().map(|&k| ids[idx[k]].as_slice()).collect();
         let (input_ids, mask) = pad(&sequences, device)?;
-        let l = model.forward(&input_ids, &mask)?.logits.detach();
-        out.extend(l.to_vec2::<f32>()?);
+        let out = model.forward(&input_ids, &mask)?;
+        for ((&k, l), p) in chunk.iter().zip(out.logits.detach().to_vec2::<f32>()?).zip(out.pooled.detach().to_vec2()?)
+        {
+            logits[k] = l;
+            pooled[k] = p;
+        }
     }
-    Ok(out)
+    Ok((logits, pooled))
 }
 
 /// Fraction of rows whose largest logit is the label.
@@ -196,6 +265,7 @@ mod tests {
             layer_norm_eps: 1e-12,
             hidden_act: "gelu".into(),
             model_type: "bert".into(),
+            embedding_size: None,
         }
     }
 
@@ -233,6 +303,7 @@ mod tests {
     fn settings() -> FitSettings {
         FitSettings {
             epochs: 15,
+            max_steps: None,
             batch_size: 16,
             learning_rate: 3e-3,
             warmup_fraction: 0.1,
@@ -240,6 +311,7 @@ mod tests {
             clip_norm: 1.0,
             weight_decay: 0.01,
             seed: 0,
+            frozen_layers: 0,
         }
     }
 
@@ -251,14 +323,18 @@ mod tests {
         let run = || {
             let (m, enc, head) = model(1);
             let mut losses = vec![];
+            let mut trainer = settings().trainer(named_vars(&[&enc, &head], |_| true), train.len()).unwrap();
             fit(
                 &m,
-                named_vars(&[&enc, &head], |_| true),
+                &mut trainer,
                 Examples { ids: &ids, labels: &labels, indices: &train },
                 &Objective::Labels,
                 &settings(),
                 &Device::Cpu,
-                |r| losses.push(r.stats.loss),
+                |r, _| {
+                    losses.push(r.stats.loss);
+                    Ok(())
+                },
             )
             .unwrap();
             let test_labels: Vec<u32> = test.iter().map(|&i| labels[i]).collect();
@@ -280,18 +356,20 @@ mod tests {
         let teacher_logits: Vec<Vec<f32>> =
             labels.iter().map(|&l| if l == 1 { vec![-3.0, 3.0] } else { vec![3.0, -3.0] }).collect();
         let t = TemperatureSchedule { start: 4.0, end: 1.0, schedule: Schedule::Linear };
-        let objective = Objective::Distill { teacher_logits: &teacher_logits, alpha: 0.0, temperature: &t };
+        let objective =
+            Objective::Distill { teacher_logits: &teacher_logits, pooled: None, alpha: 0.0, temperature: &t };
         let (m, enc, head) = model(2);
         let train: Vec<usize> = (0..128).collect();
         let test: Vec<usize> = (128..160).collect();
+        let mut trainer = settings().trainer(named_vars(&[&enc, &head], |_| true), train.len()).unwrap();
         fit(
             &m,
-            named_vars(&[&enc, &head], |_| true),
+            &mut trainer,
             Examples { ids: &ids, labels: &labels, indices: &train },
             &objective,
             &settings(),
             &Device::Cpu,
-            |_| {},
+            |_, _| Ok(()),
         )
         .unwrap();
         let test_labels: Vec<u32> = test.iter().map(|&i| labels[i]).collect();
@@ -325,15 +403,65 @@ mod tests {
         let test_labels: Vec<u32> = test.iter().map(|&i| labels[i]).collect();
         let run = |alpha: f64| {
             let (m, enc, head) = model(3);
-            let objective = Objective::Distill { teacher_logits: &wrong, alpha, temperature: &t };
+            let objective = Objective::Distill { teacher_logits: &wrong, pooled: None, alpha, temperature: &t };
             let examples = Examples { ids: &ids, labels: &labels, indices: &train };
-            fit(&m, named_vars(&[&enc, &head], |_| true), examples, &objective, &settings(), &Device::Cpu, |_| {})
-                .unwrap();
+            let mut trainer = settings().trainer(named_vars(&[&enc, &head], |_| true), train.len()).unwrap();
+            fit(&m, &mut trainer, examples, &objective, &settings(), &Device::Cpu, |_, _| Ok(())).unwrap();
             accuracy(&logits(&m, &ids, &test, 32, &Device::Cpu).unwrap(), &test_labels)
         };
         let (labels_only, teacher_only) = (run(1.0), run(0.0));
         assert!(labels_only >= 0.9, "alpha 1: {labels_only}");
         assert!(teacher_only <= 0.1, "alpha 0 should follow the (wrong) teacher: {teacher_only}");
+    }
+
+    #[test]
+    fn a_run_stopped_mid_way_and_resumed_from_its_state_ends_where_an_uninterrupted_run_ends() {
+        use std::collections::HashMap;
+        let (ids, labels) = task(160);
+        let train: Vec<usize> = (0..128).collect();
+        let examples = Examples { ids: &ids, labels: &labels, indices: &train };
+        let snapshot = |maps: &[&candle_nn::VarMap]| -> HashMap<String, Tensor> {
+            named_vars(maps, |_| true).into_iter().map(|(k, v)| (k, v.as_tensor().copy().unwrap())).collect()
+        };
+        // Uninterrupted.
+        let (m, enc, head) = model(4);
+        let mut trainer = settings().trainer(named_vars(&[&enc, &head], |_| true), train.len()).unwrap();
+        fit(&m, &mut trainer, examples, &Objective::Labels, &settings(), &Device::Cpu, |_, _| Ok(())).unwrap();
+        let full = snapshot(&[&enc, &head]);
+        // Stopped after step 45 (mid-epoch: 8 steps per epoch), keeping what a checkpoint keeps.
+        let (m, enc, head) = model(4);
+        let mut trainer = settings().trainer(named_vars(&[&enc, &head], |_| true), train.len()).unwrap();
+        let mut saved = None;
+        let stopped = fit(&m, &mut trainer, examples, &Objective::Labels, &settings(), &Device::Cpu, |r, t| {
+            if r.step == 45 {
+                saved = Some((snapshot(&[&enc, &head]), t.state()));
+                candle_core::bail!("killed");
+            }
+            Ok(())
+        });
+        assert!(stopped.is_err());
+        let (vars, (optimizer, step)) = saved.unwrap();
+        assert_eq!(step, 45);
+        // A new process: fresh model over the saved variables, optimizer restored.
+        let (m, enc, head) = model(99);
+        for (name, t) in &vars {
+            let map = if name.starts_with("classifier") { &head } else { &enc };
+            map.data().lock().unwrap()[name].set(t).unwrap();
+        }
+        let mut trainer = settings().trainer(named_vars(&[&enc, &head], |_| true), train.len()).unwrap();
+        trainer.load_state(&optimizer, step).unwrap();
+        let mut resumed_steps = vec![];
+        fit(&m, &mut trainer, examples, &Objective::Labels, &settings(), &Device::Cpu, |r, _| {
+            resumed_steps.push(r.step);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(resumed_steps.first(), Some(&46));
+        assert_eq!(resumed_steps.len(), 120 - 45);
+        for (name, t) in snapshot(&[&enc, &head]) {
+            let d = (t - &full[&name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "{name} differs by {d} after resuming");
+        }
     }
 
     #[test]

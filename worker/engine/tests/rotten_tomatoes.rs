@@ -46,3 +46,41 @@ fn bag_of_words_baseline_reaches_the_published_figure() {
     assert!((0.745..0.80).contains(&accuracy), "held-out accuracy {accuracy}");
     eprintln!("bag-of-words held-out accuracy {accuracy:.4} (vocabulary {})", model.vocabulary_size());
 }
+
+#[test]
+fn pruned_vocabulary_tokenizes_the_training_texts_unchanged() {
+    use distillery_worker::{inputs, vocab::Pruning};
+    let job = spec::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/local/distill.yaml")).unwrap();
+    let inp = inputs::load(&job).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(inp.teacher_dir.join("tokenizer.json")).unwrap()).unwrap();
+    let used = inp.split.train.iter().flat_map(|&i| inp.ids[i].iter().copied());
+    let pruning = Pruning::new(&json, used).unwrap();
+    let mut pruned = pruning.tokenizer(&json).unwrap();
+    pruned.with_padding(None);
+    pruned
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length: job.spec.dataset.max_sequence_length as usize,
+            ..Default::default()
+        }))
+        .unwrap();
+    for &i in &inp.split.train {
+        let expect: Vec<u32> = inp.ids[i].iter().map(|&t| pruning.map(t).unwrap()).collect();
+        let got = pruned.encode(inp.dataset.examples[i].text.as_str(), true).unwrap().get_ids().to_vec();
+        assert_eq!(got, expect, "example {i}: {}", inp.dataset.examples[i].text);
+    }
+    let unk = pruned.token_to_id("[UNK]").unwrap();
+    let held_out_unk = inp
+        .split
+        .validation
+        .iter()
+        .map(|&i| pruned.encode(inp.dataset.examples[i].text.as_str(), true).unwrap())
+        .filter(|e| e.get_ids().contains(&unk))
+        .count();
+    eprintln!(
+        "pruned vocabulary: {} of 30522 tokens; held-out texts with [UNK]: {held_out_unk} of {}",
+        pruning.len(),
+        inp.split.validation.len()
+    );
+    assert!(pruning.len() < 30522 / 2);
+}

@@ -1,0 +1,447 @@
+//! A DistillationJob run end to end — the same code locally and in the operator's pod: read and
+//! split the data, prepare (or reuse) the teacher, build the student, distil it, train the same
+//! student on labels alone as the baseline that shows what distillation adds, fit the
+//! bag-of-words baseline, evaluate everything on the held-out split and write the artifact.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use distillery_crds::DistillationJob;
+use distillery_crds::distillation::AlignmentKind;
+use distillery_crds::manifest::{ArtifactManifest, FileEntry, Lineage, MANIFEST_FILE, MANIFEST_VERSION};
+use serde_json::{Value, json};
+
+use crate::baseline::{BagOfWords, BagOfWordsSettings};
+use crate::classifier::Classifier;
+use crate::inputs::{self, InputError, Inputs};
+use crate::prepare::{self, PrepareError, PreparedTeacher};
+use crate::progress::{Event, Reporter};
+use crate::runner::{self, Checkpointing, RunError, RunSummary};
+use crate::store::{StoreError, local_path, sha256, sha256_file};
+use crate::student::{self, Student, StudentError};
+use crate::train::{Examples, FitSettings, Objective, accuracy, logits};
+
+/// Why a run failed, and what the operator should do about it ([`DistillError::policy`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DistillError {
+    /// A URI cannot be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data or the teacher's tokenizer could not be read.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The teacher could not be prepared.
+    #[error(transparent)]
+    Teacher(Box<PrepareError>),
+    /// The student could not be built.
+    #[error(transparent)]
+    Student(#[from] StudentError),
+    /// A spec feature this worker does not run yet.
+    #[error("{0}")]
+    NotSupported(String),
+    /// Training failed.
+    #[error(transparent)]
+    Run(Box<RunError>),
+    /// A tensor operation failed.
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
+    /// The artifact could not be written.
+    #[error("output {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl From<PrepareError> for DistillError {
+    fn from(e: PrepareError) -> Self {
+        Self::Teacher(Box::new(e))
+    }
+}
+
+impl From<RunError> for DistillError {
+    fn from(e: RunError) -> Self {
+        Self::Run(Box::new(e))
+    }
+}
+
+/// What to do about a failed run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    /// The spec (or what it points at) must change; retrying the same spec fails again.
+    WaitForSpecChange,
+    /// Transient (storage, a killed process): retry; the run resumes from its checkpoint.
+    Retry,
+}
+
+impl DistillError {
+    /// How the operator should treat this failure.
+    pub fn policy(&self) -> ErrorPolicy {
+        match self {
+            Self::Io { .. } => ErrorPolicy::Retry,
+            Self::Run(e) if matches!(**e, RunError::Checkpoint(_)) => ErrorPolicy::Retry,
+            Self::Teacher(e) if matches!(**e, PrepareError::Io { .. }) => ErrorPolicy::Retry,
+            _ => ErrorPolicy::WaitForSpecChange,
+        }
+    }
+}
+
+/// One row of the final table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelRow {
+    /// Model name.
+    pub name: String,
+    /// Held-out accuracy (0–1).
+    pub accuracy: f64,
+    /// Parameters (0 for the bag-of-words baseline, which is not a network).
+    pub parameters: u64,
+    /// fp32 size in bytes.
+    pub bytes: u64,
+}
+
+/// What a run produced.
+pub struct Outcome {
+    /// The artifact directory.
+    pub output: PathBuf,
+    /// The manifest written there.
+    pub manifest: ArtifactManifest,
+    /// Teacher, student, label-only student, bag-of-words.
+    pub rows: Vec<ModelRow>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DistillError + '_ {
+    move |source| DistillError::Io { path: path.display().to_string(), source }
+}
+
+/// Refuses spec features this worker does not run yet, before any work is done.
+fn check_supported(job: &DistillationJob) -> Result<(), DistillError> {
+    use distillery_crds::distillation::Task;
+    let s = &job.spec;
+    if s.task != Task::SequenceClassification {
+        return Err(DistillError::NotSupported(format!(
+            "spec.task: {:?} is not built yet; this worker distils sequence-classification",
+            s.task
+        )));
+    }
+    if s.dataset.transfer_set.is_some() {
+        return Err(DistillError::NotSupported(
+            "spec.dataset.transferSet: unlabelled transfer sets are not built yet; remove it".into(),
+        ));
+    }
+    if let Some(f) = &s.loss.feature_alignment
+        && f.kind == AlignmentKind::HiddenMse
+    {
+        return Err(DistillError::NotSupported(
+            "spec.loss.featureAlignment.kind: hidden-mse is not built yet; use pooled-cosine".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `job`, writing the artifact into `output`.
+pub fn run(
+    job: &DistillationJob,
+    output: &Path,
+    cache_root: &Path,
+    device: &Device,
+    reporter: &mut dyn Reporter,
+) -> Result<Outcome, DistillError> {
+    check_supported(job)?;
+    let stage = |reporter: &mut dyn Reporter, stage: &str, message: String| {
+        reporter.report(&Event::Stage { stage: stage.into(), message });
+    };
+    let inputs = inputs::load(job)?;
+    stage(
+        reporter,
+        "data",
+        format!(
+            "{}: {} examples ({} skipped by label, {} duplicates), {} train / {} held out{}",
+            inputs.dataset.path.display(),
+            inputs.dataset.examples.len(),
+            inputs.dataset.skipped,
+            inputs.dataset.duplicates,
+            inputs.split.train.len(),
+            inputs.split.validation.len(),
+            if job.spec.dataset.validation_split.by_group { " (split by group)" } else { "" }
+        ),
+    );
+    let held_out_labels: Vec<u32> = inputs.split.validation.iter().map(|&i| inputs.labels[i]).collect();
+    let classes = inputs.dataset.labels.len();
+
+    let bow_accuracy = bag_of_words(&inputs);
+    reporter.report(&Event::Evaluated { model: "bag-of-words".into(), accuracy: bow_accuracy });
+
+    let teacher = prepare::prepare(job, &inputs, cache_root, device, reporter)?;
+    let tokenizer_path = inputs.teacher_dir.join("tokenizer.json");
+    let teacher_tokenizer: Value = std::fs::read_to_string(&tokenizer_path)
+        .map_err(io(&tokenizer_path))
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| io(&tokenizer_path)(std::io::Error::other(e))))?;
+
+    let spec_hash = sha256(serde_json::to_string(&job.spec).expect("specs serialize").as_bytes());
+    let run_key = |name: &str| sha256(format!("{spec_hash}/{}/{name}", teacher.preparation.key).as_bytes());
+    let mut teacher_logits = vec![vec![]; inputs.ids.len()];
+    let mut teacher_pooled = vec![vec![]; inputs.ids.len()];
+    for (k, &i) in inputs.split.train.iter().enumerate() {
+        teacher_logits[i] = teacher.train_logits[k].clone();
+        teacher_pooled[i] = teacher.train_pooled[k].clone();
+    }
+    let t = &job.spec.training;
+    let settings = FitSettings {
+        epochs: u64::from(t.epochs.unwrap_or(3)),
+        max_steps: t.max_steps,
+        batch_size: t.batch_size as usize,
+        learning_rate: t.learning_rate,
+        warmup_fraction: t.warmup_fraction,
+        decay: t.schedule,
+        clip_norm: t.gradient_clip_norm,
+        weight_decay: t.weight_decay,
+        seed: t.seed,
+        frozen_layers: 0,
+    };
+    let pooled = job.spec.loss.feature_alignment.as_ref().map(|f| (teacher_pooled.as_slice(), f.weight));
+    let distil = Objective::Distill {
+        teacher_logits: &teacher_logits,
+        pooled,
+        alpha: job.spec.loss.alpha,
+        temperature: &job.spec.loss.temperature,
+    };
+    let checkpoints = output.join("checkpoints");
+    let mut runs: Vec<(&str, Objective)> = vec![("student", distil)];
+    if job.spec.loss.alpha < 1.0 {
+        runs.push(("label-only", Objective::Labels));
+    }
+    let mut trained: Vec<(String, Student, RunSummary, f64)> = vec![];
+    for (name, objective) in runs {
+        let student = student::build(job, &teacher, &teacher_tokenizer, &inputs, device)?;
+        if name == "student" {
+            check_alignment_width(job, &student, &teacher)?;
+            stage(reporter, "student", describe(&student, classes, teacher.parameters()));
+        } else {
+            stage(reporter, name, "the same student on labels alone (alpha 1), same steps and data".into());
+        }
+        let model = classifier(&student, classes, job, device)?;
+        let checkpointing = Checkpointing {
+            dir: checkpoints.join(name),
+            interval: u64::from(t.checkpoint_interval),
+            run_key: run_key(name),
+        };
+        let examples = Examples { ids: &student.ids, labels: &inputs.labels, indices: &inputs.split.train };
+        let summary = runner::train(
+            name,
+            &model,
+            &[&student.encoder, &student.head],
+            |_| true,
+            examples,
+            &objective,
+            &settings,
+            Some(&checkpointing),
+            device,
+            reporter,
+        )?;
+        let acc = accuracy(&logits(&model, &student.ids, &inputs.split.validation, 64, device)?, &held_out_labels);
+        reporter.report(&Event::Evaluated { model: name.into(), accuracy: acc });
+        trained.push((name.to_string(), student, summary, acc));
+    }
+    let label_only_accuracy = trained.get(1).map_or(trained[0].3, |r| r.3);
+
+    let (_, student, student_run, student_accuracy) = &trained[0];
+    stage(reporter, "artifact", format!("writing {}", output.display()));
+    std::fs::create_dir_all(output).map_err(io(output))?;
+    let files = write_model_files(output, student, &inputs, job)?;
+    let teacher_params = teacher.parameters();
+    let student_params = student.parameters(classes);
+    let mut metrics = BTreeMap::new();
+    for (k, v) in [
+        ("teacherAccuracy", teacher.preparation.held_out_accuracy),
+        ("studentAccuracy", *student_accuracy),
+        ("labelOnlyAccuracy", label_only_accuracy),
+        ("bagOfWordsAccuracy", bow_accuracy),
+        ("retention", student_accuracy / teacher.preparation.held_out_accuracy),
+        ("distillationGain", student_accuracy - label_only_accuracy),
+        ("teacherParameters", teacher_params as f64),
+        ("studentParameters", student_params as f64),
+        ("parameterFraction", student_params as f64 / teacher_params as f64),
+        ("compressionRatio", teacher_params as f64 / student_params as f64),
+        ("studentVocabulary", student.config.vocab_size as f64),
+        ("trainExamples", inputs.split.train.len() as f64),
+        ("heldOutExamples", inputs.split.validation.len() as f64),
+    ] {
+        metrics.insert(k.to_string(), v);
+    }
+    let mut training = BTreeMap::new();
+    training.insert("teacher".to_string(), serde_json::to_value(&teacher.preparation.run).expect("json"));
+    for (name, _, summary, _) in &trained {
+        training.insert(name.clone(), serde_json::to_value(summary).expect("json"));
+    }
+    let lineage = Lineage {
+        teacher_uri: job.spec.teacher.uri.clone(),
+        teacher_digest: sha256_file(&inputs.teacher_dir.join("model.safetensors"))
+            .map_err(io(&inputs.teacher_dir.join("model.safetensors")))?,
+        teacher_preparation: Some(json!({
+            "cacheKey": teacher.preparation.key,
+            "head": teacher.preparation.head,
+            "trainedLayers": teacher.preparation.trained_layers,
+            "wordEmbeddingsFrozen": teacher.preparation.word_embeddings_frozen,
+            "heldOutAccuracy": teacher.preparation.held_out_accuracy,
+            "reusedFromCache": teacher.reused,
+        })),
+        dataset_uri: job.spec.dataset.uri.clone(),
+        dataset_digest: sha256_file(&inputs.dataset.path).map_err(io(&inputs.dataset.path))?,
+        spec_hash,
+    };
+    let manifest = ArtifactManifest {
+        manifest_version: MANIFEST_VERSION,
+        created: jiff::Timestamp::now().to_string(),
+        worker_version: env!("CARGO_PKG_VERSION").to_string(),
+        lineage,
+        metrics,
+        training,
+        files,
+        served_variant: None,
+        served_variant_reason: None,
+    };
+    let manifest_path = output.join(MANIFEST_FILE);
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))
+        .map_err(io(&manifest_path))?;
+    if checkpoints.exists() {
+        std::fs::remove_dir_all(&checkpoints).map_err(io(&checkpoints))?;
+    }
+
+    let size = |p: u64| p * 4;
+    let rows = vec![
+        ModelRow {
+            name: format!("teacher ({} layers, fine-tuned)", teacher.config.num_hidden_layers),
+            accuracy: teacher.preparation.held_out_accuracy,
+            parameters: teacher_params,
+            bytes: size(teacher_params),
+        },
+        ModelRow {
+            name: format!("student ({} layers, distilled)", student.config.num_hidden_layers),
+            accuracy: *student_accuracy,
+            parameters: student_params,
+            bytes: manifest.files["model.safetensors"].size_bytes,
+        },
+        ModelRow {
+            name: "student on labels only".into(),
+            accuracy: label_only_accuracy,
+            parameters: student_params,
+            bytes: size(student_params),
+        },
+        ModelRow { name: "bag-of-words (TF-IDF + LR)".into(), accuracy: bow_accuracy, parameters: 0, bytes: 0 },
+    ];
+    let _ = student_run;
+    Ok(Outcome { output: output.to_path_buf(), manifest, rows })
+}
+
+fn check_alignment_width(
+    job: &DistillationJob,
+    student: &Student,
+    teacher: &PreparedTeacher,
+) -> Result<(), DistillError> {
+    if job.spec.loss.feature_alignment.is_some() && student.config.hidden_size != teacher.config.hidden_size {
+        return Err(DistillError::NotSupported(format!(
+            "spec.loss.featureAlignment: pooled-cosine needs the student's hidden size ({}) to equal the teacher's ({}); \
+             a learned projection for narrower students is not built yet",
+            student.config.hidden_size, teacher.config.hidden_size
+        )));
+    }
+    Ok(())
+}
+
+fn describe(student: &Student, classes: usize, teacher_params: u64) -> String {
+    let c = &student.config;
+    let params = student.parameters(classes);
+    format!(
+        "{} layers, hidden {}, vocabulary {}{}{} — {:.2}M parameters ({:.1}% of the teacher's)",
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.vocab_size,
+        if student.pruning.is_some() { " (pruned to the training data's tokens)" } else { "" },
+        c.embedding_size.map(|e| format!(", embeddings factorized through {e}")).unwrap_or_default(),
+        params as f64 / 1e6,
+        params as f64 / teacher_params as f64 * 100.0
+    )
+}
+
+fn classifier(
+    student: &Student,
+    classes: usize,
+    job: &DistillationJob,
+    device: &Device,
+) -> candle_core::Result<Classifier> {
+    let vb = |m: &VarMap| VarBuilder::from_varmap(m, DType::F32, device);
+    Classifier::new(&student.config, classes, job.spec.teacher.pooling, vb(&student.encoder), vb(&student.head))
+}
+
+fn bag_of_words(inputs: &Inputs) -> f64 {
+    let pick = |idx: &[usize]| -> (Vec<&str>, Vec<usize>) {
+        idx.iter().map(|&i| (inputs.dataset.examples[i].text.as_str(), inputs.dataset.examples[i].label)).unzip()
+    };
+    let (train_texts, train_labels) = pick(&inputs.split.train);
+    let (test_texts, test_labels) = pick(&inputs.split.validation);
+    let model =
+        BagOfWords::fit(&train_texts, &train_labels, inputs.dataset.labels.len(), BagOfWordsSettings::default());
+    model.accuracy(&test_texts, &test_labels)
+}
+
+/// Writes `model.safetensors`, `config.json` and `tokenizer.json`; returns their entries.
+fn write_model_files(
+    output: &Path,
+    student: &Student,
+    inputs: &Inputs,
+    job: &DistillationJob,
+) -> Result<BTreeMap<String, FileEntry>, DistillError> {
+    let tensors: HashMap<String, candle_core::Tensor> = runner::snapshot(&[&student.encoder, &student.head])?;
+    let weights = output.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &weights)?;
+    let labels = &inputs.dataset.labels;
+    let mut config = serde_json::to_value(&student.config).expect("config serializes");
+    config["architectures"] = json!(["BertForSequenceClassification"]);
+    config["num_labels"] = json!(labels.len());
+    config["id2label"] =
+        json!(labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect::<BTreeMap<_, _>>());
+    config["label2id"] = json!(labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect::<BTreeMap<_, _>>());
+    config["distillery"] = json!({
+        "pooling": job.spec.teacher.pooling,
+        "maxSequenceLength": job.spec.dataset.max_sequence_length,
+    });
+    let write = |name: &str, bytes: Vec<u8>| -> Result<(), DistillError> {
+        let path = output.join(name);
+        std::fs::write(&path, bytes).map_err(io(&path))
+    };
+    write("config.json", serde_json::to_vec_pretty(&config).expect("json"))?;
+    write("tokenizer.json", serde_json::to_vec(&student.tokenizer_json).expect("json"))?;
+    let mut files = BTreeMap::new();
+    for name in ["model.safetensors", "config.json", "tokenizer.json"] {
+        let path = output.join(name);
+        let size_bytes = std::fs::metadata(&path).map_err(io(&path))?.len();
+        files.insert(name.to_string(), FileEntry { size_bytes, sha256: sha256_file(&path).map_err(io(&path))? });
+    }
+    Ok(files)
+}
+
+/// The final table: accuracy, parameters and size of each model.
+pub fn table(rows: &[ModelRow]) -> String {
+    let mut out = format!("{:<34} {:>9} {:>11} {:>9}\n", "model", "accuracy", "parameters", "size");
+    for r in rows {
+        let (params, size) = if r.parameters == 0 {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (format!("{:.2}M", r.parameters as f64 / 1e6), format!("{:.1} MB", r.bytes as f64 / 1e6))
+        };
+        out += &format!("{:<34} {:>8.2}% {params:>11} {size:>9}\n", r.name, r.accuracy * 100.0);
+    }
+    out
+}
+
+/// Where `job`'s artifact goes: `--output` when given, else the spec's `output.uri`.
+pub fn output_dir(job: &DistillationJob, output: Option<&Path>) -> Result<PathBuf, StoreError> {
+    match output {
+        Some(p) => Ok(p.to_path_buf()),
+        None => local_path(&job.spec.output.uri),
+    }
+}
