@@ -20,11 +20,15 @@ pub struct TokenizerError {
 /// file pads every input to 128, which would waste most of each batch).
 pub fn load_tokenizer(path: &Path, max_len: usize) -> Result<Tokenizer, TokenizerError> {
     let err = |message: String| TokenizerError { path: path.display().to_string(), message };
-    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+    let tokenizer = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+    truncating(tokenizer, max_len).map_err(|e| err(e.to_string()))
+}
+
+/// `tokenizer` set to truncate to `max_len` tokens and never pad: batches are padded by [`pad`]
+/// to their own longest sequence.
+pub fn truncating(mut tokenizer: Tokenizer, max_len: usize) -> tokenizers::Result<Tokenizer> {
     tokenizer.with_padding(None);
-    tokenizer
-        .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
-        .map_err(|e| err(e.to_string()))?;
+    tokenizer.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))?;
     Ok(tokenizer)
 }
 

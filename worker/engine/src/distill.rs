@@ -248,7 +248,7 @@ pub fn run(
     }
     let label_only_accuracy = trained.get(1).map_or(trained[0].3, |r| r.3);
 
-    let (_, student, student_run, student_accuracy) = &trained[0];
+    let (_, student, _, student_accuracy) = &trained[0];
     stage(reporter, "artifact", format!("writing {}", output.display()));
     std::fs::create_dir_all(output).map_err(io(output))?;
     let files = write_model_files(output, student, &inputs, job)?;
@@ -333,7 +333,6 @@ pub fn run(
         },
         ModelRow { name: "bag-of-words (TF-IDF + LR)".into(), accuracy: bow_accuracy, parameters: 0, bytes: 0 },
     ];
-    let _ = student_run;
     Ok(Outcome { output: output.to_path_buf(), manifest, rows })
 }
 

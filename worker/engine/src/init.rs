@@ -123,12 +123,8 @@ pub fn from_teacher_layers(
     let config = EncoderConfig { num_hidden_layers: layers.len(), ..teacher.clone() };
     let map = VarMap::new();
     for (name, _) in encoder_shapes(&config) {
-        let source = match name.strip_prefix("encoder.layer.") {
-            Some(rest) => {
-                let (k, tail) = rest.split_once('.').expect("layer names have a tail");
-                let k: usize = k.parse().expect("layer index");
-                format!("encoder.layer.{}.{tail}", layers[k])
-            }
+        let source = match layer_of(&name) {
+            Some(k) => name.replacen(&format!("encoder.layer.{k}."), &format!("encoder.layer.{}.", layers[k]), 1),
             None => name.clone(),
         };
         let t = tensors.get(&source).ok_or_else(|| candle_core::Error::Msg(format!("teacher lacks {source}")))?;
@@ -181,6 +177,11 @@ fn orthonormal_columns(m: Tensor) -> Result<Tensor> {
     Tensor::from_vec(cols.into_iter().flatten().collect::<Vec<_>>(), (k, n), m.device())?.t()?.contiguous()
 }
 
+/// The encoder layer a variable name belongs to (`encoder.layer.N.…`), if any.
+pub fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("encoder.layer.")?.split('.').next()?.parse().ok()
+}
+
 /// The variables of `maps`, named, sorted by name (a deterministic order for the optimiser).
 pub fn named_vars(maps: &[&VarMap], keep: impl Fn(&str) -> bool) -> Vec<(String, Var)> {
     let mut out: Vec<(String, Var)> = maps
@@ -229,6 +230,13 @@ mod tests {
         };
         assert!(residual(1) > residual(2) && residual(2) > 1e-3);
         assert!(factorize_embeddings(&table, 13, 0).is_err());
+    }
+
+    #[test]
+    fn layer_names_give_their_layer() {
+        assert_eq!(layer_of("encoder.layer.4.output.dense.weight"), Some(4));
+        assert_eq!(layer_of("encoder.layer.11.attention.self.query.bias"), Some(11));
+        assert_eq!(layer_of("embeddings.word_embeddings.weight"), None);
     }
 
     fn tiny() -> EncoderConfig {

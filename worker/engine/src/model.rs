@@ -229,7 +229,7 @@ impl Encoder {
 
     /// The output of the embeddings and layers `..end`, with no gradient: frozen lower layers.
     pub fn frozen_lower(&self, end: usize, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let mask_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.unsqueeze(1)?.unsqueeze(1)?;
+        let mask_bias = mask_bias(attention_mask)?;
         let mut x = self.embeddings.forward(input_ids, &input_ids.zeros_like()?)?.detach();
         for layer in &self.layers[..end] {
             x = layer.forward(&x, &mask_bias)?.detach();
@@ -246,7 +246,7 @@ impl Encoder {
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<EncoderOutput> {
-        let mask_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.unsqueeze(1)?.unsqueeze(1)?;
+        let mask_bias = mask_bias(attention_mask)?;
         let mut x = match hidden {
             Some(h) => h.clone(),
             None => self.embeddings.forward(input_ids, &input_ids.zeros_like()?)?,
@@ -258,6 +258,12 @@ impl Encoder {
         }
         Ok(EncoderOutput { hidden_states })
     }
+}
+
+/// The additive attention bias of `attention_mask` `(batch, seq)`: `(batch, 1, 1, seq)`, 0 for real
+/// tokens and a large negative number for padding.
+fn mask_bias(attention_mask: &Tensor) -> Result<Tensor> {
+    ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.unsqueeze(1)?.unsqueeze(1)
 }
 
 /// Mean of token states over real tokens: `(batch, seq, hidden)` → `(batch, hidden)`.

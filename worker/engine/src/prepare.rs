@@ -16,7 +16,7 @@ use distillery_crds::distillation::{HeadMode, TeacherHeadSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::Classifier;
-use crate::init;
+use crate::init::{self, layer_of};
 use crate::inputs::Inputs;
 use crate::model::EncoderConfig;
 use crate::progress::{Event, Reporter};
@@ -278,11 +278,6 @@ pub fn prepare(
     Ok(prepared)
 }
 
-/// The encoder layer a variable name belongs to (`encoder.layer.N.…`).
-fn layer_of(name: &str) -> Option<usize> {
-    name.strip_prefix("encoder.layer.")?.split('.').next()?.parse().ok()
-}
-
 fn rows_tensor(rows: &[Vec<f32>], device: &Device) -> candle_core::Result<Tensor> {
     let width = rows.first().map_or(0, Vec::len);
     Tensor::from_vec(rows.iter().flatten().copied().collect::<Vec<_>>(), (rows.len(), width), device)
@@ -341,15 +336,4 @@ fn load_cached(
         dir: dir.to_path_buf(),
         reused: true,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layer_names_give_their_layer() {
-        assert_eq!(layer_of("encoder.layer.4.output.dense.weight"), Some(4));
-        assert_eq!(layer_of("embeddings.word_embeddings.weight"), None);
-    }
 }

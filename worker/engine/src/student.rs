@@ -7,9 +7,9 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use distillery_crds::DistillationJob;
 use serde_json::Value;
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 
-use crate::batch::encode_all;
+use crate::batch::{encode_all, truncating};
 use crate::init;
 use crate::inputs::Inputs;
 use crate::model::EncoderConfig;
@@ -78,11 +78,10 @@ pub fn build(
         Some(p) => p.rewrite_tokenizer(teacher_tokenizer)?,
         None => teacher_tokenizer.clone(),
     };
-    let mut tokenizer: Tokenizer =
-        tokenizer_json.to_string().parse().map_err(|e: tokenizers::Error| VocabError::Rebuild(e.to_string()))?;
-    tokenizer.with_padding(None);
-    tokenizer
-        .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+    let tokenizer = tokenizer_json
+        .to_string()
+        .parse::<Tokenizer>()
+        .and_then(|t| truncating(t, max_len))
         .map_err(|e| VocabError::Rebuild(e.to_string()))?;
     let tokenizer_json: Value =
         serde_json::from_str(&tokenizer.to_string(false).map_err(|e| VocabError::Rebuild(e.to_string()))?)

@@ -416,13 +416,10 @@ mod tests {
 
     #[test]
     fn a_run_stopped_mid_way_and_resumed_from_its_state_ends_where_an_uninterrupted_run_ends() {
-        use std::collections::HashMap;
         let (ids, labels) = task(160);
         let train: Vec<usize> = (0..128).collect();
         let examples = Examples { ids: &ids, labels: &labels, indices: &train };
-        let snapshot = |maps: &[&candle_nn::VarMap]| -> HashMap<String, Tensor> {
-            named_vars(maps, |_| true).into_iter().map(|(k, v)| (k, v.as_tensor().copy().unwrap())).collect()
-        };
+        let snapshot = |maps: &[&candle_nn::VarMap]| crate::runner::snapshot(maps).unwrap();
         // Uninterrupted.
         let (m, enc, head) = model(4);
         let mut trainer = settings().trainer(named_vars(&[&enc, &head], |_| true), train.len()).unwrap();

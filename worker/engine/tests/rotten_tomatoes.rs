@@ -56,14 +56,11 @@ fn pruned_vocabulary_tokenizes_the_training_texts_unchanged() {
         serde_json::from_str(&std::fs::read_to_string(inp.teacher_dir.join("tokenizer.json")).unwrap()).unwrap();
     let used = inp.split.train.iter().flat_map(|&i| inp.ids[i].iter().copied());
     let pruning = Pruning::new(&json, used).unwrap();
-    let mut pruned = pruning.tokenizer(&json).unwrap();
-    pruned.with_padding(None);
-    pruned
-        .with_truncation(Some(tokenizers::TruncationParams {
-            max_length: job.spec.dataset.max_sequence_length as usize,
-            ..Default::default()
-        }))
-        .unwrap();
+    let pruned = distillery_worker::batch::truncating(
+        pruning.tokenizer(&json).unwrap(),
+        job.spec.dataset.max_sequence_length as usize,
+    )
+    .unwrap();
     for &i in &inp.split.train {
         let expect: Vec<u32> = inp.ids[i].iter().map(|&t| pruning.map(t).unwrap()).collect();
         let got = pruned.encode(inp.dataset.examples[i].text.as_str(), true).unwrap().get_ids().to_vec();
