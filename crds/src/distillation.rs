@@ -110,12 +110,15 @@ pub struct TeacherSpec {
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
     /// How to pool token states into one vector for encoders: `mean` (sentence-transformers
-    /// models) or `cls`.
+    /// models), `cls`, or `pooler` (BERT's pooler over `[CLS]`: what a HuggingFace
+    /// `BertForSequenceClassification` head reads).
     #[serde(default)]
     pub pooling: Pooling,
     /// How to make a task-specific teacher when the model has no task head (a bare encoder such as
     /// all-MiniLM-L6-v2). The prepared teacher is cached by a hash of everything that produced it.
-    /// Required for `sequence-classification` when the model directory has no classifier.
+    /// Required for `sequence-classification` when the model directory has no classifier; must be
+    /// left out when it has one (`classifier.weight`, as a `BertForSequenceClassification`
+    /// checkpoint ships): that teacher is distilled from as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<TeacherHeadSpec>,
 }
@@ -129,6 +132,9 @@ pub enum Pooling {
     Mean,
     /// The state of the first (`[CLS]`) token.
     Cls,
+    /// BERT's pooler: `tanh(dense(state of [CLS]))`, with the model's `pooler.dense` weights
+    /// (trained with the head when the model has none).
+    Pooler,
 }
 
 /// How to prepare a task-specific teacher from a bare encoder.
@@ -188,8 +194,9 @@ pub struct StudentSpec {
     /// Build the student from chosen teacher layers (DistilBERT style): same widths, fewer layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from_teacher: Option<InitFromTeacher>,
-    /// Restrict the vocabulary to the tokens the training data uses, shrinking the embedding table;
-    /// the exported tokenizer is rewritten to match.
+    /// Restrict the vocabulary to the tokens the training split and the transfer set use (plus
+    /// special tokens and single characters), shrinking the embedding table; the exported
+    /// tokenizer is rewritten to match.
     #[serde(default)]
     pub prune_vocabulary: bool,
     /// Factorize the word-embedding table through this width (ALBERT style): `vocab ×
@@ -292,7 +299,9 @@ pub struct DatasetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2))]
     pub max_examples: Option<u32>,
-    /// Extra unlabelled texts: the student learns the teacher's outputs on them too.
+    /// Extra unlabelled texts: the student learns the teacher's outputs on them too (the soft-label
+    /// and feature-alignment terms only; the label-only baseline takes as many steps on the
+    /// labelled data). The teacher's outputs on them are computed once and cached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer_set: Option<TransferSet>,
 }

@@ -93,7 +93,8 @@ fn main() {
     .unwrap();
     let teacher_logits: Vec<Vec<f32>> =
         labels.iter().map(|&l| if l == 1 { vec![-1.0, 1.0] } else { vec![1.0, -1.0] }).collect();
-    let obj = Objective::Distill { teacher_logits: &teacher_logits, pooled: None, alpha: 0.3, temperature: &t };
+    let obj =
+        Objective::Distill { teacher_logits: &teacher_logits, pooled: None, hidden: None, alpha: 0.3, temperature: &t };
     for (label, frozen_words) in
         [("student 2 layers, word emb frozen", true), ("student 2 layers, all trainable", false)]
     {

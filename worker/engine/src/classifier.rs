@@ -15,6 +15,8 @@ pub struct Classifier {
     pub head: Linear,
     /// How token states are pooled.
     pub pooling: Pooling,
+    /// BERT's pooler (`pooler.dense`), with [`Pooling::Pooler`].
+    pub pooler: Option<Linear>,
 }
 
 /// A forward pass's outputs.
@@ -28,8 +30,9 @@ pub struct ClassifierOutput {
 }
 
 impl Classifier {
-    /// Builds the classifier: the encoder from `encoder_vb` and the head from `head_vb` (kept
-    /// apart so a pretrained encoder can be loaded into a map without a head).
+    /// Builds the classifier: the encoder from `encoder_vb` and the head (`classifier`, and
+    /// `pooler.dense` with [`Pooling::Pooler`]) from `head_vb` (kept apart so a pretrained encoder
+    /// can be loaded into a map without a head).
     pub fn new(
         config: &EncoderConfig,
         classes: usize,
@@ -37,10 +40,15 @@ impl Classifier {
         encoder_vb: VarBuilder,
         head_vb: VarBuilder,
     ) -> Result<Self> {
+        let hidden = config.hidden_size;
+        let pooler = (pooling == Pooling::Pooler)
+            .then(|| linear(hidden, hidden, head_vb.pp("pooler").pp("dense")))
+            .transpose()?;
         Ok(Self {
             encoder: Encoder::new(config, encoder_vb)?,
-            head: linear(config.hidden_size, classes, head_vb.pp("classifier"))?,
+            head: linear(hidden, classes, head_vb.pp("classifier"))?,
             pooling,
+            pooler,
         })
     }
 
@@ -49,6 +57,10 @@ impl Classifier {
         match self.pooling {
             Pooling::Mean => mean_pool(hidden, attention_mask),
             Pooling::Cls => cls_pool(hidden),
+            Pooling::Pooler => match &self.pooler {
+                Some(dense) => dense.forward(&cls_pool(hidden)?)?.tanh(),
+                None => candle_core::bail!("pooling `pooler` needs pooler.dense weights"),
+            },
         }
     }
 

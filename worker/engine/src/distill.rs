@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use distillery_crds::DistillationJob;
-use distillery_crds::distillation::AlignmentKind;
+use distillery_crds::distillation::{AlignmentKind, LayerPair};
 use distillery_crds::manifest::{ArtifactManifest, FileEntry, Lineage, MANIFEST_FILE, MANIFEST_VERSION};
 use serde_json::{Value, json};
 
+use crate::align::HiddenAlignment;
 use crate::baseline::{BagOfWords, BagOfWordsSettings};
 use crate::classifier::Classifier;
 use crate::inputs::{self, InputError, Inputs};
@@ -38,6 +39,9 @@ pub enum DistillError {
     /// The student could not be built.
     #[error(transparent)]
     Student(#[from] StudentError),
+    /// The spec contradicts the teacher or the student it describes.
+    #[error("spec.{0}")]
+    InvalidSpec(String),
     /// A spec feature this worker does not run yet.
     #[error("{0}")]
     NotSupported(String),
@@ -127,18 +131,6 @@ fn check_supported(job: &DistillationJob) -> Result<(), DistillError> {
             s.task
         )));
     }
-    if s.dataset.transfer_set.is_some() {
-        return Err(DistillError::NotSupported(
-            "spec.dataset.transferSet: unlabelled transfer sets are not built yet; remove it".into(),
-        ));
-    }
-    if let Some(f) = &s.loss.feature_alignment
-        && f.kind == AlignmentKind::HiddenMse
-    {
-        return Err(DistillError::NotSupported(
-            "spec.loss.featureAlignment.kind: hidden-mse is not built yet; use pooled-cosine".into(),
-        ));
-    }
     Ok(())
 }
 
@@ -169,6 +161,20 @@ pub fn run(
             if job.spec.dataset.validation_split.by_group { " (split by group)" } else { "" }
         ),
     );
+    if let Some(t) = &inputs.transfer {
+        stage(reporter, "data", format!("{}: {} unlabelled transfer texts", t.path.display(), t.texts.len()));
+    }
+    if let Some(f) = job.spec.loss.feature_alignment.as_ref().filter(|f| f.kind == AlignmentKind::HiddenMse) {
+        // Checked before the teacher is prepared, which can take many minutes.
+        let teacher_layers = prepare::teacher_config(&inputs.teacher_dir)?.num_hidden_layers;
+        let student = &job.spec.student;
+        let student_layers = match (&student.init_from_teacher, &student.architecture) {
+            (Some(from), _) => Some(from.layers.len()),
+            (None, Some(arch)) => Some(arch.layers as usize),
+            (None, None) => None,
+        };
+        check_layer_map(&f.layer_map, student_layers, teacher_layers)?;
+    }
     let held_out_labels: Vec<u32> = inputs.split.validation.iter().map(|&i| inputs.labels[i]).collect();
     let classes = inputs.dataset.labels.len();
 
@@ -189,6 +195,12 @@ pub fn run(
         teacher_logits[i] = teacher.train_logits[k].clone();
         teacher_pooled[i] = teacher.train_pooled[k].clone();
     }
+    let (transfer_logits, transfer_pooled) = prepare::transfer_outputs(&teacher, job, &inputs, device, reporter)?;
+    for ((&i, logits), pooled) in inputs.transfer_indices().iter().zip(transfer_logits).zip(transfer_pooled) {
+        teacher_logits[i] = logits;
+        teacher_pooled[i] = pooled;
+    }
+    let distillation_indices = inputs.distillation_indices();
     let t = &job.spec.training;
     let settings = FitSettings {
         epochs: u64::from(t.epochs.unwrap_or(3)),
@@ -202,42 +214,77 @@ pub fn run(
         seed: t.seed,
         frozen_layers: 0,
     };
-    let pooled = job.spec.loss.feature_alignment.as_ref().map(|f| (teacher_pooled.as_slice(), f.weight));
-    let distil = Objective::Distill {
-        teacher_logits: &teacher_logits,
-        pooled,
-        alpha: job.spec.loss.alpha,
-        temperature: &job.spec.loss.temperature,
+    let alignment = job.spec.loss.feature_alignment.as_ref();
+    let pooled =
+        alignment.filter(|f| f.kind == AlignmentKind::PooledCosine).map(|f| (teacher_pooled.as_slice(), f.weight));
+    let layer_map = alignment.filter(|f| f.kind == AlignmentKind::HiddenMse).map(|f| &f.layer_map);
+    let hidden_targets = match layer_map {
+        Some(map) => {
+            let layers: Vec<usize> = map.iter().map(|p| p.teacher as usize).collect();
+            Some(prepare::hidden_targets(&teacher, job, &inputs, &layers, device, reporter)?)
+        }
+        None => None,
     };
     let checkpoints = output.join("checkpoints");
-    let mut runs: Vec<(&str, Objective)> = vec![("student", distil)];
+    // The label-only baseline cannot use the unlabelled transfer texts: it takes as many steps over
+    // the labelled ones.
+    let label_only_settings =
+        FitSettings { max_steps: Some(settings.total_steps(distillation_indices.len())), ..settings.clone() };
+    let mut runs: Vec<(&str, &[usize], &FitSettings)> = vec![("student", &distillation_indices, &settings)];
     if job.spec.loss.alpha < 1.0 {
-        runs.push(("label-only", Objective::Labels));
+        let label_only = if inputs.transfer.is_some() { &label_only_settings } else { &settings };
+        runs.push(("label-only", &inputs.split.train, label_only));
     }
     let mut trained: Vec<(String, Student, RunSummary, f64)> = vec![];
-    for (name, objective) in runs {
+    for (name, indices, settings) in runs {
         let student = student::build(job, &teacher, &teacher_tokenizer, &inputs, device)?;
+        // Variables that train with the student but are not part of it (alignment projections).
+        let auxiliary = VarMap::new();
+        let mut hidden = None;
         if name == "student" {
             check_alignment_width(job, &student, &teacher)?;
-            stage(reporter, "student", describe(&student, classes, teacher.parameters()));
+            if let (Some(map), Some(targets)) = (layer_map, &hidden_targets) {
+                let student_layers = map.iter().map(|p| p.student as usize).collect();
+                let weight = alignment.map_or(0.0, |f| f.weight);
+                hidden = Some(HiddenAlignment::new(
+                    targets,
+                    student_layers,
+                    student.config.hidden_size,
+                    weight,
+                    &auxiliary,
+                    device,
+                )?);
+            }
+            stage(reporter, "student", describe(&student, teacher.parameters()));
         } else {
             stage(reporter, name, "the same student on labels alone (alpha 1), same steps and data".into());
         }
+        let objective = if name == "student" {
+            Objective::Distill {
+                teacher_logits: &teacher_logits,
+                pooled,
+                hidden: hidden.as_ref(),
+                alpha: job.spec.loss.alpha,
+                temperature: &job.spec.loss.temperature,
+            }
+        } else {
+            Objective::Labels
+        };
         let model = classifier(&student, classes, job, device)?;
         let checkpointing = Checkpointing {
             dir: checkpoints.join(name),
             interval: u64::from(t.checkpoint_interval),
             run_key: run_key(name),
         };
-        let examples = Examples { ids: &student.ids, labels: &inputs.labels, indices: &inputs.split.train };
+        let examples = Examples { ids: &student.ids, labels: &inputs.labels, indices };
         let summary = runner::train(
             name,
             &model,
-            &[&student.encoder, &student.head],
+            &[&student.encoder, &student.head, &auxiliary],
             |_| true,
             examples,
             &objective,
-            &settings,
+            settings,
             Some(&checkpointing),
             device,
             reporter,
@@ -253,7 +300,7 @@ pub fn run(
     std::fs::create_dir_all(output).map_err(io(output))?;
     let files = write_model_files(output, student, &inputs, job)?;
     let teacher_params = teacher.parameters();
-    let student_params = student.parameters(classes);
+    let student_params = student.parameters();
     let mut metrics = BTreeMap::new();
     for (k, v) in [
         ("teacherAccuracy", teacher.preparation.held_out_accuracy),
@@ -268,12 +315,15 @@ pub fn run(
         ("compressionRatio", teacher_params as f64 / student_params as f64),
         ("studentVocabulary", student.config.vocab_size as f64),
         ("trainExamples", inputs.split.train.len() as f64),
+        ("transferExamples", inputs.transfer_indices().len() as f64),
         ("heldOutExamples", inputs.split.validation.len() as f64),
     ] {
         metrics.insert(k.to_string(), v);
     }
     let mut training = BTreeMap::new();
-    training.insert("teacher".to_string(), serde_json::to_value(&teacher.preparation.run).expect("json"));
+    if let Some(run) = &teacher.preparation.run {
+        training.insert("teacher".to_string(), serde_json::to_value(run).expect("json"));
+    }
     for (name, _, summary, _) in &trained {
         training.insert(name.clone(), serde_json::to_value(summary).expect("json"));
     }
@@ -284,6 +334,7 @@ pub fn run(
         teacher_preparation: Some(json!({
             "cacheKey": teacher.preparation.key,
             "head": teacher.preparation.head,
+            "shippedHead": teacher.preparation.shipped_head,
             "trainedLayers": teacher.preparation.trained_layers,
             "wordEmbeddingsFrozen": teacher.preparation.word_embeddings_frozen,
             "heldOutAccuracy": teacher.preparation.held_out_accuracy,
@@ -314,7 +365,7 @@ pub fn run(
     let size = |p: u64| p * 4;
     let rows = vec![
         ModelRow {
-            name: format!("teacher ({} layers, fine-tuned)", teacher.config.num_hidden_layers),
+            name: format!("teacher ({} layers, {})", teacher.config.num_hidden_layers, how_made(&teacher)),
             accuracy: teacher.preparation.held_out_accuracy,
             parameters: teacher_params,
             bytes: size(teacher_params),
@@ -336,24 +387,62 @@ pub fn run(
     Ok(Outcome { output: output.to_path_buf(), manifest, rows })
 }
 
+/// How the teacher got its head, for the table.
+fn how_made(teacher: &PreparedTeacher) -> &'static str {
+    use distillery_crds::distillation::HeadMode;
+    match &teacher.preparation.head {
+        None => "head as shipped",
+        Some(h) if h.mode == HeadMode::LinearProbe => "linear probe",
+        Some(_) => "fine-tuned",
+    }
+}
+
 fn check_alignment_width(
     job: &DistillationJob,
     student: &Student,
     teacher: &PreparedTeacher,
 ) -> Result<(), DistillError> {
-    if job.spec.loss.feature_alignment.is_some() && student.config.hidden_size != teacher.config.hidden_size {
+    let pooled = job.spec.loss.feature_alignment.as_ref().is_some_and(|f| f.kind == AlignmentKind::PooledCosine);
+    if pooled && student.config.hidden_size != teacher.config.hidden_size {
         return Err(DistillError::NotSupported(format!(
             "spec.loss.featureAlignment: pooled-cosine needs the student's hidden size ({}) to equal the teacher's ({}); \
-             a learned projection for narrower students is not built yet",
+             use kind hidden-mse, which learns a projection between the widths",
             student.config.hidden_size, teacher.config.hidden_size
         )));
     }
     Ok(())
 }
 
-fn describe(student: &Student, classes: usize, teacher_params: u64) -> String {
+/// Refuses a `layerMap` naming a layer the teacher (or, once built, the student) does not have.
+fn check_layer_map(
+    map: &[LayerPair],
+    student_layers: Option<usize>,
+    teacher_layers: usize,
+) -> Result<(), DistillError> {
+    for (k, pair) in map.iter().enumerate() {
+        if pair.teacher as usize >= teacher_layers {
+            return Err(DistillError::InvalidSpec(format!(
+                "loss.featureAlignment.layerMap[{k}].teacher: layer {} does not exist; the teacher has {teacher_layers} layers (0–{})",
+                pair.teacher,
+                teacher_layers - 1
+            )));
+        }
+        if let Some(n) = student_layers
+            && pair.student as usize >= n
+        {
+            return Err(DistillError::InvalidSpec(format!(
+                "loss.featureAlignment.layerMap[{k}].student: layer {} does not exist; the student has {n} layers (0–{})",
+                pair.student,
+                n - 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn describe(student: &Student, teacher_params: u64) -> String {
     let c = &student.config;
-    let params = student.parameters(classes);
+    let params = student.parameters();
     format!(
         "{} layers, hidden {}, vocabulary {}{}{} — {:.2}M parameters ({:.1}% of the teacher's)",
         c.num_hidden_layers,

@@ -97,6 +97,27 @@ pub fn random_head(hidden: usize, classes: usize, seed: u64, device: &Device) ->
     Ok(map)
 }
 
+/// Adds BERT's pooler (`pooler.dense.{weight,bias}`, `hidden × hidden`) to a head map: the
+/// weights of `source` when it has them (a pretrained or teacher model), else seeded random ones.
+pub fn add_pooler(
+    map: &VarMap,
+    source: Option<&HashMap<String, Tensor>>,
+    hidden: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0090_01e4);
+    for (name, shape) in [("pooler.dense.weight", vec![hidden, hidden]), ("pooler.dense.bias", vec![hidden])] {
+        let tensor = match source.and_then(|s| s.get(name)) {
+            Some(t) if t.dims() == shape.as_slice() => t.clone(),
+            Some(t) => candle_core::bail!("{name} has shape {:?}, expected {shape:?}", t.dims()),
+            None => init_tensor(name, &shape, &mut rng, device)?,
+        };
+        insert(map, name, &tensor)?;
+    }
+    Ok(())
+}
+
 /// The encoder variables of `config` taken from `tensors` (a pretrained file's contents).
 pub fn pretrained_encoder(config: &EncoderConfig, tensors: &HashMap<String, Tensor>) -> Result<VarMap> {
     let map = VarMap::new();

@@ -1,12 +1,14 @@
 //! The first stage of a distillation run: the job's dataset read and split, and every text
-//! tokenized with the teacher's tokenizer at the spec's `maxSequenceLength`.
+//! tokenized with the teacher's tokenizer at the spec's `maxSequenceLength`, and the unlabelled
+//! transfer set, when the spec names one, read and tokenized alike.
 
 use std::path::PathBuf;
 
 use distillery_crds::DistillationJob;
 
 use crate::batch::{TokenizerError, encode_all, load_tokenizer};
-use crate::data::{DataError, Dataset, Split, limit, read_dataset, split};
+use crate::data::{DataError, Dataset, Split, limit, read_dataset, read_transfer, split};
+use crate::loss::UNLABELLED;
 use crate::store::{StoreError, local_path};
 
 /// A job's data, ready to train on.
@@ -17,10 +19,41 @@ pub struct Inputs {
     pub dataset: Dataset,
     /// Training and held-out indices into `dataset.examples`.
     pub split: Split,
-    /// Token ids of every example (truncated, unpadded).
+    /// Token ids of every example (truncated, unpadded), then of every transfer text.
     pub ids: Vec<Vec<u32>>,
-    /// Class index of every example.
+    /// Class index of every example, then [`UNLABELLED`] for every transfer text.
     pub labels: Vec<u32>,
+    /// The unlabelled transfer set, when the spec names one.
+    pub transfer: Option<Transfer>,
+}
+
+/// Unlabelled texts the student learns the teacher's outputs on, besides the training split.
+pub struct Transfer {
+    /// The file they were read from.
+    pub path: PathBuf,
+    /// The texts, in file order (empty lines skipped).
+    pub texts: Vec<String>,
+    /// Their indices into [`Inputs::ids`] and [`Inputs::labels`], after the dataset's examples.
+    pub indices: Vec<usize>,
+}
+
+impl Inputs {
+    /// Every text in the order of [`Self::ids`]: the dataset's examples, then the transfer texts.
+    pub fn texts(&self) -> Vec<&str> {
+        let transfer = self.transfer.iter().flat_map(|t| t.texts.iter());
+        self.dataset.examples.iter().map(|e| e.text.as_str()).chain(transfer.map(String::as_str)).collect()
+    }
+
+    /// What the student distils on: the training split, then the transfer texts.
+    pub fn distillation_indices(&self) -> Vec<usize> {
+        let transfer = self.transfer.iter().flat_map(|t| t.indices.iter().copied());
+        self.split.train.iter().copied().chain(transfer).collect()
+    }
+
+    /// Indices of the transfer texts (none without a transfer set).
+    pub fn transfer_indices(&self) -> &[usize] {
+        self.transfer.as_ref().map_or(&[], |t| t.indices.as_slice())
+    }
 }
 
 /// Why the inputs could not be prepared.
@@ -48,7 +81,26 @@ pub fn load(job: &DistillationJob) -> Result<Inputs, InputError> {
     }
     let tokenizer = load_tokenizer(&teacher_dir.join("tokenizer.json"), spec.max_sequence_length as usize)?;
     let texts: Vec<&str> = dataset.examples.iter().map(|e| e.text.as_str()).collect();
-    let ids = encode_all(&tokenizer, &texts)?;
-    let labels = dataset.examples.iter().map(|e| e.label as u32).collect();
-    Ok(Inputs { teacher_dir, dataset, split, ids, labels })
+    let mut ids = encode_all(&tokenizer, &texts)?;
+    let mut labels: Vec<u32> = dataset.examples.iter().map(|e| e.label as u32).collect();
+    let transfer = match &spec.transfer_set {
+        None => None,
+        Some(t) => {
+            let path = local_path(&t.uri)?;
+            let texts = read_transfer(&path, t)?;
+            if texts.is_empty() {
+                return Err(DataError::TooLittle {
+                    path: path.clone(),
+                    message: "spec.dataset.transferSet has no texts (every line is empty)".into(),
+                }
+                .into());
+            }
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            ids.extend(encode_all(&tokenizer, &refs)?);
+            let indices = (labels.len()..labels.len() + texts.len()).collect();
+            labels.resize(labels.len() + texts.len(), UNLABELLED);
+            Some(Transfer { path, texts, indices })
+        }
+    };
+    Ok(Inputs { teacher_dir, dataset, split, ids, labels, transfer })
 }

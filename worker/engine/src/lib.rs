@@ -6,6 +6,7 @@
 //! ([`teacher`]). The distillation engine, ONNX export, int8 quantization and load generator are
 //! the next issues' work, and `distill` says so instead of pretending.
 
+pub mod align;
 pub mod baseline;
 pub mod batch;
 pub mod checkpoint;

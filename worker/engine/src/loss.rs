@@ -42,6 +42,33 @@ pub fn distillation(
     (hard * alpha)? + (soft * (1.0 - alpha))?
 }
 
+/// The label of a transfer-set example: it has none, and only the teacher's soft labels train on it.
+pub const UNLABELLED: u32 = u32::MAX;
+
+/// [`distillation`] on a batch in which some rows ([`UNLABELLED`]) come from the unlabelled
+/// transfer set: the cross-entropy averages over the labelled rows only, the KL term over all
+/// rows; a batch with no labelled row is the soft term alone.
+pub fn distillation_partly_labelled(
+    student_logits: &Tensor,
+    teacher_logits: &Tensor,
+    labels: &[u32],
+    alpha: f64,
+    temperature: f64,
+) -> Result<Tensor> {
+    let device = student_logits.device();
+    let labelled: Vec<u32> = (0..labels.len() as u32).filter(|&i| labels[i as usize] != UNLABELLED).collect();
+    if labelled.len() == labels.len() {
+        return distillation(student_logits, teacher_logits, &Tensor::new(labels, device)?, alpha, temperature);
+    }
+    let soft = (soft_kl(student_logits, teacher_logits, temperature)? * (1.0 - alpha))?;
+    if labelled.is_empty() || alpha == 0.0 {
+        return Ok(soft);
+    }
+    let y: Vec<u32> = labelled.iter().map(|&i| labels[i as usize]).collect();
+    let rows = student_logits.index_select(&Tensor::new(labelled.as_slice(), device)?, 0)?;
+    (hard_ce(&rows, &Tensor::new(y.as_slice(), device)?)? * alpha)? + soft
+}
+
 /// Mean of `1 − cos(a_i, b_i)` over the rows of `(batch, dim)` tensors; `b` is a target and gets
 /// no gradient.
 pub fn cosine_distance(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -74,6 +101,8 @@ mod tests {
     //   T=1: 0.22381133639762182; T=2: T²·KL = 0.2424948496313295; T=4: T²·KL = 0.2507389041688662
     //   CE = mean(-log softmax(S, 1)[label]) = 0.2675715015342181
     //   0.3 · CE + 0.7 · (T=2 term) = 0.25001784520219605
+    //   row 1 unlabelled: 0.3 · (-log softmax(S[0], 1)[1] = 0.46436878410794485) + 0.7 · (T=2 term
+    //   over both rows) = 0.3090570299743141; no row labelled: 0.7 · (T=2 term) = 0.16974639474193065
     //   cosine distance of A = [[1,0,1],[.5,.5,-1]], B = [[1,1,0],[-.5,-.5,1]]: 1.25
     //   masked MSE, X = [[1,2],[3,4],[100,100]], Y = [[1.5,2],[2,4],[0,0]], mask [1,1,0]: 0.3125
     fn s() -> Tensor {
@@ -105,6 +134,14 @@ mod tests {
         close(scalar(hard_ce(&s(), &labels()).unwrap()), 0.2675715015342181);
         close(scalar(distillation(&s(), &t(), &labels(), 0.3, 2.0).unwrap()), 0.25001784520219605);
         close(scalar(distillation(&s(), &t(), &labels(), 1.0, 2.0).unwrap()), 0.2675715015342181);
+    }
+
+    #[test]
+    fn unlabelled_rows_get_only_the_soft_term() {
+        let d = |labels: &[u32]| scalar(distillation_partly_labelled(&s(), &t(), labels, 0.3, 2.0).unwrap());
+        close(d(&[1, UNLABELLED]), 0.3090570299743141);
+        close(d(&[UNLABELLED, UNLABELLED]), 0.16974639474193065);
+        close(d(&[1, 2]), 0.25001784520219605);
     }
 
     #[test]

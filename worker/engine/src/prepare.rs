@@ -12,9 +12,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use distillery_crds::DistillationJob;
-use distillery_crds::distillation::{HeadMode, TeacherHeadSpec};
+use distillery_crds::distillation::{HeadMode, Pooling, TeacherHeadSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::align::HiddenTargets;
 use crate::classifier::Classifier;
 use crate::init::{self, layer_of};
 use crate::inputs::Inputs;
@@ -22,7 +23,7 @@ use crate::model::EncoderConfig;
 use crate::progress::{Event, Reporter};
 use crate::runner::{self, Checkpointing, RunError, RunSummary};
 use crate::store::{sha256, sha256_file};
-use crate::train::{Examples, FitSettings, Objective, accuracy, outputs};
+use crate::train::{Examples, FitSettings, Objective, Rows, accuracy, outputs};
 
 /// Bumped whenever preparation itself changes, so older cached teachers are not reused.
 const PREPARATION_VERSION: u32 = 1;
@@ -44,12 +45,20 @@ pub enum PrepareError {
          to linear-probe or fine-tune"
     )]
     HeadRequired(String),
-    /// Teachers that ship their own classifier head are not loaded yet.
+    /// The teacher ships a classifier head and the spec asks to prepare another.
     #[error(
-        "the teacher {0} ships a classifier head; this worker prepares bare encoders only (BERT \
-         pooler + head loading is not built yet). Use the bare encoder with spec.teacher.head"
+        "spec.teacher.head must be left out: the teacher {0} ships a classifier head \
+         (classifier.weight), which is distilled from as it is"
     )]
-    ShippedHeadUnsupported(String),
+    HeadNotWanted(String),
+    /// The shipped head does not fit the dataset.
+    #[error("spec.teacher.uri: the classifier head of {path} {message}")]
+    ShippedHead {
+        /// The teacher directory.
+        path: String,
+        /// What does not fit.
+        message: String,
+    },
     /// Training or evaluation failed.
     #[error(transparent)]
     Run(#[from] RunError),
@@ -72,8 +81,11 @@ pub enum PrepareError {
 pub struct Preparation {
     /// The cache key: sha256 of the teacher's files, the dataset, the split and these settings.
     pub key: String,
-    /// The spec's head settings.
-    pub head: TeacherHeadSpec,
+    /// The spec's head settings (none when the teacher shipped its head).
+    pub head: Option<TeacherHeadSpec>,
+    /// Whether the teacher's own classifier head was used as it is (no training).
+    #[serde(default)]
+    pub shipped_head: bool,
     /// Encoder layers that were trained (0 for a linear probe).
     pub trained_layers: usize,
     /// Whether the word-embedding table was kept frozen.
@@ -84,8 +96,8 @@ pub struct Preparation {
     pub train_examples: usize,
     /// Held-out examples.
     pub held_out_examples: usize,
-    /// The training run.
-    pub run: RunSummary,
+    /// The training run (none for a shipped head).
+    pub run: Option<RunSummary>,
 }
 
 /// A task-specific teacher, ready to distil from.
@@ -107,11 +119,144 @@ pub struct PreparedTeacher {
 }
 
 impl PreparedTeacher {
-    /// Parameters the teacher uses for the task: encoder and head (no pooler).
-    pub fn parameters(&self) -> u64 {
-        let classes = self.train_logits.first().map_or(0, Vec::len) as u64;
-        self.config.parameters() + classes * (self.config.hidden_size as u64 + 1)
+    /// Classes of its head.
+    pub fn classes(&self) -> usize {
+        self.tensors.get("classifier.weight").map_or(0, |w| w.dims()[0])
     }
+
+    /// Parameters the teacher uses for the task: encoder and head (with the pooler when pooling
+    /// uses it: only then is it among its tensors).
+    pub fn parameters(&self) -> u64 {
+        let head: usize = self
+            .tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with("classifier.") || k.starts_with("pooler."))
+            .map(|(_, t)| t.elem_count())
+            .sum();
+        self.config.parameters() + head as u64
+    }
+
+    /// The teacher as a model to run (frozen: its tensors are not variables).
+    pub fn classifier(&self, pooling: Pooling, device: &Device) -> candle_core::Result<Classifier> {
+        let vb = VarBuilder::from_tensors(self.tensors.clone(), DType::F32, device);
+        Classifier::new(&self.config, self.classes(), pooling, vb.clone(), vb)
+    }
+}
+
+/// The teacher's outputs of `layers` on every example distillation trains on (training split
+/// and transfer texts), for hidden-state alignment. Computed once per prepared teacher, transfer
+/// file and layer set, and cached beside the prepared teacher.
+pub fn hidden_targets(
+    teacher: &PreparedTeacher,
+    job: &DistillationJob,
+    inputs: &Inputs,
+    layers: &[usize],
+    device: &Device,
+    reporter: &mut dyn Reporter,
+) -> Result<HiddenTargets, PrepareError> {
+    let indices = inputs.distillation_indices();
+    let transfer = match &inputs.transfer {
+        Some(t) => sha256_file(&t.path).map_err(io(&t.path))?,
+        None => String::new(),
+    };
+    let what = serde_json::json!({
+        "teacher": teacher.preparation.key,
+        "transfer": transfer,
+        "transferSet": job.spec.dataset.transfer_set,
+        "layers": layers,
+        "pooling": job.spec.teacher.pooling,
+    });
+    let path = teacher.dir.join(format!("hidden-{}.safetensors", &sha256(what.to_string().as_bytes())[..24]));
+    let name = |layer: usize| format!("layer.{layer}");
+    if path.is_file() {
+        let mut saved = candle_core::safetensors::load(&path, device)?;
+        let order: Option<Vec<usize>> = saved
+            .remove("order")
+            .and_then(|o| o.to_vec1::<u32>().ok())
+            .map(|o| o.into_iter().map(|i| i as usize).collect());
+        let tables: Option<Vec<Tensor>> = layers.iter().map(|&l| saved.remove(&name(l))).collect();
+        if let (Some(order), Some(tables)) = (order, tables) {
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            let mut wanted = indices.clone();
+            wanted.sort_unstable();
+            if sorted == wanted {
+                reporter.report(&Event::Stage {
+                    stage: "teacher".into(),
+                    message: format!("reusing its hidden states of layers {layers:?} ({})", path.display()),
+                });
+                return Ok(HiddenTargets::from_tables(layers.to_vec(), tables, &order, &inputs.ids)?);
+            }
+        }
+    }
+    reporter.report(&Event::Stage {
+        stage: "teacher".into(),
+        message: format!(
+            "computing its hidden states of layers {layers:?} on {} examples — once; cached",
+            indices.len()
+        ),
+    });
+    let model = teacher.classifier(job.spec.teacher.pooling, device)?;
+    let targets = HiddenTargets::compute(&model, &inputs.ids, &indices, layers, device)?;
+    let (tables, order) = targets.tables()?;
+    let mut saved: HashMap<String, Tensor> = layers.iter().map(|&l| name(l)).zip(tables).collect();
+    let order: Vec<u32> = order.into_iter().map(|i| i as u32).collect();
+    saved.insert("order".into(), Tensor::new(order.as_slice(), device)?);
+    let staging = path.with_extension("partial");
+    candle_core::safetensors::save(&saved, &staging)?;
+    std::fs::rename(&staging, &path).map_err(io(&path))?;
+    Ok(targets)
+}
+
+/// The teacher's logits and pooled embeddings on the transfer texts of `inputs` (indexed like
+/// `inputs.transfer_indices()`; empty without a transfer set). Computed once per prepared teacher
+/// and transfer file, and cached beside the prepared teacher.
+pub fn transfer_outputs(
+    teacher: &PreparedTeacher,
+    job: &DistillationJob,
+    inputs: &Inputs,
+    device: &Device,
+    reporter: &mut dyn Reporter,
+) -> Result<(Rows, Rows), PrepareError> {
+    let (Some(transfer), Some(spec)) = (&inputs.transfer, &job.spec.dataset.transfer_set) else {
+        return Ok((vec![], vec![]));
+    };
+    let mut what = serde_json::to_value(spec).expect("specs serialize");
+    what["uri"] = serde_json::Value::Null;
+    what["teacher"] = teacher.preparation.key.clone().into();
+    what["data"] = sha256_file(&transfer.path).map_err(io(&transfer.path))?.into();
+    what["maxSequenceLength"] = job.spec.dataset.max_sequence_length.into();
+    let path = teacher.dir.join(format!("transfer-{}.safetensors", &sha256(what.to_string().as_bytes())[..24]));
+    if path.is_file() {
+        let cached = candle_core::safetensors::load(&path, device)?;
+        if let (Some(logits), Some(pooled)) = (cached.get("logits"), cached.get("pooled"))
+            && logits.dim(0)? == transfer.indices.len()
+        {
+            reporter.report(&Event::Stage {
+                stage: "teacher".into(),
+                message: format!("reusing its outputs on {} transfer texts ({})", transfer.texts.len(), path.display()),
+            });
+            return Ok((logits.to_vec2()?, pooled.to_vec2()?));
+        }
+    }
+    reporter.report(&Event::Stage {
+        stage: "teacher".into(),
+        message: format!(
+            "computing its outputs on {} transfer texts from {} — once; cached",
+            transfer.texts.len(),
+            transfer.path.display()
+        ),
+    });
+    let model = teacher.classifier(job.spec.teacher.pooling, device)?;
+    let (logits, pooled) = outputs(&model, &inputs.ids, &transfer.indices, 64, device)?;
+    let staging = path.with_extension("partial");
+    let tensors = HashMap::from([
+        ("logits".to_string(), rows_tensor(&logits, device)?),
+        ("pooled".to_string(), rows_tensor(&pooled, device)?),
+    ]);
+    candle_core::safetensors::save(&tensors, &staging)?;
+    std::fs::rename(&staging, &path).map_err(io(&path))?;
+    Ok((logits, pooled))
 }
 
 const MODEL: &str = "model.safetensors";
@@ -130,6 +275,13 @@ fn teacher_file(dir: &Path, name: &str) -> Result<PathBuf, PrepareError> {
     } else {
         Err(PrepareError::Teacher { path: path.display().to_string(), message: "missing".into() })
     }
+}
+
+/// The encoder configuration (`config.json`) of the teacher directory `dir`.
+pub fn teacher_config(dir: &Path) -> Result<EncoderConfig, PrepareError> {
+    let path = teacher_file(dir, CONFIG)?;
+    serde_json::from_str(&std::fs::read_to_string(&path).map_err(io(&path))?)
+        .map_err(|e| PrepareError::Teacher { path: path.display().to_string(), message: e.to_string() })
 }
 
 /// The cache key of the prepared teacher for `job` on `inputs`.
@@ -163,16 +315,18 @@ pub fn prepare(
     reporter: &mut dyn Reporter,
 ) -> Result<PreparedTeacher, PrepareError> {
     let dir_name = inputs.teacher_dir.display().to_string();
-    let config_path = teacher_file(&inputs.teacher_dir, CONFIG)?;
-    let config: EncoderConfig = serde_json::from_str(&std::fs::read_to_string(&config_path).map_err(io(&config_path))?)
-        .map_err(|e| PrepareError::Teacher { path: config_path.display().to_string(), message: e.to_string() })?;
+    let config = teacher_config(&inputs.teacher_dir)?;
     let weights_path = teacher_file(&inputs.teacher_dir, MODEL)?;
-    let pretrained = candle_core::safetensors::load(&weights_path, device)
-        .map_err(|e| PrepareError::Teacher { path: weights_path.display().to_string(), message: e.to_string() })?;
-    if pretrained.keys().any(|k| k.starts_with("classifier.")) {
-        return Err(PrepareError::ShippedHeadUnsupported(dir_name));
+    let pretrained: HashMap<String, Tensor> = candle_core::safetensors::load(&weights_path, device)
+        .map_err(|e| PrepareError::Teacher { path: weights_path.display().to_string(), message: e.to_string() })?
+        .into_iter()
+        // HuggingFace's task models (BertForSequenceClassification) nest the encoder under `bert.`.
+        .map(|(k, v)| (k.strip_prefix("bert.").map(str::to_string).unwrap_or(k), v))
+        .collect();
+    let shipped_head = pretrained.contains_key("classifier.weight");
+    if shipped_head && job.spec.teacher.head.is_some() {
+        return Err(PrepareError::HeadNotWanted(dir_name));
     }
-    let head_spec = job.spec.teacher.head.clone().ok_or(PrepareError::HeadRequired(dir_name))?;
     let key = cache_key(job, inputs)?;
     let dir = cache_root.join("teachers").join(&key[..24]);
     if let Some(cached) = load_cached(&dir, &key, &config, device)? {
@@ -186,6 +340,10 @@ pub fn prepare(
         });
         return Ok(cached);
     }
+    if shipped_head {
+        return as_shipped(job, inputs, config, &pretrained, key, dir, device, reporter);
+    }
+    let head_spec = job.spec.teacher.head.clone().ok_or(PrepareError::HeadRequired(dir_name))?;
 
     let classes = inputs.dataset.labels.len();
     let layers = config.num_hidden_layers;
@@ -211,6 +369,9 @@ pub fn prepare(
     });
     let encoder = init::pretrained_encoder(&config, &pretrained)?;
     let head = init::random_head(config.hidden_size, classes, job.spec.training.seed, device)?;
+    if job.spec.teacher.pooling == Pooling::Pooler {
+        init::add_pooler(&head, Some(&pretrained), config.hidden_size, job.spec.training.seed, device)?;
+    }
     let vb = |m: &VarMap| VarBuilder::from_varmap(m, DType::F32, device);
     let model = Classifier::new(&config, classes, job.spec.teacher.pooling, vb(&encoder), vb(&head))?;
     let settings = FitSettings {
@@ -226,7 +387,7 @@ pub fn prepare(
         frozen_layers,
     };
     let trainable = |name: &str| {
-        if name.starts_with("classifier.") {
+        if name.starts_with("classifier.") || name.starts_with("pooler.") {
             return true;
         }
         if frozen_layers > 0 || name.contains("word_embeddings") {
@@ -262,13 +423,14 @@ pub fn prepare(
     let (train_logits, train_pooled) = outputs(&model, &inputs.ids, &inputs.split.train, 64, device)?;
     let preparation = Preparation {
         key: key.clone(),
-        head: head_spec,
+        head: Some(head_spec),
+        shipped_head: false,
         trained_layers: layers - frozen_layers,
         word_embeddings_frozen,
         held_out_accuracy,
         train_examples: inputs.split.train.len(),
         held_out_examples: inputs.split.validation.len(),
-        run: RunSummary { seconds: run.seconds + started.elapsed().as_secs_f64(), ..run },
+        run: Some(RunSummary { seconds: run.seconds + started.elapsed().as_secs_f64(), ..run }),
     };
     let tensors = runner::snapshot(&[&encoder, &head])?;
     let prepared =
@@ -276,6 +438,124 @@ pub fn prepare(
     save(&prepared, &partial)?;
     reporter.report(&Event::Evaluated { model: "teacher".into(), accuracy: held_out_accuracy });
     Ok(prepared)
+}
+
+/// The teacher with the classifier head it ships: evaluated and its outputs cached, not trained.
+/// The head's rows are put in the order of `spec.dataset.labels`, by the names of the model's
+/// `config.json` `id2label` (generic `LABEL_k` names: the order as it is).
+#[allow(clippy::too_many_arguments)]
+fn as_shipped(
+    job: &DistillationJob,
+    inputs: &Inputs,
+    config: EncoderConfig,
+    pretrained: &HashMap<String, Tensor>,
+    key: String,
+    dir: PathBuf,
+    device: &Device,
+    reporter: &mut dyn Reporter,
+) -> Result<PreparedTeacher, PrepareError> {
+    let path = inputs.teacher_dir.display().to_string();
+    let unfit = |message: String| PrepareError::ShippedHead { path: path.clone(), message };
+    let labels = &inputs.dataset.labels;
+    let weight = &pretrained["classifier.weight"];
+    let rows = weight.dim(0)?;
+    if rows != labels.len() || weight.dim(1)? != config.hidden_size {
+        return Err(unfit(format!(
+            "is {:?}; the dataset has {} classes ({}) and the encoder {} hidden units",
+            weight.dims(),
+            labels.len(),
+            labels.join(", "),
+            config.hidden_size
+        )));
+    }
+    let order = head_order(&inputs.teacher_dir, labels).map_err(unfit)?;
+    let order = Tensor::new(order.as_slice(), device)?;
+    let bias = pretrained
+        .get("classifier.bias")
+        .ok_or_else(|| unfit("has classifier.weight but no classifier.bias".into()))?;
+    let mut tensors: HashMap<String, Tensor> = runner::snapshot(&[&init::pretrained_encoder(&config, pretrained)?])?;
+    tensors.insert("classifier.weight".into(), weight.index_select(&order, 0)?);
+    tensors.insert("classifier.bias".into(), bias.index_select(&order, 0)?);
+    if job.spec.teacher.pooling == Pooling::Pooler {
+        for name in ["pooler.dense.weight", "pooler.dense.bias"] {
+            let t = pretrained.get(name).ok_or_else(|| {
+                unfit(format!(
+                    "is read through BERT's pooler (spec.teacher.pooling: pooler) but the model has no {name}"
+                ))
+            })?;
+            tensors.insert(name.into(), t.clone());
+        }
+    }
+    reporter.report(&Event::Stage {
+        stage: "teacher".into(),
+        message: format!(
+            "using the classifier head the teacher ships; evaluating and caching its outputs in {}",
+            dir.display()
+        ),
+    });
+    let started = Instant::now();
+    let mut prepared = PreparedTeacher {
+        config,
+        tensors,
+        preparation: Preparation {
+            key,
+            head: None,
+            shipped_head: true,
+            trained_layers: 0,
+            word_embeddings_frozen: true,
+            held_out_accuracy: f64::NAN,
+            train_examples: inputs.split.train.len(),
+            held_out_examples: inputs.split.validation.len(),
+            run: None,
+        },
+        train_logits: vec![],
+        train_pooled: vec![],
+        dir,
+        reused: false,
+    };
+    let model = prepared.classifier(job.spec.teacher.pooling, device)?;
+    let (held_out, _) = outputs(&model, &inputs.ids, &inputs.split.validation, 64, device)?;
+    let held_out_labels: Vec<u32> = inputs.split.validation.iter().map(|&i| inputs.labels[i]).collect();
+    prepared.preparation.held_out_accuracy = accuracy(&held_out, &held_out_labels);
+    (prepared.train_logits, prepared.train_pooled) = outputs(&model, &inputs.ids, &inputs.split.train, 64, device)?;
+    let partial = prepared.dir.with_extension("partial");
+    save(&prepared, &partial)?;
+    reporter.report(&Event::Stage {
+        stage: "teacher".into(),
+        message: format!("evaluated in {:.0} s", started.elapsed().as_secs_f64()),
+    });
+    reporter.report(&Event::Evaluated { model: "teacher".into(), accuracy: prepared.preparation.held_out_accuracy });
+    Ok(prepared)
+}
+
+/// For each of `labels` (the dataset's classes, in order), the row of the shipped head that scores
+/// it, from the teacher's `config.json` `id2label`.
+fn head_order(teacher_dir: &Path, labels: &[String]) -> Result<Vec<u32>, String> {
+    let config: serde_json::Value = std::fs::read_to_string(teacher_dir.join(CONFIG))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let Some(id2label) = config.get("id2label").and_then(|m| m.as_object()) else {
+        return Ok((0..labels.len() as u32).collect());
+    };
+    let mut names = vec![String::new(); labels.len()];
+    for (id, name) in id2label {
+        let row: usize = id.parse().map_err(|_| format!("config.json id2label has a non-numeric id {id:?}"))?;
+        let slot =
+            names.get_mut(row).ok_or_else(|| format!("config.json id2label names row {row}, which the head lacks"))?;
+        *slot = name.as_str().unwrap_or_default().to_string();
+    }
+    if names.iter().enumerate().all(|(k, n)| *n == format!("LABEL_{k}")) {
+        return Ok((0..labels.len() as u32).collect());
+    }
+    labels
+        .iter()
+        .map(|label| {
+            names.iter().position(|n| n == label).map(|r| r as u32).ok_or_else(|| {
+                format!("has no row for the dataset's label {label:?}: config.json id2label names {}", names.join(", "))
+            })
+        })
+        .collect()
 }
 
 fn rows_tensor(rows: &[Vec<f32>], device: &Device) -> candle_core::Result<Tensor> {

@@ -6,6 +6,7 @@
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use distillery_crds::DistillationJob;
+use distillery_crds::distillation::Pooling;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -49,9 +50,10 @@ pub struct Student {
 }
 
 impl Student {
-    /// Parameters: encoder and head.
-    pub fn parameters(&self, classes: usize) -> u64 {
-        self.config.parameters() + (classes * (self.config.hidden_size + 1)) as u64
+    /// Parameters: encoder and head (with the pooler, when pooling uses it).
+    pub fn parameters(&self) -> u64 {
+        let head: usize = self.head.all_vars().iter().map(|v| v.elem_count()).sum();
+        self.config.parameters() + head as u64
     }
 }
 
@@ -67,9 +69,10 @@ pub fn build(
     let max_len = job.spec.dataset.max_sequence_length as usize;
     let classes = inputs.dataset.labels.len();
     let seed = job.spec.training.seed;
+    let pooler = job.spec.teacher.pooling == Pooling::Pooler;
 
     let pruning = if spec.prune_vocabulary {
-        let used = inputs.split.train.iter().flat_map(|&i| inputs.ids[i].iter().copied());
+        let used = inputs.distillation_indices().into_iter().flat_map(|i| inputs.ids[i].iter().copied());
         Some(Pruning::new(teacher_tokenizer, used)?)
     } else {
         None
@@ -87,8 +90,7 @@ pub fn build(
         serde_json::from_str(&tokenizer.to_string(false).map_err(|e| VocabError::Rebuild(e.to_string()))?)
             .expect("a serialized tokenizer is JSON");
     let ids = if pruning.is_some() {
-        let texts: Vec<&str> = inputs.dataset.examples.iter().map(|e| e.text.as_str()).collect();
-        encode_all(&tokenizer, &texts).map_err(|e| VocabError::Rebuild(e.to_string()))?
+        encode_all(&tokenizer, &inputs.texts()).map_err(|e| VocabError::Rebuild(e.to_string()))?
     } else {
         inputs.ids.clone()
     };
@@ -128,6 +130,9 @@ pub fn build(
                 teacher.tensors.get(name).ok_or_else(|| StudentError::Spec(format!("the teacher lacks {name}")))?;
             init::insert(&head, name, t)?;
         }
+        if pooler {
+            init::add_pooler(&head, Some(&teacher.tensors), config.hidden_size, seed, device)?;
+        }
         (config, encoder, head)
     } else if let Some(arch) = &spec.architecture {
         let hidden = arch.hidden_size as usize;
@@ -143,6 +148,9 @@ pub fn build(
         };
         let encoder = init::random_encoder(&config, seed, device)?;
         let head = init::random_head(hidden, classes, seed, device)?;
+        if pooler {
+            init::add_pooler(&head, None, hidden, seed, device)?;
+        }
         (config, encoder, head)
     } else {
         return Err(StudentError::Spec("set architecture or initFromTeacher".into()));

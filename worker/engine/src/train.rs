@@ -7,6 +7,7 @@
 use candle_core::{Device, Result, Tensor, Var};
 use distillery_crds::distillation::{Schedule, TemperatureSchedule};
 
+use crate::align::HiddenAlignment;
 use crate::batch::pad;
 use crate::classifier::Classifier;
 use crate::data::bucketed_batches;
@@ -80,6 +81,8 @@ pub enum Objective<'a> {
         /// Teacher pooled embeddings of every example and the weight of the cosine distance
         /// between them and the student's (feature alignment), when used.
         pooled: Option<(&'a [Vec<f32>], f64)>,
+        /// Hidden-state alignment with the teacher's cached layer outputs, when used.
+        hidden: Option<&'a HiddenAlignment<'a>>,
         /// Weight of the hard-label term.
         alpha: f64,
         /// Temperature over training.
@@ -92,7 +95,8 @@ pub enum Objective<'a> {
 pub struct Examples<'a> {
     /// Token ids of every example.
     pub ids: &'a [Vec<u32>],
-    /// Label of every example.
+    /// Label of every example ([`loss::UNLABELLED`] for transfer-set texts, which only a
+    /// distillation objective can train on).
     pub labels: &'a [u32],
     /// The examples to use (indices into `ids` and `labels`).
     pub indices: &'a [usize],
@@ -166,11 +170,16 @@ fn batch_loss(
     let (ids, labels) = (examples.ids, examples.labels);
     let sequences: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
     let (input_ids, mask) = pad(&sequences, device)?;
-    let y = Tensor::from_vec(batch.iter().map(|&i| labels[i]).collect::<Vec<_>>(), batch.len(), device)?;
+    let batch_labels: Vec<u32> = batch.iter().map(|&i| labels[i]).collect();
     let out = model.forward_frozen_below(frozen_layers, &input_ids, &mask)?;
     match objective {
-        Objective::Labels => loss::hard_ce(&out.logits, &y),
-        Objective::Distill { teacher_logits, pooled, alpha, temperature: t } => {
+        Objective::Labels => {
+            if batch_labels.contains(&loss::UNLABELLED) {
+                candle_core::bail!("an unlabelled (transfer-set) example cannot be trained on labels alone");
+            }
+            loss::hard_ce(&out.logits, &Tensor::new(batch_labels.as_slice(), device)?)
+        }
+        Objective::Distill { teacher_logits, pooled, hidden, alpha, temperature: t } => {
             let gather = |rows: &[Vec<f32>]| {
                 let width = rows[batch[0]].len();
                 Tensor::from_vec(
@@ -180,11 +189,21 @@ fn batch_loss(
                 )
             };
             let teacher = gather(teacher_logits)?;
-            let kd = loss::distillation(&out.logits, &teacher, &y, *alpha, temperature(t, step, total))?;
-            match pooled {
+            let kd = loss::distillation_partly_labelled(
+                &out.logits,
+                &teacher,
+                &batch_labels,
+                *alpha,
+                temperature(t, step, total),
+            )?;
+            let kd = match pooled {
                 Some((targets, weight)) if *weight > 0.0 => {
-                    kd + (loss::cosine_distance(&out.pooled, &gather(targets)?)? * *weight)?
+                    (kd + (loss::cosine_distance(&out.pooled, &gather(targets)?)? * *weight)?)?
                 }
+                _ => kd,
+            };
+            match hidden {
+                Some(alignment) if alignment.weight > 0.0 => kd + alignment.loss(&out, batch, &mask)?,
                 _ => Ok(kd),
             }
         }
@@ -356,8 +375,13 @@ mod tests {
         let teacher_logits: Vec<Vec<f32>> =
             labels.iter().map(|&l| if l == 1 { vec![-3.0, 3.0] } else { vec![3.0, -3.0] }).collect();
         let t = TemperatureSchedule { start: 4.0, end: 1.0, schedule: Schedule::Linear };
-        let objective =
-            Objective::Distill { teacher_logits: &teacher_logits, pooled: None, alpha: 0.0, temperature: &t };
+        let objective = Objective::Distill {
+            teacher_logits: &teacher_logits,
+            pooled: None,
+            hidden: None,
+            alpha: 0.0,
+            temperature: &t,
+        };
         let (m, enc, head) = model(2);
         let train: Vec<usize> = (0..128).collect();
         let test: Vec<usize> = (128..160).collect();
@@ -403,7 +427,8 @@ mod tests {
         let test_labels: Vec<u32> = test.iter().map(|&i| labels[i]).collect();
         let run = |alpha: f64| {
             let (m, enc, head) = model(3);
-            let objective = Objective::Distill { teacher_logits: &wrong, pooled: None, alpha, temperature: &t };
+            let objective =
+                Objective::Distill { teacher_logits: &wrong, pooled: None, hidden: None, alpha, temperature: &t };
             let examples = Examples { ids: &ids, labels: &labels, indices: &train };
             let mut trainer = settings().trainer(named_vars(&[&enc, &head], |_| true), train.len()).unwrap();
             fit(&m, &mut trainer, examples, &objective, &settings(), &Device::Cpu, |_, _| Ok(())).unwrap();

@@ -96,6 +96,133 @@ fn a_small_job_writes_a_verifiable_artifact_and_a_killed_run_resumes_to_the_same
     let (acc_a, acc_b) =
         (metrics["studentAccuracy"].as_f64().unwrap(), mb["metrics"]["studentAccuracy"].as_f64().unwrap());
     assert!((acc_a - acc_b).abs() <= 0.01, "uninterrupted {acc_a}, resumed {acc_b}");
+
+    // Run c: a narrower fresh student (hidden 192) that also learns from unlabelled transfer texts
+    // and aligns its layer 0 with the teacher's layer 2 through a learned projection.
+    let transfer = dir.path().join("transfer.txt");
+    let texts = transfer_texts(160);
+    std::fs::write(&transfer, texts.join("\n")).unwrap();
+    let spec = with_transfer_and_alignment(&transfer);
+    let c_spec = dir.path().join("c.yaml");
+    std::fs::write(&c_spec, &spec).unwrap();
+    let c = dir.path().join("c");
+    let out = worker().args(["distill", "-f"]).arg(&c_spec).arg("--output").arg(&c).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // (Computed now, or reused from an earlier run of this test: the cache outlives it.)
+    assert!(stderr.contains("its outputs on 160 transfer texts"), "{stderr}");
+    assert!(stderr.contains("its hidden states of layers [2]"), "{stderr}");
+    let mc = manifest(&c);
+    let train = mc["metrics"]["trainExamples"].as_f64().unwrap() as u64;
+    assert_eq!(mc["metrics"]["transferExamples"].as_f64(), Some(160.0));
+    let steps = 2 * (train + 160).div_ceil(16);
+    assert_eq!(mc["training"]["student"]["steps"], steps, "the transfer texts are trained on");
+    assert_eq!(mc["training"]["label-only"]["steps"], steps, "the baseline takes as many steps on labels");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["hidden_size"], 192);
+    let weights = candle_core::safetensors::load(c.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(weights.keys().all(|k| !k.starts_with("alignment.")), "the projection is not part of the student");
+    let curve = &mc["training"]["student"];
+    let (first, last) = (curve["firstLoss"].as_f64().unwrap(), curve["lastLoss"].as_f64().unwrap());
+    assert!(last < first, "the loss with the alignment term falls: {first} → {last}");
+    // The teacher's transfer outputs and hidden states are cached: a rerun reuses them.
+    let quick = spec.replace("    epochs: 2\n", "    maxSteps: 2\n");
+    std::fs::write(&c_spec, quick).unwrap();
+    let out =
+        worker().args(["distill", "-f"]).arg(&c_spec).arg("--output").arg(dir.path().join("c2")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("reusing its outputs on 160 transfer texts"), "{stderr}");
+    assert!(stderr.contains("reusing its hidden states of layers [2]"), "{stderr}");
+
+    // Run d: a teacher that ships its classifier head, in HuggingFace's BertForSequenceClassification
+    // layout (encoder under `bert.`, rows named by config.json's id2label, here in the opposite
+    // order to the dataset's labels) — run a's prepared teacher, re-packed. It is used as it is:
+    // no preparation, the same held-out accuracy.
+    let cache = PathBuf::from(std::env::var("DISTILLERY_CACHE").expect("scripts/test.sh sets DISTILLERY_CACHE"));
+    let key = m["lineage"]["teacherPreparation"]["cacheKey"].as_str().unwrap();
+    let prepared = cache.join("teachers").join(&key[..24]);
+    let cpu = candle_core::Device::Cpu;
+    let swap = candle_core::Tensor::new(&[1u32, 0], &cpu).unwrap();
+    let hf: std::collections::HashMap<String, candle_core::Tensor> =
+        candle_core::safetensors::load(prepared.join("model.safetensors"), &cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| match k.starts_with("classifier.") {
+                true => (k, v.index_select(&swap, 0).unwrap()),
+                false => (format!("bert.{k}"), v),
+            })
+            .collect();
+    let shipped = dir.path().join("shipped-teacher");
+    std::fs::create_dir_all(&shipped).unwrap();
+    candle_core::safetensors::save(&hf, shipped.join("model.safetensors")).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(prepared.join("config.json")).unwrap()).unwrap();
+    config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+    config["id2label"] = serde_json::json!({"0": "rotten", "1": "fresh"});
+    std::fs::write(shipped.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(cache.join("teacher/all-minilm-l6-v2/tokenizer.json"), shipped.join("tokenizer.json")).unwrap();
+    let head = "    head:\n      mode: fine-tune\n      trainableLayers: 1\n      epochs: 1\n      learningRate: 0.0001\n      batchSize: 16\n";
+    let with_head = std::fs::read_to_string(small_job())
+        .unwrap()
+        .replace("file://${DISTILLERY_CACHE}/teacher/all-minilm-l6-v2", &format!("file://{}", shipped.display()))
+        .replace("    epochs: 2\n", "    maxSteps: 4\n");
+    assert!(with_head.contains(head));
+    let d_spec = dir.path().join("d.yaml");
+    std::fs::write(&d_spec, &with_head).unwrap();
+    let out =
+        worker().args(["distill", "-f"]).arg(&d_spec).arg("--output").arg(dir.path().join("d0")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("spec.teacher.head must be left out"), "{stderr}");
+    std::fs::write(&d_spec, with_head.replace(head, "")).unwrap();
+    let d = dir.path().join("d");
+    let out = worker().args(["distill", "-f"]).arg(&d_spec).arg("--output").arg(&d).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("teacher (6 layers, head as shipped)"), "{stdout}");
+    let md = manifest(&d);
+    assert_eq!(md["lineage"]["teacherPreparation"]["shippedHead"], true);
+    let (shipped_acc, prepared_acc) =
+        (md["metrics"]["teacherAccuracy"].as_f64().unwrap(), metrics["teacherAccuracy"].as_f64().unwrap());
+    assert!((shipped_acc - prepared_acc).abs() < 1e-9, "shipped {shipped_acc}, prepared {prepared_acc}");
+}
+
+/// `n` texts of the dataset's training side that the small job does not use (as unlabelled
+/// transfer texts: none is from a held-out movie).
+fn transfer_texts(n: usize) -> Vec<String> {
+    let job = distillery_worker::spec::load(&small_job()).unwrap();
+    let inputs = distillery_worker::inputs::load(&job).unwrap();
+    let full = distillery_worker::data::split(&inputs.dataset.examples, &job.spec.dataset.validation_split);
+    let used: std::collections::HashSet<usize> = inputs.split.train.iter().copied().collect();
+    full.train
+        .iter()
+        .filter(|i| !used.contains(i))
+        .take(n)
+        .map(|&i| inputs.dataset.examples[i].text.replace(['\n', '\r'], " "))
+        .collect()
+}
+
+/// The small job with a fresh 192-wide student, a transfer set and hidden-state alignment.
+fn with_transfer_and_alignment(transfer: &Path) -> String {
+    let spec = std::fs::read_to_string(small_job()).unwrap();
+    let replaced = spec
+        .replace(
+            "    initFromTeacher:\n      layers: [0]\n",
+            "    architecture: {layers: 1, hiddenSize: 192, attentionHeads: 6}\n",
+        )
+        .replace(
+            "    maxExamples: 600\n",
+            &format!("    maxExamples: 600\n    transferSet: {{uri: \"file://{}\", format: text}}\n", transfer.display()),
+        )
+        .replace(
+            "    temperature: { start: 3, end: 1, schedule: linear }\n",
+            "    temperature: { start: 3, end: 1, schedule: linear }\n    featureAlignment:\n      kind: hidden-mse\n      weight: 0.1\n      layerMap: [{student: 0, teacher: 2}]\n",
+        );
+    assert_eq!(replaced.matches("transferSet").count(), 1);
+    assert!(replaced.contains("hidden-mse") && replaced.contains("hiddenSize: 192"));
+    replaced
 }
 
 #[test]
@@ -117,16 +244,53 @@ fn a_missing_dataset_is_named_and_nothing_is_written() {
 #[test]
 fn a_spec_feature_not_built_yet_is_refused_up_front() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = std::fs::read_to_string(small_job()).unwrap().replace(
-        "    maxExamples: 600\n",
-        "    maxExamples: 600\n    transferSet: {uri: \"file:///tmp/t.txt\", format: text}\n",
-    );
+    let spec =
+        std::fs::read_to_string(small_job()).unwrap().replace("task: sequence-classification", "task: causal-lm");
     let path = dir.path().join("job.yaml");
     std::fs::write(&path, spec).unwrap();
     let out = worker().args(["distill", "-f"]).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("spec.dataset.transferSet") && stderr.contains("not built yet"), "{stderr}");
+    assert!(stderr.contains("spec.task") && stderr.contains("not built yet"), "{stderr}");
+}
+
+#[test]
+fn an_empty_transfer_set_and_a_bad_layer_map_are_refused_before_any_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "\n  \n\n").unwrap();
+    let good = dir.path().join("good.txt");
+    std::fs::write(&good, "a film worth seeing\nnot worth the ticket\n").unwrap();
+    let spec = with_transfer_and_alignment(&good);
+    for (name, spec, expected) in [
+        (
+            "empty.yaml",
+            with_transfer_and_alignment(&empty),
+            vec!["empty.txt".to_string(), "transferSet has no texts".into()],
+        ),
+        (
+            "teacher-layer.yaml",
+            spec.replace("teacher: 2}", "teacher: 9}"),
+            vec!["spec.loss.featureAlignment.layerMap[0].teacher: layer 9 does not exist".into(), "6 layers".into()],
+        ),
+        (
+            "student-layer.yaml",
+            spec.replace("{student: 0,", "{student: 3,"),
+            vec!["spec.loss.featureAlignment.layerMap[0].student: layer 3 does not exist".into(), "1 layers".into()],
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, spec).unwrap();
+        let out_dir = dir.path().join(format!("{name}.out"));
+        let out = worker().args(["distill", "-f"]).arg(&path).arg("--output").arg(&out_dir).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        for e in expected {
+            assert!(stderr.contains(&e), "{name}: {e} not in {stderr}");
+        }
+        assert!(!stderr.contains("preparing the teacher"), "{name}: refused only after work: {stderr}");
+        assert!(!out_dir.exists(), "{name}");
+    }
 }
 
 #[test]
