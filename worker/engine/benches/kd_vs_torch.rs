@@ -22,7 +22,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use std::process::Command;
-use std::time::Instant;
+
+mod support;
+use support::step_seconds;
 
 const BATCH: usize = 32;
 /// Steps timed per configuration, after [`WARMUP`] untimed ones.
@@ -83,23 +85,9 @@ fn candle_step(config: &EncoderConfig, seq: usize) -> f64 {
     let t = TemperatureSchedule { start: 4.0, end: 1.0, schedule: Schedule::Cosine };
     let objective =
         Objective::Distill { teacher_logits: &teacher, pooled: None, hidden: None, alpha: ALPHA, temperature: &t };
-    let mut times = vec![];
-    let mut last = Instant::now();
-    fit(
-        &model,
-        &mut trainer,
-        Examples { ids: &ids, labels: &labels, indices: &indices },
-        &objective,
-        &settings,
-        &dev,
-        |_, _| {
-            times.push(last.elapsed().as_secs_f64());
-            last = Instant::now();
-            Ok(())
-        },
-    )
-    .unwrap();
-    median(&mut times[WARMUP..].to_vec())
+    let examples = Examples { ids: &ids, labels: &labels, indices: &indices };
+    let mut times = step_seconds(&model, &mut trainer, examples, &objective, &settings, &dev);
+    median(&mut times[WARMUP..])
 }
 
 fn median(v: &mut [f64]) -> f64 {

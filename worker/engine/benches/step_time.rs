@@ -15,6 +15,9 @@ use distillery_worker::{classifier::Classifier, init, model::EncoderConfig, spec
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod support;
+use support::step_seconds;
+
 fn main() {
     eprintln!("RAYON_NUM_THREADS={}", std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into()));
     let dev = Device::Cpu;
@@ -57,24 +60,10 @@ fn main() {
                 || (0..6).filter(|l| *l >= first).any(|l| k.starts_with(&format!("encoder.layer.{l}.")))
                 || (layers_trainable == 6 && k.starts_with("embeddings.") && !k.contains("word_embeddings"))
         });
-        let mut times = vec![];
-        let mut last = Instant::now();
         let settings = FitSettings { frozen_layers: first, ..settings.clone() };
         let mut trainer = settings.trainer(vars, train.len()).unwrap();
-        fit(
-            &m,
-            &mut trainer,
-            Examples { ids: &ids, labels: &labels, indices: &train },
-            &Objective::Labels,
-            &settings,
-            &dev,
-            |_, _| {
-                times.push(last.elapsed().as_secs_f64());
-                last = Instant::now();
-                Ok(())
-            },
-        )
-        .unwrap();
+        let examples = Examples { ids: &ids, labels: &labels, indices: &train };
+        let times = step_seconds(&m, &mut trainer, examples, &Objective::Labels, &settings, &dev);
         eprintln!("{label}: s/step {:?}", times.iter().skip(1).map(|x| format!("{x:.2}")).collect::<Vec<_>>());
         let t1 = Instant::now();
         let idx: Vec<usize> = split.validation.iter().copied().take(512).collect();
@@ -99,16 +88,9 @@ fn main() {
         [("student 2 layers, word emb frozen", true), ("student 2 layers, all trainable", false)]
     {
         let vars = init::named_vars(&[&senc, &shead], |k| !(frozen_words && k.contains("word_embeddings")));
-        let mut times = vec![];
-        let mut last = Instant::now();
         let mut trainer = settings.trainer(vars, train.len()).unwrap();
         let examples = Examples { ids: &ids, labels: &labels, indices: &train };
-        fit(&sm, &mut trainer, examples, &obj, &settings, &dev, |_, _| {
-            times.push(last.elapsed().as_secs_f64());
-            last = Instant::now();
-            Ok(())
-        })
-        .unwrap();
+        let times = step_seconds(&sm, &mut trainer, examples, &obj, &settings, &dev);
         eprintln!("{label}: s/step {:?}", times.iter().skip(1).map(|x| format!("{x:.2}")).collect::<Vec<_>>());
     }
 }

@@ -226,14 +226,13 @@ pub fn run(
         None => None,
     };
     let checkpoints = output.join("checkpoints");
-    // The label-only baseline cannot use the unlabelled transfer texts: it takes as many steps over
-    // the labelled ones.
+    // The label-only baseline takes as many steps as the distillation run, on the labelled texts
+    // alone (it cannot use unlabelled transfer texts).
     let label_only_settings =
         FitSettings { max_steps: Some(settings.total_steps(distillation_indices.len())), ..settings.clone() };
     let mut runs: Vec<(&str, &[usize], &FitSettings)> = vec![("student", &distillation_indices, &settings)];
     if job.spec.loss.alpha < 1.0 {
-        let label_only = if inputs.transfer.is_some() { &label_only_settings } else { &settings };
-        runs.push(("label-only", &inputs.split.train, label_only));
+        runs.push(("label-only", &inputs.split.train, &label_only_settings));
     }
     let mut trained: Vec<(String, Student, RunSummary, f64)> = vec![];
     for (name, indices, settings) in runs {

@@ -9,7 +9,7 @@ use distillery_crds::DistillationJob;
 use crate::batch::{TokenizerError, encode_all, load_tokenizer};
 use crate::data::{DataError, Dataset, Split, limit, read_dataset, read_transfer, split};
 use crate::loss::UNLABELLED;
-use crate::store::{StoreError, local_path};
+use crate::store::{StoreError, local_path, sha256_file};
 
 /// A job's data, ready to train on.
 pub struct Inputs {
@@ -31,6 +31,8 @@ pub struct Inputs {
 pub struct Transfer {
     /// The file they were read from.
     pub path: PathBuf,
+    /// sha256 of that file (what the teacher's cached outputs on it are keyed by).
+    pub digest: String,
     /// The texts, in file order (empty lines skipped).
     pub texts: Vec<String>,
     /// Their indices into [`Inputs::ids`] and [`Inputs::labels`], after the dataset's examples.
@@ -88,6 +90,7 @@ pub fn load(job: &DistillationJob) -> Result<Inputs, InputError> {
         Some(t) => {
             let path = local_path(&t.uri)?;
             let texts = read_transfer(&path, t)?;
+            let digest = sha256_file(&path).map_err(|source| DataError::Open { path: path.clone(), source })?;
             if texts.is_empty() {
                 return Err(DataError::TooLittle {
                     path: path.clone(),
@@ -99,7 +102,7 @@ pub fn load(job: &DistillationJob) -> Result<Inputs, InputError> {
             ids.extend(encode_all(&tokenizer, &refs)?);
             let indices = (labels.len()..labels.len() + texts.len()).collect();
             labels.resize(labels.len() + texts.len(), UNLABELLED);
-            Some(Transfer { path, texts, indices })
+            Some(Transfer { path, digest, texts, indices })
         }
     };
     Ok(Inputs { teacher_dir, dataset, split, ids, labels, transfer })

@@ -155,10 +155,7 @@ pub fn hidden_targets(
     reporter: &mut dyn Reporter,
 ) -> Result<HiddenTargets, PrepareError> {
     let indices = inputs.distillation_indices();
-    let transfer = match &inputs.transfer {
-        Some(t) => sha256_file(&t.path).map_err(io(&t.path))?,
-        None => String::new(),
-    };
+    let transfer = inputs.transfer.as_ref().map_or("", |t| t.digest.as_str());
     let what = serde_json::json!({
         "teacher": teacher.preparation.key,
         "transfer": transfer,
@@ -174,7 +171,8 @@ pub fn hidden_targets(
             .remove("order")
             .and_then(|o| o.to_vec1::<u32>().ok())
             .map(|o| o.into_iter().map(|i| i as usize).collect());
-        let tables: Option<Vec<Tensor>> = layers.iter().map(|&l| saved.remove(&name(l))).collect();
+        // `get`, not `remove`: a layer map may align two student layers with the same teacher layer.
+        let tables: Option<Vec<Tensor>> = layers.iter().map(|&l| saved.get(&name(l)).cloned()).collect();
         if let (Some(order), Some(tables)) = (order, tables) {
             let mut sorted = order.clone();
             sorted.sort_unstable();
@@ -202,9 +200,7 @@ pub fn hidden_targets(
     let mut saved: HashMap<String, Tensor> = layers.iter().map(|&l| name(l)).zip(tables).collect();
     let order: Vec<u32> = order.into_iter().map(|i| i as u32).collect();
     saved.insert("order".into(), Tensor::new(order.as_slice(), device)?);
-    let staging = path.with_extension("partial");
-    candle_core::safetensors::save(&saved, &staging)?;
-    std::fs::rename(&staging, &path).map_err(io(&path))?;
+    save_staged(&saved, &path)?;
     Ok(targets)
 }
 
@@ -224,7 +220,7 @@ pub fn transfer_outputs(
     let mut what = serde_json::to_value(spec).expect("specs serialize");
     what["uri"] = serde_json::Value::Null;
     what["teacher"] = teacher.preparation.key.clone().into();
-    what["data"] = sha256_file(&transfer.path).map_err(io(&transfer.path))?.into();
+    what["data"] = transfer.digest.clone().into();
     what["maxSequenceLength"] = job.spec.dataset.max_sequence_length.into();
     let path = teacher.dir.join(format!("transfer-{}.safetensors", &sha256(what.to_string().as_bytes())[..24]));
     if path.is_file() {
@@ -249,13 +245,11 @@ pub fn transfer_outputs(
     });
     let model = teacher.classifier(job.spec.teacher.pooling, device)?;
     let (logits, pooled) = outputs(&model, &inputs.ids, &transfer.indices, 64, device)?;
-    let staging = path.with_extension("partial");
     let tensors = HashMap::from([
         ("logits".to_string(), rows_tensor(&logits, device)?),
         ("pooled".to_string(), rows_tensor(&pooled, device)?),
     ]);
-    candle_core::safetensors::save(&tensors, &staging)?;
-    std::fs::rename(&staging, &path).map_err(io(&path))?;
+    save_staged(&tensors, &path)?;
     Ok((logits, pooled))
 }
 
@@ -556,6 +550,14 @@ fn head_order(teacher_dir: &Path, labels: &[String]) -> Result<Vec<u32>, String>
             })
         })
         .collect()
+}
+
+/// Writes `tensors` to `path` through a staging file renamed into place, so that a killed run
+/// never leaves a half-written cache file that a later run would trust.
+fn save_staged(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), PrepareError> {
+    let staging = path.with_extension("partial");
+    candle_core::safetensors::save(tensors, &staging)?;
+    std::fs::rename(&staging, path).map_err(io(path))
 }
 
 fn rows_tensor(rows: &[Vec<f32>], device: &Device) -> candle_core::Result<Tensor> {
