@@ -9,8 +9,9 @@
 
 use std::collections::HashMap;
 
+use crate::model::Dense;
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder, VarMap, linear_no_bias};
+use candle_nn::{Module, VarBuilder, VarMap};
 
 use crate::classifier::{Classifier, ClassifierOutput};
 use crate::loss::masked_mse;
@@ -118,7 +119,7 @@ pub struct HiddenAlignment<'a> {
     /// The student layer aligned with each of `targets.layers`.
     pub student_layers: Vec<usize>,
     /// `student width → teacher width` per pair, when the widths differ.
-    pub projections: Vec<Option<Linear>>,
+    pub projections: Vec<Option<Dense>>,
     /// Weight of the term in the total loss.
     pub weight: f64,
 }
@@ -140,7 +141,7 @@ impl<'a> HiddenAlignment<'a> {
         let projections = (0..student_layers.len())
             .map(|k| {
                 (student_width != teacher_width)
-                    .then(|| linear_no_bias(student_width, teacher_width, vb.pp("alignment.projection").pp(k)))
+                    .then(|| Dense::new(student_width, teacher_width, false, vb.pp("alignment.projection").pp(k)))
                     .transpose()
             })
             .collect::<Result<_>>()?;

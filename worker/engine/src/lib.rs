@@ -14,6 +14,7 @@ pub mod classifier;
 pub mod cli;
 pub mod data;
 pub mod distill;
+pub mod fused;
 pub mod init;
 pub mod inputs;
 pub mod loss;

@@ -3,13 +3,15 @@
 //!
 //! candle-transformers' `BertModel` cannot be used for training here: its fast LayerNorm has no
 //! backward pass (no Var before a LayerNorm would receive a gradient) and it keeps per-layer hidden
-//! states private (feature alignment needs them). This copy uses `layer_norm_slow` (plain ops,
-//! differentiable) and returns every layer's output. Tensor names follow HuggingFace's BERT, so
+//! states private (feature alignment needs them). This copy runs its LayerNorms, GELUs, biases and
+//! attention softmaxes through [`crate::fused`] (one pass forward, one backward) and its dense
+//! layers as single 2-D matrix products, and returns every layer's output. Tensor names follow HuggingFace's BERT, so
 //! teacher weights load unchanged and a saved student is a HuggingFace-layout model.
 //! Dropout is left out so that a fixed seed gives the same result on every run.
 
+use crate::fused;
 use candle_core::{D, DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder, embedding, linear};
+use candle_nn::{Embedding, VarBuilder, embedding};
 use serde::{Deserialize, Serialize};
 
 /// The HuggingFace `config.json` fields of a BERT-family encoder.
@@ -98,14 +100,52 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+        fused::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// A fully connected layer over the last dimension, HuggingFace names `weight` `(out, in)` and
+/// `bias` `(out)`.
+///
+/// candle_nn's `Linear` multiplies a `(batch, seq, in)` input by the weight broadcast to
+/// `(batch, in, out)`: its backward pass then forms one weight gradient per example and sums them.
+/// Flattening the leading dimensions first makes the weight's gradient a single matrix product.
+pub struct Dense {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Dense {
+    /// Loads (or, from a `VarMap`, creates) a layer `in_dim → out_dim`, with a bias or without.
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+        let bias = match bias {
+            true => Some(vb.get_with_hints(out_dim, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?),
+            false => None,
+        };
+        Ok(Self { weight, bias })
+    }
+}
+
+impl Module for Dense {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let in_dim = dims.pop().unwrap_or(1);
+        let rows: usize = dims.iter().product();
+        let mut y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        if let Some(bias) = &self.bias {
+            y = fused::bias_add(&y, bias)?;
+        }
+        dims.push(self.weight.dim(0)?);
+        y.reshape(dims)
     }
 }
 
 struct Embeddings {
     word: Embedding,
     /// `(embedding_size → hidden)` when the word table is factorized.
-    word_projection: Option<Linear>,
+    word_projection: Option<Dense>,
     position: Embedding,
     token_type: Embedding,
     norm: LayerNorm,
@@ -115,7 +155,7 @@ impl Embeddings {
     fn new(c: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
         let width = c.embedding_size.unwrap_or(c.hidden_size);
         let word_projection = match c.embedding_size {
-            Some(e) => Some(candle_nn::linear_no_bias(e, c.hidden_size, vb.pp("word_projection"))?),
+            Some(e) => Some(Dense::new(e, c.hidden_size, false, vb.pp("word_projection"))?),
             None => None,
         };
         Ok(Self {
@@ -141,13 +181,13 @@ impl Embeddings {
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attention_out: Linear,
+    query: Dense,
+    key: Dense,
+    value: Dense,
+    attention_out: Dense,
     attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     output_norm: LayerNorm,
     heads: usize,
 }
@@ -157,19 +197,19 @@ impl Layer {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let attention = vb.pp("attention");
         Ok(Self {
-            query: linear(h, h, attention.pp("self").pp("query"))?,
-            key: linear(h, h, attention.pp("self").pp("key"))?,
-            value: linear(h, h, attention.pp("self").pp("value"))?,
-            attention_out: linear(h, h, attention.pp("output").pp("dense"))?,
+            query: Dense::new(h, h, true, attention.pp("self").pp("query"))?,
+            key: Dense::new(h, h, true, attention.pp("self").pp("key"))?,
+            value: Dense::new(h, h, true, attention.pp("self").pp("value"))?,
+            attention_out: Dense::new(h, h, true, attention.pp("output").pp("dense"))?,
             attention_norm: LayerNorm::new(h, c.layer_norm_eps, attention.pp("output").pp("LayerNorm"))?,
-            intermediate: linear(h, i, vb.pp("intermediate").pp("dense"))?,
-            output: linear(i, h, vb.pp("output").pp("dense"))?,
+            intermediate: Dense::new(h, i, true, vb.pp("intermediate").pp("dense"))?,
+            output: Dense::new(i, h, true, vb.pp("output").pp("dense"))?,
             output_norm: LayerNorm::new(h, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             heads: c.num_attention_heads,
         })
     }
 
-    /// `x`: (batch, seq, hidden); `mask_bias`: (batch, 1, 1, seq), 0 for real tokens and a large
+    /// `x`: (batch, seq, hidden); `mask_bias`: (batch, seq), 0 for real tokens and a large
     /// negative number for padding.
     fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
@@ -178,11 +218,10 @@ impl Layer {
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
-        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(mask_bias)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = fused::attention_softmax(&q.matmul(&k.t()?)?, mask_bias, 1.0 / (d as f64).sqrt())?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
         let x = self.attention_norm.forward(&(self.attention_out.forward(&context)? + x)?)?;
-        let ff = self.output.forward(&self.intermediate.forward(&x)?.gelu_erf()?)?;
+        let ff = self.output.forward(&fused::gelu(&self.intermediate.forward(&x)?)?)?;
         self.output_norm.forward(&(ff + x)?)
     }
 }
@@ -260,10 +299,10 @@ impl Encoder {
     }
 }
 
-/// The additive attention bias of `attention_mask` `(batch, seq)`: `(batch, 1, 1, seq)`, 0 for real
+/// The additive attention bias of `attention_mask` `(batch, seq)`: `(batch, seq)`, 0 for real
 /// tokens and a large negative number for padding.
 fn mask_bias(attention_mask: &Tensor) -> Result<Tensor> {
-    ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.unsqueeze(1)?.unsqueeze(1)
+    (attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e4
 }
 
 /// Mean of token states over real tokens: `(batch, seq, hidden)` → `(batch, hidden)`.

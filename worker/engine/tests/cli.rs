@@ -140,7 +140,7 @@ fn a_small_job_writes_a_verifiable_artifact_and_a_killed_run_resumes_to_the_same
     // layout (encoder under `bert.`, rows named by config.json's id2label, here in the opposite
     // order to the dataset's labels) — run a's prepared teacher, re-packed. It is used as it is:
     // no preparation, the same held-out accuracy.
-    let cache = PathBuf::from(std::env::var("DISTILLERY_CACHE").expect("scripts/test.sh sets DISTILLERY_CACHE"));
+    let cache = distillery_crds::cache::cache_dir();
     let key = m["lineage"]["teacherPreparation"]["cacheKey"].as_str().unwrap();
     let prepared = cache.join("teachers").join(&key[..24]);
     let cpu = candle_core::Device::Cpu;
