@@ -80,11 +80,20 @@ pub fn crd_schema(crd: &CustomResourceDefinition) -> Value {
 
 /// Validates `object` against `crd`'s schema and CEL rules. Returns every violation found.
 pub fn validate_object(crd: &CustomResourceDefinition, object: &Value) -> Result<(), Vec<Violation>> {
+    validate_update(crd, object, None)
+}
+
+/// Like [`validate_object`], for an update of `old`: CEL transition rules (`oldSelf`) see it.
+pub fn validate_update(
+    crd: &CustomResourceDefinition,
+    object: &Value,
+    old: Option<&Value>,
+) -> Result<(), Vec<Violation>> {
     let schema = crd_schema(crd);
     let mut violations = structural_violations(&schema, object);
     // CEL rules only run on a structurally valid object, as on the API server.
     if violations.is_empty()
-        && let Err(errors) = Validator::new().validate(&schema, object, None)
+        && let Err(errors) = Validator::new().validate(&schema, object, old)
     {
         violations.extend(
             errors

@@ -1,9 +1,9 @@
 //! Distillery's test harness: locating the repository and the setup cache, reading example
-//! manifests, and rendering the Helm chart with Helm's own SDK.
-//!
-//! The in-process Kubernetes API server and simulated cluster will live here too (see
+//! manifests, rendering the Helm chart with Helm's own SDK, and a Kubernetes API server in
+//! process ([`apiserver`]; the simulated cluster's controllers and kubelet come next — see
 //! DESIGN.md, testing tiers).
 
+pub mod apiserver;
 pub mod chart;
 
 use std::path::{Path, PathBuf};

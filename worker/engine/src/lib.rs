@@ -1,10 +1,13 @@
 //! The Distillery worker: the data plane a DistillationJob's pod runs, and the README's main job
 //! run locally — same spec, same code path.
 //!
-//! Built so far: reading and validating a DistillationJob spec exactly as the API server would
-//! ([`spec`]), resolving its URIs ([`store`]) and inspecting the teacher with candle
-//! ([`teacher`]). The distillation engine, ONNX export, int8 quantization and load generator are
-//! the next issues' work, and `distill` says so instead of pretending.
+//! `distill` ([`distill`]) reads and validates a DistillationJob spec exactly as the API server
+//! would ([`spec`]), loads the data ([`data`], [`inputs`]), prepares and caches the teacher
+//! ([`prepare`]), builds the student ([`student`]) and trains it by knowledge distillation
+//! ([`train`], [`loss`], [`align`]) on the encoder of [`model`] and its fused CPU kernels
+//! ([`fused`]), checkpointing ([`checkpoint`]) and reporting progress ([`progress`]), then writes the
+//! artifact. ONNX export, int8 quantization and the load generator are later issues' work, and
+//! the commands say so instead of pretending.
 
 pub mod align;
 pub mod baseline;

@@ -1,0 +1,147 @@
+//! A Kubernetes API server, in process: real HTTP on 127.0.0.1 (a random port, with a kubeconfig
+//! for it) for the operator binary and `kubectl`, and the same router handed to
+//! `kube::Client::new` for fast in-process tests.
+//!
+//! The semantics live in [`store`] (verbs, metadata, generations, finalizers, garbage collection,
+//! the watch log), [`schema`] (pruning, defaulting and validation of custom resources),
+//! [`builtin`] (validation of built-in kinds), [`fields`] (managed fields), [`select`] (label and
+//! field selectors) and [`registry`] (resource types and discovery); this module is the HTTP
+//! layer. See `tests/README.md` for what it does not simulate.
+
+pub mod builtin;
+pub mod fields;
+mod http;
+pub mod registry;
+pub mod schema;
+pub mod select;
+pub mod status;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use store::{Fault, State};
+
+/// What the HTTP layer and the background tasks share.
+pub struct Shared {
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// Locks the state. Never held across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wakes watches and the garbage collector after a change.
+    pub fn notify(&self) {
+        let rv = self.lock().rv;
+        self.changes.send_replace(rv);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+/// A running API server.
+pub struct ApiServer {
+    shared: Arc<Shared>,
+    address: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|t| t.abort());
+    }
+}
+
+impl ApiServer {
+    /// Starts a server on a random port of 127.0.0.1, with its garbage collector. Call from
+    /// within a tokio runtime.
+    pub async fn start() -> std::io::Result<Self> {
+        let (changes, _) = watch::channel(0);
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), changes });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let router = http::router(shared.clone(), address);
+        let serve = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let gc = tokio::spawn(garbage_collector(shared.clone()));
+        Ok(Self { shared, address, tasks: vec![serve, gc] })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// A client that talks to the server in process (no sockets).
+    pub fn client(&self) -> kube::Client {
+        kube::Client::new(http::router(self.shared.clone(), self.address), "default")
+    }
+
+    /// Writes a kubeconfig for the server (context `harness`, namespace `default`) to `path`.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: harness\n  cluster:\n    server: {}\nusers:\n- name: harness\n  \
+             user:\n    token: harness\ncontexts:\n- name: harness\n  context:\n    cluster: harness\n    user: harness\n    \
+             namespace: default\ncurrent-context: harness\n",
+            self.url()
+        );
+        std::fs::write(path, config)
+    }
+
+    /// The server's state, for assertions and direct manipulation. Call [`ApiServer::notify`]
+    /// after changing it.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    /// Wakes watches after a direct change of [`ApiServer::state`].
+    pub fn notify(&self) {
+        self.shared.notify();
+    }
+
+    /// Makes matching requests fail with `fault.error`, `fault.times` times.
+    pub fn inject(&self, fault: Fault) {
+        self.state().inject(fault);
+    }
+
+    /// Ends every open watch (clients must re-watch from their last `resourceVersion`).
+    pub fn drop_watches(&self) {
+        self.state().watch_epoch += 1;
+        self.notify();
+    }
+
+    /// Forgets the watch history: a watch from any earlier `resourceVersion` gets 410 Gone.
+    pub fn compact(&self) {
+        self.state().compact();
+    }
+}
+
+/// Runs garbage collection after every change, a moment later, as the real collector does.
+async fn garbage_collector(shared: Arc<Shared>) {
+    let mut changes = shared.subscribe();
+    while changes.changed().await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut changed = false;
+        {
+            let mut state = shared.lock();
+            while state.collect_garbage() {
+                changed = true;
+            }
+        }
+        if changed {
+            shared.notify();
+            changes.mark_unchanged();
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Conformance of the in-process API server, through kube's own client (in process) and through
+//! real HTTP: the behaviours a controller depends on, each checked the way a real cluster shows it.
+
+use std::time::Duration;
+
+use distillery_crds::DistillationJob;
+use distillery_tests::apiserver::{ApiServer, Fault, status::ApiError};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use serde_json::{Value, json};
+
+fn config_map(name: &str, labels: Value, data: Value) -> ConfigMap {
+    serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": data}),
+    )
+    .unwrap()
+}
+
+fn api_error(result: Result<impl std::fmt::Debug, kube::Error>) -> (u16, String, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.reason.clone(), status.message.clone()),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn rv<K: kube::Resource>(object: &K) -> u64 {
+    object.meta().resource_version.as_deref().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn crud_conflicts_and_not_found_are_real_status_errors() {
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let created = cms.create(&PostParams::default(), &config_map("a", json!({}), json!({"k": "1"}))).await.unwrap();
+    let meta = &created.metadata;
+    assert_eq!(meta.namespace.as_deref(), Some("default"), "namespace from the URL");
+    assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
+    let (code, reason, message) =
+        api_error(cms.create(&PostParams::default(), &config_map("a", json!({}), json!({}))).await);
+    assert_eq!((code, reason.as_str(), message.as_str()), (409, "AlreadyExists", "configmaps \"a\" already exists"));
+    let (code, reason, _) = api_error(cms.get("missing").await);
+    assert_eq!((code, reason.as_str()), (404, "NotFound"));
+
+    // A write with a stale resourceVersion conflicts.
+    let mut changed = created.clone();
+    changed.data = Some([("k".to_string(), "2".to_string())].into());
+    let updated = cms.replace("a", &PostParams::default(), &changed).await.unwrap();
+    assert!(rv(&updated) > rv(&created));
+    let (code, reason, _) = api_error(cms.replace("a", &PostParams::default(), &changed).await);
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+
+    // generateName.
+    let mut generated = config_map("", json!({}), json!({}));
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("gen-".into());
+    let g = cms.create(&PostParams::default(), &generated).await.unwrap();
+    assert!(g.metadata.name.unwrap().starts_with("gen-"));
+
+    // An invalid name is refused naming the field.
+    let (code, _, message) =
+        api_error(cms.create(&PostParams::default(), &config_map("Bad_Name", json!({}), json!({}))).await);
+    assert_eq!(code, 422);
+    assert!(message.contains("metadata.name"), "{message}");
+}
+
+#[tokio::test]
+async fn a_no_op_write_changes_nothing_and_emits_no_event_and_watches_resume_without_gaps() {
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let a = cms.create(&PostParams::default(), &config_map("a", json!({}), json!({"k": "1"}))).await.unwrap();
+    let start = rv(&a);
+    // The same object again: no new resourceVersion.
+    let same = cms.replace("a", &PostParams::default(), &a).await.unwrap();
+    assert_eq!(rv(&same), start, "a no-op update keeps the resourceVersion");
+    let merge = cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "1"}}))).await.unwrap();
+    assert_eq!(rv(&merge), start, "a no-op patch keeps the resourceVersion");
+    // Two real changes.
+    cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "2"}}))).await.unwrap();
+    cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "3"}}))).await.unwrap();
+    // A watch from the first version sees exactly those two, in order.
+    let mut stream = cms.watch(&WatchParams::default().timeout(2), &start.to_string()).await.unwrap().boxed();
+    let mut seen = vec![];
+    while let Some(event) = stream.try_next().await.unwrap() {
+        if let WatchEvent::Modified(cm) = event {
+            seen.push(cm.data.unwrap()["k"].clone());
+        }
+    }
+    assert_eq!(seen, vec!["2", "3"], "no gaps, no duplicates, no event for the no-op writes");
+
+    // After compaction, a watch from an old version gets 410 Gone.
+    server.compact();
+    let mut stream = cms.watch(&WatchParams::default().timeout(2), &start.to_string()).await.unwrap().boxed();
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
+        other => panic!("expected 410 Gone, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn label_selectors_filter_lists_and_watches_see_objects_enter_and_leave() {
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    cms.create(&PostParams::default(), &config_map("web", json!({"app": "web"}), json!({}))).await.unwrap();
+    let db = cms.create(&PostParams::default(), &config_map("db", json!({"app": "db"}), json!({}))).await.unwrap();
+    let list = cms.list(&ListParams::default().labels("app in (web, cache)")).await.unwrap();
+    let names: Vec<String> = list.items.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, vec!["web"]);
+    let from = list.metadata.resource_version.unwrap();
+    let watch = cms.watch(&WatchParams::default().labels("app=web").timeout(2), &from).await.unwrap();
+    cms.patch("db", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "web"}}})))
+        .await
+        .unwrap();
+    cms.patch("db", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "db"}}})))
+        .await
+        .unwrap();
+    let events: Vec<String> = watch
+        .filter_map(|e| async move {
+            match e.unwrap() {
+                WatchEvent::Added(c) => Some(format!("ADDED {}", c.metadata.name.unwrap())),
+                WatchEvent::Modified(c) => Some(format!("MODIFIED {}", c.metadata.name.unwrap())),
+                WatchEvent::Deleted(c) => Some(format!("DELETED {}", c.metadata.name.unwrap())),
+                WatchEvent::Bookmark(_) => None,
+                WatchEvent::Error(e) => Some(format!("ERROR {e:?}")),
+            }
+        })
+        .collect()
+        .await;
+    assert_eq!(events, vec!["ADDED db", "DELETED db"], "{db:?}");
+}
+
+async fn install_crds(server: &ApiServer) -> Api<DistillationJob> {
+    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
+    for crd in distillery_crds::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    Api::default_namespaced(server.client())
+}
+
+fn example_job() -> Value {
+    let path = distillery_tests::repo_root().join("examples/01-distillationjob.yaml");
+    distillery_tests::read_documents(&path).unwrap().remove(0)
+}
+
+#[tokio::test]
+async fn crds_are_served_validated_with_cel_and_their_status_and_generation_follow_the_rules() {
+    let server = ApiServer::start().await.unwrap();
+    let jobs = install_crds(&server).await;
+    let _ = DistillationJob::crd();
+    let job: DistillationJob = serde_json::from_value(example_job()).unwrap();
+    let name = job.metadata.name.clone().unwrap();
+    let created = jobs.create(&PostParams::default(), &job).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+
+    // Status through /status only; the main endpoint ignores it and the generation stays.
+    let status = jobs
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
+        .await
+        .unwrap();
+    assert_eq!(status.metadata.generation, Some(1), "a status change is not a spec change");
+    let ignored = jobs
+        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Failed"}})))
+        .await
+        .unwrap();
+    assert_eq!(serde_json::to_value(&ignored.status).unwrap()["phase"], "Running");
+    let spec_change = jobs
+        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"training": {"seed": 7}}})))
+        .await
+        .unwrap();
+    assert_eq!(spec_change.metadata.generation, Some(2));
+
+    // The schema and CEL rules refuse an invalid spec, naming the field.
+    let (code, _, message) = api_error(
+        jobs.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"training": {"batchSize": 0}}})))
+            .await,
+    );
+    assert_eq!(code, 422, "{message}");
+    assert!(message.contains("spec.training.batchSize"), "{message}");
+
+    // Strict field validation refuses unknown fields; the default prunes them with a warning.
+    let mut unknown = example_job();
+    unknown["metadata"]["name"] = json!("strict");
+    unknown["spec"]["typo"] = json!(1);
+    let mut typed = unknown.clone();
+    typed["metadata"]["name"] = json!("typed");
+    let typed = jobs.create(&PostParams::default(), &serde_json::from_value::<DistillationJob>(typed).unwrap()).await;
+    assert!(typed.is_ok(), "the typed client drops unknown fields itself");
+    let raw = raw_post(
+        &server,
+        "/apis/distillery.dev/v1alpha1/namespaces/default/distillationjobs?fieldValidation=Strict",
+        &unknown,
+    )
+    .await;
+    assert_eq!(raw.0, 400, "{}", raw.1);
+    assert!(raw.1.contains("unknown field \"spec.typo\""), "{}", raw.1);
+    let mut pruned = unknown.clone();
+    pruned["metadata"]["name"] = json!("pruned");
+    let raw = raw_post(&server, "/apis/distillery.dev/v1alpha1/namespaces/default/distillationjobs", &pruned).await;
+    assert_eq!(raw.0, 200, "{}", raw.1);
+    assert!(jobs.get("pruned").await.is_ok());
+}
+
+/// A raw JSON POST (what kubectl sends), through kube's client: the status and message.
+async fn raw_post(server: &ApiServer, path: &str, body: &Value) -> (u16, String) {
+    let request = http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(body).unwrap())
+        .unwrap();
+    match server.client().request::<Value>(request).await {
+        Ok(v) => (200, v.to_string()),
+        Err(kube::Error::Api(status)) => (status.code, status.message.clone()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_and_the_garbage_collector_removes_dependents() {
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let owner = cms.create(&PostParams::default(), &config_map("owner", json!({}), json!({}))).await.unwrap();
+    let mut child = config_map("child", json!({}), json!({}));
+    child.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: "owner".into(),
+        uid: owner.metadata.uid.clone().unwrap(),
+        ..Default::default()
+    }]);
+    cms.create(&PostParams::default(), &child).await.unwrap();
+
+    // kube-runtime's finalizer helper: a JSON patch testing that the (missing) list is null.
+    let add = json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": null},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["distillery.dev/cleanup"]},
+    ]);
+    let patched = cms
+        .patch("owner", &PatchParams::default(), &Patch::<()>::Json(serde_json::from_value(add.clone()).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(patched.metadata.finalizers.unwrap(), vec!["distillery.dev/cleanup"]);
+    // The same test now fails: the list exists.
+    let (code, _, _) = api_error(
+        cms.patch("owner", &PatchParams::default(), &Patch::<()>::Json(serde_json::from_value(add).unwrap())).await,
+    );
+    assert_eq!(code, 422);
+
+    // Deleting marks it; the finalizer holds it.
+    let pending = cms.delete("owner", &DeleteParams::default()).await.unwrap();
+    let marked = pending.left().expect("still there while the finalizer holds it");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert!(cms.get("child").await.is_ok(), "the owner still exists: its dependent stays");
+    // Removing the finalizer deletes it, and the collector then deletes the dependent.
+    cms.patch("owner", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    assert_eq!(api_error(cms.get("owner").await).0, 404);
+    let mut gone = false;
+    for _ in 0..100 {
+        if cms.get("child").await.is_err() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the garbage collector deletes dependents of a deleted owner");
+}
+
+#[tokio::test]
+async fn injected_faults_reach_the_client_once() {
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    server.inject(Fault {
+        verb: Some("create".into()),
+        resource: Some("configmaps".into()),
+        name: None,
+        error: ApiError::internal("injected"),
+        times: 1,
+    });
+    let (code, _, message) =
+        api_error(cms.create(&PostParams::default(), &config_map("a", json!({}), json!({}))).await);
+    assert_eq!((code, message.as_str()), (500, "injected"));
+    cms.create(&PostParams::default(), &config_map("a", json!({}), json!({}))).await.unwrap();
+}
