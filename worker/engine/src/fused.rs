@@ -14,8 +14,47 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-/// Rows handed to one rayon task: enough work to outweigh the task's overhead.
-const ROWS_PER_TASK: usize = 16;
+/// Values handed to one rayon task: enough work to outweigh the task's overhead.
+const VALUES_PER_TASK: usize = 4096;
+
+/// Values per rayon task for rows of `width` values: whole rows, at least one.
+fn task_len(width: usize) -> usize {
+    (VALUES_PER_TASK / width.max(1)).max(1) * width.max(1)
+}
+
+/// A buffer the size of `x` whose rows of `width` values `f(row index, out row, x row)` fills,
+/// in parallel.
+fn map_rows(x: &[f32], width: usize, f: impl Fn(usize, &mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    let (mut out, chunk) = (vec![0f32; x.len()], task_len(width));
+    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).enumerate().for_each(|(task, (o, x))| {
+        let first = task * (chunk / width.max(1));
+        for (i, (o, x)) in o.chunks_mut(width).zip(x.chunks(width)).enumerate() {
+            f(first + i, o, x);
+        }
+    });
+    out
+}
+
+/// Like [`map_rows`], from the matching rows of two equally shaped inputs.
+fn map_rows2(a: &[f32], b: &[f32], width: usize, f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync) -> Vec<f32> {
+    let (mut out, chunk) = (vec![0f32; a.len()], task_len(width));
+    out.par_chunks_mut(chunk).zip(a.par_chunks(chunk).zip(b.par_chunks(chunk))).for_each(|(o, (a, b))| {
+        for ((o, a), b) in o.chunks_mut(width).zip(a.chunks(width)).zip(b.chunks(width)) {
+            f(o, a, b);
+        }
+    });
+    out
+}
+
+/// Per-task partial sums of `len` values from `partial(chunk of rows)`, added up in task order:
+/// the same result whatever the thread count (rayon's own fold/reduce splits adaptively, which
+/// would make a run's floating-point sums depend on scheduling).
+fn sum_partials(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    partials.into_iter().fold(vec![0f32; len], |mut total, p| {
+        total.iter_mut().zip(&p).for_each(|(t, v)| *t += v);
+        total
+    })
+}
 
 /// The contiguous `f32` data of an operand.
 fn data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -50,12 +89,9 @@ impl CustomOp2 for BiasAdd {
         if bias.len() != width {
             bail!("bias-add: bias of {} for rows of {width}", bias.len());
         }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(width * ROWS_PER_TASK).zip(x.par_chunks(width * ROWS_PER_TASK)).for_each(|(o, x)| {
-            for (o, x) in o.chunks_mut(width).zip(x.chunks(width)) {
-                for ((o, x), b) in o.iter_mut().zip(x).zip(bias) {
-                    *o = x + b;
-                }
+        let out = map_rows(x, width, |_, o, x| {
+            for ((o, x), b) in o.iter_mut().zip(x).zip(bias) {
+                *o = x + b;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -84,25 +120,18 @@ impl CustomOp1 for ColumnSum {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = data(storage, layout, self.name())?;
         let (_, width) = rows_and_width(layout);
-        let sums = x
-            .par_chunks(width * ROWS_PER_TASK)
-            .fold(
-                || vec![0f32; width],
-                |mut acc, rows| {
-                    for row in rows.chunks(width) {
-                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                    }
-                    acc
-                },
-            )
-            .reduce(|| vec![0f32; width], add_into);
-        Ok((CpuStorage::F32(sums), Shape::from(width)))
+        let partials = x
+            .par_chunks(task_len(width))
+            .map(|rows| {
+                let mut acc = vec![0f32; width];
+                for row in rows.chunks(width) {
+                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+                acc
+            })
+            .collect();
+        Ok((CpuStorage::F32(sum_partials(partials, width)), Shape::from(width)))
     }
-}
-
-fn add_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
-    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-    a
 }
 
 /// LayerNorm over the last dimension: `(x − mean) / sqrt(var + eps) · weight + bias`.
@@ -146,13 +175,10 @@ impl CustomOp3 for LayerNorm {
         if weight.len() != width || bias.len() != width {
             bail!("layer-norm: weight {} and bias {} for rows of {width}", weight.len(), bias.len());
         }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(width * ROWS_PER_TASK).zip(x.par_chunks(width * ROWS_PER_TASK)).for_each(|(o, x)| {
-            for (o, x) in o.chunks_mut(width).zip(x.chunks(width)) {
-                let (mean, rstd) = moments(x, self.eps);
-                for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
-                    *o = (x - mean) * rstd * w + b;
-                }
+        let out = map_rows(x, width, |_, o, x| {
+            let (mean, rstd) = moments(x, self.eps);
+            for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
+                *o = (x - mean) * rstd * w + b;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -202,37 +228,35 @@ impl CustomOp3 for LayerNormBackward {
         let (rows, width) = rows_and_width(l1);
         let mut out = vec![0f32; (rows + 2) * width];
         let (x_grad, param_grads) = out.split_at_mut(rows * width);
-        let chunk = width * ROWS_PER_TASK;
-        let sums = x_grad
+        let chunk = task_len(width);
+        let partials = x_grad
             .par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
-            .fold(
-                || vec![0f32; 2 * width],
-                |mut acc, (dx, (x, dy))| {
-                    let mut g = vec![0f32; width];
-                    for ((dx, x), dy) in dx.chunks_mut(width).zip(x.chunks(width)).zip(dy.chunks(width)) {
-                        let (mean, rstd) = moments(x, self.eps);
-                        let (mut g_mean, mut gx_mean) = (0f32, 0f32);
-                        for i in 0..width {
-                            let xhat = (x[i] - mean) * rstd;
-                            g[i] = dy[i] * weight[i];
-                            g_mean += g[i];
-                            gx_mean += g[i] * xhat;
-                            acc[i] += dy[i] * xhat;
-                            acc[width + i] += dy[i];
-                        }
-                        g_mean /= width as f32;
-                        gx_mean /= width as f32;
-                        for i in 0..width {
-                            let xhat = (x[i] - mean) * rstd;
-                            dx[i] = rstd * (g[i] - g_mean - xhat * gx_mean);
-                        }
+            .map(|(dx, (x, dy))| {
+                let mut acc = vec![0f32; 2 * width];
+                let mut g = vec![0f32; width];
+                for ((dx, x), dy) in dx.chunks_mut(width).zip(x.chunks(width)).zip(dy.chunks(width)) {
+                    let (mean, rstd) = moments(x, self.eps);
+                    let (mut g_mean, mut gx_mean) = (0f32, 0f32);
+                    for i in 0..width {
+                        let xhat = (x[i] - mean) * rstd;
+                        g[i] = dy[i] * weight[i];
+                        g_mean += g[i];
+                        gx_mean += g[i] * xhat;
+                        acc[i] += dy[i] * xhat;
+                        acc[width + i] += dy[i];
                     }
-                    acc
-                },
-            )
-            .reduce(|| vec![0f32; 2 * width], add_into);
-        param_grads.copy_from_slice(&sums);
+                    g_mean /= width as f32;
+                    gx_mean /= width as f32;
+                    for i in 0..width {
+                        let xhat = (x[i] - mean) * rstd;
+                        dx[i] = rstd * (g[i] - g_mean - xhat * gx_mean);
+                    }
+                }
+                acc
+            })
+            .collect();
+        param_grads.copy_from_slice(&sum_partials(partials, 2 * width));
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, width))))
     }
 }
@@ -246,15 +270,6 @@ fn normal_cdf(x: f32) -> f32 {
     0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Applies `f` to every element of `x`, in parallel.
-fn map_par(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, x)| {
-        o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x));
-    });
-    out
-}
-
 struct Gelu;
 
 impl CustomOp1 for Gelu {
@@ -264,7 +279,11 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = data(storage, layout, self.name())?;
-        Ok((CpuStorage::F32(map_par(x, |x| x * normal_cdf(x))), layout.shape().clone()))
+        // Elementwise: any row length will do (the last row may be shorter).
+        let out = map_rows(x, VALUES_PER_TASK, |_, o, x| {
+            o.iter_mut().zip(x).for_each(|(o, &x)| *o = x * normal_cdf(x));
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -283,8 +302,7 @@ impl CustomOp2 for GeluBackward {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, grad) = (data(s1, l1, self.name())?, data(s2, l2, self.name())?);
         let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(4096).zip(x.par_chunks(4096).zip(grad.par_chunks(4096))).for_each(|(o, (x, g))| {
+        let out = map_rows2(x, grad, VALUES_PER_TASK, |o, x, g| {
             for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
                 *o = g * (normal_cdf(x) + x * (-0.5 * x * x).exp() * inv_sqrt_2pi);
             }
@@ -318,13 +336,11 @@ impl CustomOp2 for AttentionSoftmax {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (scores, mask) = (data(s1, l1, self.name())?, data(s2, l2, self.name())?);
         let (rows, keys) = rows_and_width(l1);
-        let batch = l1.dims()[0];
-        if l1.dims().len() != 4 || mask.len() != batch * keys {
+        if l1.dims().len() != 4 || mask.len() != l1.dims()[0] * keys {
             bail!("attention-softmax: scores {:?} and a mask of {} values", l1.dims(), mask.len());
         }
-        let rows_per_example = rows / batch;
-        let mut out = vec![0f32; scores.len()];
-        out.par_chunks_mut(keys).zip(scores.par_chunks(keys)).enumerate().for_each(|(row, (o, s))| {
+        let rows_per_example = rows / l1.dims()[0].max(1);
+        let out = map_rows(scores, keys, |row, o, s| {
             let m = &mask[(row / rows_per_example) * keys..][..keys];
             let mut max = f32::NEG_INFINITY;
             for ((o, s), m) in o.iter_mut().zip(s).zip(m) {
@@ -366,14 +382,10 @@ impl CustomOp2 for SoftmaxBackward {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (y, grad) = (data(s1, l1, self.name())?, data(s2, l2, self.name())?);
         let (_, width) = rows_and_width(l1);
-        let mut out = vec![0f32; y.len()];
-        let chunk = width * ROWS_PER_TASK;
-        out.par_chunks_mut(chunk).zip(y.par_chunks(chunk).zip(grad.par_chunks(chunk))).for_each(|(o, (y, g))| {
-            for ((o, y), g) in o.chunks_mut(width).zip(y.chunks(width)).zip(g.chunks(width)) {
-                let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-                for ((o, y), g) in o.iter_mut().zip(y).zip(g) {
-                    *o = self.scale * y * (g - dot);
-                }
+        let out = map_rows2(y, grad, width, |o, y, g| {
+            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+            for ((o, y), g) in o.iter_mut().zip(y).zip(g) {
+                *o = self.scale * y * (g - dot);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -458,6 +470,23 @@ mod tests {
         for (got, want) in y[0].iter().zip([-1.0 / s, 0.0, 1.0 / s]) {
             assert!((got - want).abs() < 1e-5, "{got} vs {want}");
         }
+    }
+
+    #[test]
+    fn parameter_gradients_do_not_depend_on_the_thread_count() {
+        // Sums over rows are added in task order, so a fixed seed gives the same run on 1 or 3 threads.
+        let (x, w, b) = (random(&[3, 700, 24], 10), random(&[24], 11), random(&[24], 12));
+        let grads = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let (wv, bv) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+                let y = layer_norm(&x, wv.as_tensor(), bv.as_tensor(), 1e-12).unwrap();
+                let y = bias_add(&(&y * &x).unwrap(), bv.as_tensor()).unwrap();
+                let g = y.sum_all().unwrap().backward().unwrap();
+                (g.get(&wv).unwrap().to_vec1::<f32>().unwrap(), g.get(&bv).unwrap().to_vec1::<f32>().unwrap())
+            })
+        };
+        assert_eq!(grads(1), grads(3));
     }
 
     #[test]
