@@ -5,6 +5,7 @@
 //! takes them from every other manager; fields it removed are owned by nobody. Lists are owned as
 //! a whole here (`atomic`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
@@ -112,14 +113,17 @@ fn diff_into(old: Option<&Value>, new: &Value, changed: &mut FieldSet, removed: 
         let before = old_map.and_then(|m| m.get(key));
         let f = format!("f:{key}");
         let is_meta = root && key == "metadata";
-        let (value, before) = match is_meta {
-            true => (without_server_metadata(value), before.map(without_server_metadata)),
-            false => (value.clone(), before.cloned()),
+        // Only metadata is copied, to drop what the server alone sets.
+        let (value, before): (Cow<Value>, Option<Cow<Value>>) = match is_meta {
+            true => {
+                (Cow::Owned(without_server_metadata(value)), before.map(|b| Cow::Owned(without_server_metadata(b))))
+            }
+            false => (Cow::Borrowed(value), before.map(Cow::Borrowed)),
         };
-        match (&value, &before) {
+        match (value.as_ref(), before.as_deref()) {
             (Value::Object(_), Some(Value::Object(_))) => {
                 let (mut c, mut r) = (FieldSet::default(), FieldSet::default());
-                diff_into(before.as_ref(), &value, &mut c, &mut r, false);
+                diff_into(before.as_deref(), &value, &mut c, &mut r, false);
                 if !c.is_empty() {
                     changed.0.insert(f.clone(), c);
                 }
@@ -134,7 +138,7 @@ fn diff_into(old: Option<&Value>, new: &Value, changed: &mut FieldSet, removed: 
                     changed.0.insert(f, c);
                 }
             }
-            _ if before.as_ref() != Some(&value) => {
+            (value, before) if before != Some(value) => {
                 changed.0.insert(f, FieldSet::default());
             }
             _ => {}

@@ -376,11 +376,14 @@ impl State {
     fn check_type(rt: &ResourceType, object: &Value) -> ApiResult<()> {
         let (api_version, kind) = (text(object, "apiVersion"), text(object, "kind"));
         if (!api_version.is_empty() && api_version != rt.api_version()) || (!kind.is_empty() && kind != rt.kind) {
-            return Err(ApiError::bad_request(format!(
+            let mut message = format!(
                 "the API version in the data ({api_version}) does not match the expected API version ({})",
                 rt.api_version()
-            ))
-            .with_kind_hint(kind, &rt.kind));
+            );
+            if !kind.is_empty() && kind != rt.kind {
+                message.push_str(&format!(" (kind {kind}, expected {})", rt.kind));
+            }
+            return Err(ApiError::bad_request(message));
         }
         Ok(())
     }
@@ -519,10 +522,11 @@ impl State {
             m.remove("generation");
         }
         super::fields::record_update(&mut object, None, &opts.manager(), &rt.api_version(), None);
-        if rt.kind == "CustomResourceDefinition" {
-            self.crd_written(&mut object)?;
-        }
+        let crd = Self::established_crd(rt, &mut object)?;
         if !opts.dry_run {
+            if let Some(crd) = crd {
+                self.registry.register_crd(crd);
+            }
             self.objects.insert(key.clone(), object.clone());
             self.emit(rv, key.clone(), EventType::Added, object.clone(), None);
             self.record(rv, "create", &key, opts);
@@ -637,11 +641,12 @@ impl State {
         if comparable(&new) == comparable(&old) {
             return Ok(Written { object: old, warnings });
         }
-        if rt.kind == "CustomResourceDefinition" {
-            self.crd_written(&mut new)?;
-        }
+        let crd = Self::established_crd(rt, &mut new)?;
         if opts.dry_run {
             return Ok(Written { object: new, warnings });
+        }
+        if let Some(crd) = crd {
+            self.registry.register_crd(crd);
         }
         let key = Self::key(rt, namespace, name);
         let rv = self.next_rv();
@@ -731,8 +736,12 @@ impl State {
         Ok(Deletion::Pending(new))
     }
 
-    /// A CRD was written: register its types and report it established.
-    fn crd_written(&mut self, object: &mut Value) -> ApiResult<()> {
+    /// For a CustomResourceDefinition about to be written: checks its name, reports it established
+    /// in its status and returns it, for registration once it is stored. `None` for other kinds.
+    fn established_crd(rt: &ResourceType, object: &mut Value) -> ApiResult<Option<CustomResourceDefinition>> {
+        if rt.kind != "CustomResourceDefinition" {
+            return Ok(None);
+        }
         let crd: CustomResourceDefinition = serde_json::from_value(object.clone())
             .map_err(|e| ApiError::bad_request(format!("CustomResourceDefinition cannot be read: {e}")))?;
         let expected = format!("{}.{}", crd.spec.names.plural, crd.spec.group);
@@ -751,8 +760,7 @@ impl State {
                 {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()},
             ],
         });
-        self.registry.register_crd(crd);
-        Ok(())
+        Ok(Some(crd))
     }
 
     /// One pass of the garbage collector: orphans dependents of owners deleted with `orphan`,
@@ -847,14 +855,5 @@ impl State {
         let list: Vec<String> = finalizers(&old).into_iter().filter(|f| f != finalizer).collect();
         set_finalizers(&mut new, &list);
         let _ = self.replace(rt, &key.namespace, &key.name, old, new, false, opts, "update");
-    }
-}
-
-impl ApiError {
-    fn with_kind_hint(mut self, found: &str, expected: &str) -> Self {
-        if !found.is_empty() && found != expected {
-            self.message = format!("{} (kind {found}, expected {expected})", self.message);
-        }
-        self
     }
 }
