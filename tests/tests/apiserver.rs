@@ -289,3 +289,70 @@ async fn injected_faults_reach_the_client_once() {
     assert_eq!((code, message.as_str()), (500, "injected"));
     cms.create(&PostParams::default(), &config_map("a", json!({}), json!({}))).await.unwrap();
 }
+
+#[tokio::test]
+async fn server_side_apply_owns_fields_conflicts_and_creates() {
+    let server = ApiServer::start().await.unwrap();
+    let jobs = install_crds(&server).await;
+    let mut job = example_job();
+    let name = job["metadata"]["name"].as_str().unwrap().to_string();
+    let operator = PatchParams::apply("distillery-operator");
+
+    // Apply creates; the same apply again is a no-op.
+    let created = jobs.patch(&name, &operator, &Patch::Apply(&job)).await.unwrap();
+    let fields = &created.metadata.managed_fields.as_ref().unwrap()[0];
+    assert_eq!((fields.manager.as_deref(), fields.operation.as_deref()), (Some("distillery-operator"), Some("Apply")));
+    let again = jobs.patch(&name, &operator, &Patch::Apply(&job)).await.unwrap();
+    assert_eq!(rv(&again), rv(&created), "re-applying the same configuration writes nothing");
+
+    // Without a field manager, apply is refused.
+    let (code, _, message) = api_error(jobs.patch(&name, &PatchParams::default(), &Patch::Apply(&job)).await);
+    assert_eq!(code, 400, "{message}");
+    assert!(message.contains("fieldManager"), "{message}");
+
+    // Another manager changing an owned field conflicts, naming manager and field; force takes it.
+    let mut theirs = json!({"apiVersion": job["apiVersion"], "kind": job["kind"], "metadata": {"name": name},
+                            "spec": {"training": {"seed": 9}}});
+    let argo = PatchParams::apply("argocd-controller");
+    let (code, reason, message) = api_error(jobs.patch(&name, &argo, &Patch::Apply(&theirs)).await);
+    assert_eq!((code, reason.as_str()), (409, "Conflict"), "{message}");
+    assert!(message.contains("distillery-operator") && message.contains(".spec.training.seed"), "{message}");
+    let forced = jobs.patch(&name, &argo.clone().force(), &Patch::Apply(&theirs)).await.unwrap();
+    assert_eq!(forced.spec.training.seed, 9);
+    // The same value is shared without a conflict.
+    theirs["spec"]["training"]["seed"] = json!(9);
+    jobs.patch(&name, &argo, &Patch::Apply(&theirs)).await.unwrap();
+
+    // A manager that stops applying a field removes it, unless someone else owns it.
+    job["spec"]["training"].as_object_mut().unwrap().remove("checkpointInterval");
+    job["spec"]["training"]["seed"] = json!(9);
+    let dropped = jobs.patch(&name, &operator, &Patch::Apply(&job)).await.unwrap();
+    assert_eq!(dropped.spec.training.checkpoint_interval, 200, "removed, then defaulted by the schema again");
+    job["spec"]["training"].as_object_mut().unwrap().remove("seed");
+    let kept = jobs.patch(&name, &operator, &Patch::Apply(&job)).await.unwrap();
+    assert_eq!(kept.spec.training.seed, 9, "argocd-controller still owns the seed");
+
+    // Status: the operator's conditions and the worker's progress, each under its own manager,
+    // survive each other's applies.
+    let status = |body: Value| {
+        json!({"apiVersion": "distillery.dev/v1alpha1", "kind": "DistillationJob",
+                                      "metadata": {"name": name}, "status": body})
+    };
+    jobs.patch_status(&name, &operator, &Patch::Apply(status(json!({"phase": "Running"})))).await.unwrap();
+    let worker = PatchParams::apply("distillery-worker");
+    jobs.patch_status(&name, &worker, &Patch::Apply(status(json!({"progress": {"step": 10}})))).await.unwrap();
+    let both = jobs.patch_status(&name, &operator, &Patch::Apply(status(json!({"phase": "Running"})))).await.unwrap();
+    let s = serde_json::to_value(both.status.unwrap()).unwrap();
+    assert_eq!((s["phase"].as_str(), s["progress"]["step"].as_u64()), (Some("Running"), Some(10)));
+    let mut missing = status(json!({}));
+    missing["metadata"]["name"] = json!("missing");
+    let (code, _, _) = api_error(jobs.patch_status("missing", &operator, &Patch::Apply(missing)).await);
+    assert_eq!(code, 404, "a status apply does not create");
+
+    // Built-in map lists merge by key: two managers' containers coexist.
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let cm = |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data});
+    cms.patch("c", &PatchParams::apply("a"), &Patch::Apply(cm(json!({"x": "1"})))).await.unwrap();
+    let merged = cms.patch("c", &PatchParams::apply("b"), &Patch::Apply(cm(json!({"y": "2"})))).await.unwrap();
+    assert_eq!(merged.data.unwrap().len(), 2);
+}

@@ -33,9 +33,7 @@ impl FieldSet {
         let mut set = FieldSet::default();
         if let Some(map) = value.as_object() {
             for (key, child) in map {
-                if key != "." {
-                    set.0.insert(key.clone(), FieldSet::from_json(child));
-                }
+                set.0.insert(key.clone(), FieldSet::from_json(child));
             }
         }
         set
@@ -45,6 +43,53 @@ impl FieldSet {
     pub fn to_json(&self) -> Value {
         let map: Map<String, Value> = self.0.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
         Value::Object(map)
+    }
+
+    /// Adds (or replaces) the child `key` (`f:name`, `k:{..}`, `v:..` or `.`).
+    pub fn insert(&mut self, key: String, child: FieldSet) {
+        self.0.insert(key, child);
+    }
+
+    /// The child `key`.
+    pub fn get(&self, key: &str) -> Option<&FieldSet> {
+        self.0.get(key)
+    }
+
+    /// The children, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &FieldSet)> {
+        self.0.iter()
+    }
+
+    /// Every owned leaf as a path the way the server prints it in conflicts:
+    /// `.spec.containers[name="x"].image`.
+    pub fn leaf_paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.collect_paths(String::new(), &mut out);
+        out
+    }
+
+    fn collect_paths(&self, prefix: String, out: &mut Vec<String>) {
+        for (key, child) in &self.0 {
+            if key == "." {
+                out.push(prefix.clone());
+                continue;
+            }
+            let step = if let Some(field) = key.strip_prefix("f:") {
+                format!(".{field}")
+            } else if let Some(keys) = key.strip_prefix("k:") {
+                let pairs: Vec<String> = serde_json::from_str::<Map<String, Value>>(keys)
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                    .unwrap_or_default();
+                format!("[{}]", pairs.join(","))
+            } else {
+                format!("[={}]", key.trim_start_matches("v:"))
+            };
+            if child.is_empty() {
+                out.push(format!("{prefix}{step}"));
+            } else {
+                child.collect_paths(format!("{prefix}{step}"), out);
+            }
+        }
     }
 
     /// Whether it owns nothing.

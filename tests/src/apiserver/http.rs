@@ -13,11 +13,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::apply::{ApplyRequest, ListTypes, apply};
 use super::registry::ResourceType;
-use super::schema::FieldValidation;
+use super::schema::{self, FieldValidation};
 use super::select::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError, ApiResult};
-use super::store::{Deletion, EventType, Preconditions, Propagation, WriteOptions, Written};
+use super::store::{Deletion, EventType, Preconditions, Propagation, State, WriteOptions, Written};
 
 /// How often a watch that asked for bookmarks gets one.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
@@ -231,7 +232,13 @@ fn write_options(query: &HashMap<String, String>, user_agent: String) -> ApiResu
             )));
         }
     };
-    Ok(WriteOptions { field_manager: query.get("fieldManager").cloned(), field_validation, dry_run, user_agent })
+    Ok(WriteOptions {
+        field_manager: query.get("fieldManager").cloned(),
+        field_validation,
+        dry_run,
+        user_agent,
+        applied_managed_fields: None,
+    })
 }
 
 fn parse_body(body: &Bytes, content_type: &str) -> ApiResult<Value> {
@@ -269,6 +276,18 @@ fn write(
                 state.update(rt, ns, name, parse_body(body, content_type)?, status_only, opts)?;
             Ok((StatusCode::OK, object, warnings))
         }
+        ("patch", Some(name))
+            if content_type.starts_with("application/apply-patch+yaml")
+                || content_type.starts_with("application/apply-patch+cbor") =>
+        {
+            if content_type.contains("cbor") {
+                return Err(ApiError::unsupported_media_type(
+                    content_type,
+                    "this server: send the apply patch as YAML or JSON",
+                ));
+            }
+            server_side_apply(&mut state, target, name, query, body, status_only, opts)
+        }
         ("patch", Some(name)) => {
             let old = state.get(rt, ns, name)?;
             let mut candidate = old.clone();
@@ -286,12 +305,6 @@ fn write(
                     return Err(ApiError::unsupported_media_type(
                         media,
                         "this server: use a merge patch, a JSON patch or server-side apply",
-                    ));
-                }
-                "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-                    return Err(ApiError::unsupported_media_type(
-                        media,
-                        "this server yet: server-side apply is not implemented",
                     ));
                 }
                 other => return Err(ApiError::unsupported_media_type(other, "PATCH")),
@@ -327,6 +340,88 @@ fn write(
             }
         }
         _ => Err(ApiError::method_not_allowed(format!("{verb} is not supported on this path"))),
+    }
+}
+
+/// `PATCH` with `application/apply-patch+yaml`: merges the applied configuration with field
+/// ownership ([`super::apply`]), creating the object when it does not exist.
+fn server_side_apply(
+    state: &mut State,
+    target: &Target,
+    name: &str,
+    query: &HashMap<String, String>,
+    body: &Bytes,
+    status_only: bool,
+    opts: &WriteOptions,
+) -> Reply {
+    let rt = &target.rt;
+    let ns = target.namespace.as_deref().unwrap_or_default();
+    let Some(manager) = opts.field_manager.clone().filter(|m| !m.is_empty()) else {
+        return Err(ApiError::bad_request(
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
+    };
+    let force = match query.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("force: invalid value {other:?}: true or false"))),
+    };
+    let mut applied = parse_body(body, "application/yaml")?;
+    if !applied.is_object() {
+        return Err(ApiError::bad_request("the apply patch must be an object (a YAML or JSON document)"));
+    }
+    let (api_version, kind) = (applied["apiVersion"].as_str(), applied["kind"].as_str());
+    if api_version != Some(rt.api_version().as_str()) || kind != Some(rt.kind.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "the apply patch must set apiVersion {:?} and kind {:?} (got {:?} and {:?})",
+            rt.api_version(),
+            rt.kind,
+            api_version.unwrap_or_default(),
+            kind.unwrap_or_default()
+        )));
+    }
+    let body_name = applied["metadata"]["name"].as_str().unwrap_or_default();
+    if body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name in the apply patch ({body_name:?}) does not match the name on the URL ({name:?})"
+        )));
+    }
+    if applied["metadata"].get("managedFields").is_some() {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil in an apply patch"));
+    }
+    if status_only {
+        applied = json!({"apiVersion": applied["apiVersion"], "kind": applied["kind"],
+                         "metadata": {"name": name}, "status": applied["status"]});
+    } else if rt.status_subresource && rt.kind != "CustomResourceDefinition" {
+        applied.as_object_mut().expect("checked").remove("status");
+    }
+    let live = state.get(rt, ns, name).ok();
+    if live.is_none() && status_only {
+        return Err(ApiError::not_found(rt, name));
+    }
+    let schema = rt.crd.as_deref().and_then(|crd| schema::version_schema(crd, &rt.version));
+    let types = ListTypes::new(schema.as_ref());
+    let api_version = rt.api_version();
+    let request = ApplyRequest {
+        live: live.as_ref(),
+        applied: &applied,
+        manager: &manager,
+        force,
+        subresource: status_only.then_some("status"),
+        api_version: &api_version,
+    };
+    let mut merged = apply(&request, &types).map_err(|c| ApiError::apply_conflict(rt, name, &c))?;
+    let managed = merged["metadata"].as_object_mut().and_then(|m| m.remove("managedFields"));
+    let opts = WriteOptions { applied_managed_fields: Some(managed.unwrap_or(json!([]))), ..opts.clone() };
+    match live {
+        None => {
+            let Written { object, warnings } = state.create(rt, ns, merged, &opts)?;
+            Ok((StatusCode::CREATED, object, warnings))
+        }
+        Some(old) => {
+            let Written { object, warnings } = state.replace(rt, ns, name, old, merged, status_only, &opts, "apply")?;
+            Ok((StatusCode::OK, object, warnings))
+        }
     }
 }
 

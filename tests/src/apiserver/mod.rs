@@ -8,6 +8,7 @@
 //! field selectors) and [`registry`] (resource types and discovery); this module is the HTTP
 //! layer. See `tests/README.md` for what it does not simulate.
 
+pub mod apply;
 pub mod builtin;
 pub mod fields;
 mod http;

@@ -86,6 +86,8 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// The client's User-Agent, for [`WriteRecord::manager`].
     pub user_agent: String,
+    /// `managedFields` computed by server-side apply, stored instead of recording an `Update`.
+    pub applied_managed_fields: Option<Value>,
 }
 
 impl WriteOptions {
@@ -521,7 +523,7 @@ impl State {
         } else {
             m.remove("generation");
         }
-        super::fields::record_update(&mut object, None, &opts.manager(), &rt.api_version(), None);
+        Self::record_managers(&mut object, None, opts, rt, None);
         let crd = Self::established_crd(rt, &mut object)?;
         if !opts.dry_run {
             if let Some(crd) = crd {
@@ -532,6 +534,25 @@ impl State {
             self.record(rv, "create", &key, opts);
         }
         Ok(Written { object, warnings })
+    }
+
+    /// Sets `managedFields`: those server-side apply computed, or an `Update` by the writer.
+    fn record_managers(
+        object: &mut Value,
+        old: Option<&Value>,
+        opts: &WriteOptions,
+        rt: &ResourceType,
+        subresource: Option<&str>,
+    ) {
+        match &opts.applied_managed_fields {
+            Some(Value::Array(entries)) if !entries.is_empty() => {
+                meta_mut(object).insert("managedFields".into(), Value::Array(entries.clone()));
+            }
+            Some(_) => {
+                meta_mut(object).remove("managedFields");
+            }
+            None => super::fields::record_update(object, old, &opts.manager(), &rt.api_version(), subresource),
+        }
     }
 
     /// `PUT` (the main endpoint, or `/status` when `status_only`).
@@ -631,13 +652,7 @@ impl State {
             let generation = old_meta["generation"].as_i64().unwrap_or(0) + 1;
             meta_mut(&mut new).insert("generation".into(), json!(generation));
         }
-        super::fields::record_update(
-            &mut new,
-            Some(&old),
-            &opts.manager(),
-            &rt.api_version(),
-            status_only.then_some("status"),
-        );
+        Self::record_managers(&mut new, Some(&old), opts, rt, status_only.then_some("status"));
         if comparable(&new) == comparable(&old) {
             return Ok(Written { object: old, warnings });
         }
