@@ -46,6 +46,13 @@ pub mod reasons {
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
     /// The workload ran past `activeDeadlineSeconds`.
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    /// The spec changed after the workload was created from an earlier one; the workload goes on
+    /// with the earlier spec.
+    pub const SPEC_CHANGED_AFTER_START: &str = "SpecChangedAfterStart";
+    /// The workload is retrying after a failed attempt.
+    pub const RETRYING: &str = "Retrying";
+    /// The work has not finished.
+    pub const NOT_FINISHED: &str = "NotFinished";
     /// A canary step is in progress.
     pub const CANARY_STEP: &str = "CanaryStep";
     /// The canary was promoted to stable.

@@ -121,6 +121,11 @@ pub struct TeacherSpec {
     /// checkpoint ships): that teacher is distilled from as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<TeacherHeadSpec>,
+    /// For a `file://` teacher in a cluster: the PersistentVolumeClaim mounted (read-only) at the
+    /// path's first segment (e.g. `/models`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub volume_claim: Option<String>,
 }
 
 /// How token states are pooled into a sentence vector.
@@ -304,6 +309,12 @@ pub struct DatasetSpec {
     /// labelled data). The teacher's outputs on them are computed once and cached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer_set: Option<TransferSet>,
+    /// For a `file://` dataset in a cluster: the PersistentVolumeClaim mounted (read-only) at the
+    /// path's first segment (e.g. `/data`); a transfer set under the same segment is read from it
+    /// too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub volume_claim: Option<String>,
 }
 
 fn default_max_sequence_length() -> u32 {

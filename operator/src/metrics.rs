@@ -64,6 +64,25 @@ impl Metrics {
         Self { registry, reconciles, reconcile_errors, reconcile_duration, leader }
     }
 
+    /// Counts a reconcile of `controller`.
+    pub fn reconcile_started(&self, controller: &str) {
+        self.reconciles.get_or_create(&ControllerLabels { controller: controller.into() }).inc();
+    }
+
+    /// Records how long a reconcile of `controller` took.
+    pub fn reconcile_finished(&self, controller: &str, took: std::time::Duration) {
+        self.reconcile_duration
+            .get_or_create(&ControllerLabels { controller: controller.into() })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a failed reconcile of `controller` by the error's category.
+    pub fn reconcile_error(&self, controller: &str, category: &str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels { controller: controller.into(), category: category.into() })
+            .inc();
+    }
+
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

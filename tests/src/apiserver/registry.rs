@@ -142,6 +142,7 @@ impl Default for Registry {
                     .with_short_names(&["rs"]),
                 ResourceType::builtin("batch", "v1", "jobs", "Job", true).with_status().with_generation(),
                 ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
+                ResourceType::builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true),
                 ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true).with_short_names(&["ev"]),
                 ResourceType::builtin("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", true)
                     .with_status()

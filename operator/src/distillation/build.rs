@@ -1,0 +1,366 @@
+//! The desired children of a DistillationJob, built without a client: the `batch/v1` Job that
+//! runs `distillery-worker distill`. Pure, so it is unit-tested from YAML fixtures.
+//!
+//! The Job carries the whole DistillationJob (spec and identity) in the worker's environment, so
+//! a retried pod sees exactly what the first one saw; its pod template is immutable once created,
+//! which the `distillery.dev/template-hash` annotation lets the reconciler detect.
+
+use std::collections::BTreeMap;
+
+use distillery_crds::DistillationJob;
+use k8s_openapi::api::batch::v1::Job;
+use kube::Resource;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Annotation holding the sha256 of the Job's pod template: a Job whose hash differs from the one
+/// the current spec builds was made from an older spec.
+pub const TEMPLATE_HASH: &str = "distillery.dev/template-hash";
+/// Label on the Job and its pods naming the DistillationJob.
+pub const JOB_LABEL: &str = "distillery.dev/distillationjob";
+/// `app.kubernetes.io/managed-by` value of everything the operator creates.
+pub const MANAGED_BY: &str = "distillery-operator";
+/// Where the worker writes its final summary; read back from the container's termination state.
+pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// Where the worker keeps its cache (prepared teacher, cached teacher outputs).
+pub const CACHE_PATH: &str = "/var/cache/distillery";
+/// Name of the worker container.
+pub const CONTAINER: &str = "worker";
+/// ServiceAccount the worker pods run as (allowed to apply `status.progress`).
+pub const WORKER_SERVICE_ACCOUNT: &str = "distillery-worker";
+
+/// Settings of the operator that shape every worker Job.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Image used when the spec names none.
+    pub default_image: String,
+}
+
+/// Why no Job can be built for a spec. The spec must change before a retry can succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The object lacks what the API server always sets (name, namespace, uid).
+    #[error("metadata.{0} is missing")]
+    MissingMetadata(&'static str),
+    /// Two URIs need different claims at the same mount path.
+    #[error(
+        "{field}: the claim {claim:?} would be mounted at {path}, where {other_field} already mounts {other_claim:?}; use one claim per top-level directory"
+    )]
+    MountClash {
+        /// The field that asks second.
+        field: String,
+        /// Its claim.
+        claim: String,
+        /// The mount path both want.
+        path: String,
+        /// The field that asked first.
+        other_field: String,
+        /// Its claim.
+        other_claim: String,
+    },
+    /// A claim given for a URI that is not a `file://` path with a top-level directory.
+    #[error(
+        "{field}: a volumeClaim needs a file:// URI under a top-level directory (e.g. file:///models/x), got {uri:?}"
+    )]
+    ClaimWithoutPath {
+        /// The field.
+        field: String,
+        /// The URI.
+        uri: String,
+    },
+}
+
+/// The deterministic name of a DistillationJob's Job: `<name>-distill`, shortened with a hash
+/// suffix to stay within the 63 characters a Job name (a label value) may have.
+pub fn job_name(dj_name: &str) -> String {
+    let name = format!("{dj_name}-distill");
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = hex::encode(&Sha256::digest(dj_name.as_bytes())[..4]);
+    let keep = dj_name[..54.min(dj_name.len())].trim_end_matches(['-', '.']);
+    format!("{keep}-{hash}")
+}
+
+/// One PersistentVolumeClaim mount of the worker pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Volume name in the pod.
+    pub volume: String,
+    /// The claim.
+    pub claim: String,
+    /// Where it is mounted (`/models`).
+    pub path: String,
+    /// Mounted read-only (inputs) or read-write (the output).
+    pub read_only: bool,
+    /// The field that asked for it, for error messages.
+    pub field: String,
+}
+
+/// `/models` for `file:///models/x`.
+fn top_directory(uri: &str) -> Option<String> {
+    let path = uri.strip_prefix("file://")?;
+    let first = path.strip_prefix('/')?.split('/').next().filter(|s| !s.is_empty())?;
+    Some(format!("/{first}"))
+}
+
+/// The claim mounts the spec asks for: teacher and dataset read-only, the output read-write. The
+/// same claim at the same path is mounted once (read-write if any user writes).
+pub fn mounts(dj: &DistillationJob) -> Result<Vec<Mount>, SpecError> {
+    let spec = &dj.spec;
+    let wanted = [
+        ("spec.teacher.volumeClaim", spec.teacher.volume_claim.as_ref(), spec.teacher.uri.as_str(), true),
+        ("spec.dataset.volumeClaim", spec.dataset.volume_claim.as_ref(), spec.dataset.uri.as_str(), true),
+        ("spec.output.volumeClaim", spec.output.volume_claim.as_ref(), spec.output.uri.as_str(), false),
+    ];
+    let mut mounts: Vec<Mount> = Vec::new();
+    for (field, claim, uri, read_only) in wanted {
+        let Some(claim) = claim else { continue };
+        let path =
+            top_directory(uri).ok_or_else(|| SpecError::ClaimWithoutPath { field: field.into(), uri: uri.into() })?;
+        match mounts.iter_mut().find(|m| m.path == path) {
+            Some(m) if m.claim == *claim => m.read_only &= read_only,
+            Some(m) => {
+                return Err(SpecError::MountClash {
+                    field: field.into(),
+                    claim: claim.clone(),
+                    path,
+                    other_field: m.field.clone(),
+                    other_claim: m.claim.clone(),
+                });
+            }
+            None => mounts.push(Mount {
+                volume: format!("claim-{}", mounts.len()),
+                claim: claim.clone(),
+                path,
+                read_only,
+                field: field.into(),
+            }),
+        }
+    }
+    Ok(mounts)
+}
+
+/// The DistillationJob as the worker reads it: identity and spec, no status or managed fields.
+/// `suspend` is left out (it is the Job's business, and toggling it must not change the pod
+/// template).
+fn worker_document(dj: &DistillationJob, name: &str, namespace: &str, uid: &str) -> Value {
+    let mut spec = dj.spec.clone();
+    spec.suspend = false;
+    json!({
+        "apiVersion": "distillery.dev/v1alpha1",
+        "kind": "DistillationJob",
+        "metadata": {"name": name, "namespace": namespace, "uid": uid, "generation": dj.metadata.generation},
+        "spec": spec,
+    })
+}
+
+/// The Job that runs the worker for `dj`.
+pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Job, SpecError> {
+    let name = dj.metadata.name.as_deref().ok_or(SpecError::MissingMetadata("name"))?;
+    let namespace = dj.metadata.namespace.as_deref().ok_or(SpecError::MissingMetadata("namespace"))?;
+    let uid = dj.metadata.uid.as_deref().ok_or(SpecError::MissingMetadata("uid"))?;
+    let spec = &dj.spec;
+    let mounts = mounts(dj)?;
+
+    let labels: BTreeMap<String, String> = [
+        ("app.kubernetes.io/name".to_string(), "distillery-worker".to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+        (JOB_LABEL.to_string(), name.to_string()),
+    ]
+    .into();
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    if spec.resources.gpu.count > 0 {
+        limits.insert(spec.resources.gpu.resource_name.clone(), json!(spec.resources.gpu.count.to_string()));
+    }
+    for (key, quantity) in [("cpu", &spec.resources.cpu), ("memory", &spec.resources.memory)] {
+        if let Some(q) = quantity {
+            requests.insert(key.to_string(), json!(q.0));
+            limits.insert(key.to_string(), json!(q.0));
+        }
+    }
+    let mut volumes = vec![json!({"name": "cache", "emptyDir": {}})];
+    let mut volume_mounts = vec![json!({"name": "cache", "mountPath": CACHE_PATH})];
+    for m in &mounts {
+        volumes
+            .push(json!({"name": m.volume, "persistentVolumeClaim": {"claimName": m.claim, "readOnly": m.read_only}}));
+        volume_mounts.push(json!({"name": m.volume, "mountPath": m.path, "readOnly": m.read_only}));
+    }
+    let document = worker_document(dj, name, namespace, uid);
+    let template = json!({
+        "metadata": {"labels": labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": WORKER_SERVICE_ACCOUNT,
+            "nodeSelector": spec.resources.node_selector,
+            "tolerations": spec.resources.tolerations,
+            "volumes": volumes,
+            "containers": [{
+                "name": CONTAINER,
+                "image": spec.image.clone().unwrap_or_else(|| settings.default_image.clone()),
+                "args": ["distill"],
+                "env": [
+                    {"name": "DISTILLERY_JOB", "value": document.to_string()},
+                    {"name": "DISTILLERY_CACHE", "value": CACHE_PATH},
+                    {"name": "DISTILLERY_REPORT_STATUS", "value": "true"},
+                    {"name": "DISTILLERY_TERMINATION_MESSAGE", "value": TERMINATION_MESSAGE_PATH},
+                ],
+                "resources": {"requests": requests, "limits": limits},
+                "volumeMounts": volume_mounts,
+                "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }],
+        },
+    });
+    let hash = hex::encode(Sha256::digest(template.to_string().as_bytes()));
+    let owner = dj.controller_owner_ref(&()).ok_or(SpecError::MissingMetadata("uid"))?;
+    let job = json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {TEMPLATE_HASH: hash},
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "backoffLimit": spec.backoff_limit,
+            "activeDeadlineSeconds": spec.active_deadline_seconds,
+            "suspend": spec.suspend,
+            "template": template,
+        },
+    });
+    Ok(serde_json::from_value(strip_nulls(job)).expect("the Job built above has the Job's shape"))
+}
+
+/// The template hash of a live Job, if it has one.
+pub fn template_hash(job: &Job) -> Option<&str> {
+    job.annotations().get(TEMPLATE_HASH).map(String::as_str)
+}
+
+fn strip_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// The `ObjectReference` Events about `dj` point at.
+pub fn object_ref(dj: &DistillationJob) -> k8s_openapi::api::core::v1::ObjectReference {
+    dj.object_ref(&())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> DistillationJob {
+        let text = include_str!("../../../examples/01-distillationjob.yaml");
+        let mut dj: DistillationJob = serde_norway::from_str(text).unwrap();
+        dj.metadata.namespace = Some("ml".into());
+        dj.metadata.uid = Some("uid-1".into());
+        dj.metadata.generation = Some(1);
+        dj
+    }
+
+    fn settings() -> WorkerSettings {
+        WorkerSettings { default_image: "worker:1".into() }
+    }
+
+    #[test]
+    fn the_job_runs_the_worker_with_the_spec_gpus_volumes_and_an_owner() {
+        let dj = example();
+        let job = desired_job(&dj, &settings()).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("minilm-reviews-distill"));
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("DistillationJob", "uid-1", Some(true))
+        );
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(
+            (spec.backoff_limit, spec.active_deadline_seconds, spec.suspend),
+            (Some(3), Some(21600), Some(false))
+        );
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("worker:1"));
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["nvidia.com/gpu"].0, "1");
+        assert_eq!(limits["memory"].0, "16Gi");
+        let mounts: Vec<(String, bool)> = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| (m.mount_path.clone(), m.read_only.unwrap_or(false)))
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![
+                (CACHE_PATH.to_string(), false),
+                ("/models".to_string(), true),
+                ("/data".to_string(), true),
+                ("/artifacts".to_string(), false)
+            ]
+        );
+        let env = c.env.as_ref().unwrap();
+        let document: Value = serde_json::from_str(env[0].value.as_deref().unwrap()).unwrap();
+        assert_eq!(document["metadata"]["name"], "minilm-reviews");
+        assert_eq!(document["spec"]["training"]["epochs"], 4);
+        assert_eq!(pod.tolerations.as_ref().unwrap()[0].key.as_deref(), Some("nvidia.com/gpu"));
+        assert_eq!(template_hash(&job).map(str::len), Some(64));
+    }
+
+    #[test]
+    fn the_job_is_the_same_for_the_same_spec_and_its_hash_follows_the_template() {
+        let dj = example();
+        let a = desired_job(&dj, &settings()).unwrap();
+        assert_eq!(a, desired_job(&dj, &settings()).unwrap(), "deterministic");
+        let mut suspended = dj.clone();
+        suspended.spec.suspend = true;
+        let b = desired_job(&suspended, &settings()).unwrap();
+        assert_eq!(template_hash(&a), template_hash(&b), "suspend is not part of the pod template");
+        let mut changed = dj.clone();
+        changed.spec.training.seed = 1;
+        assert_ne!(template_hash(&a), template_hash(&desired_job(&changed, &settings()).unwrap()));
+    }
+
+    #[test]
+    fn a_cpu_job_asks_for_no_gpu_and_names_stay_within_63_characters() {
+        let mut dj = example();
+        dj.spec.resources.gpu.count = 0;
+        let job = desired_job(&dj, &settings()).unwrap();
+        let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+        assert!(!c.resources.as_ref().unwrap().limits.as_ref().unwrap().contains_key("nvidia.com/gpu"));
+        let long = "a".repeat(63);
+        let name = job_name(&long);
+        assert!(name.len() <= 63, "{name}");
+        assert_ne!(job_name(&long), job_name(&"a".repeat(62)));
+    }
+
+    #[test]
+    fn two_claims_at_one_path_are_refused_naming_both_fields() {
+        let mut dj = example();
+        dj.spec.dataset.uri = "file:///models/data.csv".into();
+        let err = desired_job(&dj, &settings()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("spec.dataset.volumeClaim") && message.contains("spec.teacher.volumeClaim"),
+            "{message}"
+        );
+        // The same claim twice is one mount.
+        dj.spec.dataset.volume_claim = Some("models".into());
+        let job = desired_job(&dj, &settings()).unwrap();
+        assert_eq!(job.spec.unwrap().template.spec.unwrap().volumes.unwrap().len(), 3);
+        let mut s3 = example();
+        s3.spec.teacher.uri = "s3://bucket/teacher".into();
+        assert!(matches!(desired_job(&s3, &settings()), Err(SpecError::ClaimWithoutPath { .. })));
+    }
+}

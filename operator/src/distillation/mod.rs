@@ -1,0 +1,222 @@
+//! The DistillationJob controller: read → validate → build → apply → status.
+//!
+//! [`build`] and [`observe`] are pure (no client); this module does the I/O: it reads the Job
+//! and its pods, applies the Job by server-side apply under one field manager, applies the status
+//! fields the operator owns (never `progress`, which is the worker's), and records an Event for
+//! every phase transition. A reconcile that finds nothing new writes nothing.
+
+pub mod build;
+pub mod observe;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use distillery_crds::distillation::JobPhase;
+use distillery_crds::{DistillationJob, DistillationJobStatus};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::context::Context;
+use crate::error::Error;
+use build::{JOB_LABEL, MANAGED_BY, WORKER_SERVICE_ACCOUNT, desired_job, job_name, template_hash};
+use observe::{Observed, desired_status, invalid_status, operator_part};
+
+/// Name of this controller in metrics and logs.
+pub const CONTROLLER: &str = "distillationjob";
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let djs: Api<DistillationJob> = Api::all(client.clone());
+    let jobs: Api<Job> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client);
+    let managed = format!("app.kubernetes.io/managed-by={MANAGED_BY}");
+    Controller::new(djs, watcher::Config::default().any_semantic())
+        .owns(jobs, watcher::Config::default().labels(&managed).any_semantic())
+        .watches(pods, watcher::Config::default().labels(JOB_LABEL).any_semantic(), |pod: Pod| {
+            let name = pod.labels().get(JOB_LABEL)?.clone();
+            Some(ObjectRef::<DistillationJob>::new(&name).within(pod.namespace().as_deref()?))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile ended with an error");
+            }
+        })
+        .await;
+}
+
+fn key(dj: &DistillationJob) -> String {
+    format!("{}/{}", dj.namespace().unwrap_or_default(), dj.name_any())
+}
+
+async fn reconcile(dj: Arc<DistillationJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconcile_started(CONTROLLER);
+    let result = reconcile_inner(&dj, &ctx).await;
+    ctx.metrics.reconcile_finished(CONTROLLER, started.elapsed());
+    if result.is_ok() {
+        ctx.backoff.reset(&key(&dj));
+    }
+    result
+}
+
+fn error_policy(dj: Arc<DistillationJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(CONTROLLER, error.category());
+    let delay = ctx.backoff.next(&key(&dj));
+    tracing::warn!(distillationjob = %key(&dj), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn reconcile_inner(dj: &DistillationJob, ctx: &Context) -> Result<Action, Error> {
+    if dj.metadata.deletion_timestamp.is_some() {
+        // The garbage collector removes the Job and its pods by their owner references.
+        return Ok(Action::await_change());
+    }
+    let namespace = dj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = dj.name_any();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let desired = match desired_job(dj, &ctx.worker) {
+        Ok(job) => job,
+        Err(invalid) => {
+            let status = invalid_status(dj, &invalid, &now);
+            write_status(ctx, dj, status, &namespace).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let job_name = job_name(&name);
+    let finished = matches!(dj.status.as_ref().and_then(|s| s.phase), Some(JobPhase::Succeeded | JobPhase::Failed));
+    let mut live = jobs.get_opt(&job_name).await?;
+    let apply = PatchParams::apply(&ctx.field_manager);
+    match &live {
+        // A finished job whose Job was deleted is not run again.
+        None if finished => {}
+        None => {
+            ensure_worker_account(ctx, &namespace).await?;
+            let created = jobs.patch(&job_name, &apply, &Patch::Apply(&desired)).await?;
+            publish(ctx, dj, EventType::Normal, "JobCreated", format!("created Job {job_name}")).await;
+            live = Some(created);
+        }
+        Some(job) if template_hash(job) == template_hash(&desired) => {
+            let suspended = |j: &Job| j.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+            if suspended(job) != suspended(&desired) {
+                live = Some(jobs.patch(&job_name, &apply, &Patch::Apply(&desired)).await?);
+            }
+        }
+        Some(_) => {}
+    }
+    let spec_changed = live.as_ref().is_some_and(|j| template_hash(j) != template_hash(&desired));
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pod_list = match &live {
+        Some(_) => pods.list(&ListParams::default().labels(&format!("{JOB_LABEL}={name}"))).await?.items,
+        None => vec![],
+    };
+    let observed =
+        Observed { job: live.as_ref(), pods: &pod_list, spec_changed_after_start: spec_changed, job_name: &job_name };
+    let status = desired_status(dj, &observed, &now);
+    let phase = status.phase;
+    write_status(ctx, dj, status, &namespace).await?;
+    Ok(match phase {
+        Some(JobPhase::Succeeded | JobPhase::Failed) => Action::await_change(),
+        // Watches bring every change; a slow resync guards against a missed one.
+        _ => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+/// Applies the operator's status fields when they differ from the stored ones, and records an
+/// Event when the phase changes.
+async fn write_status(
+    ctx: &Context,
+    dj: &DistillationJob,
+    status: DistillationJobStatus,
+    namespace: &str,
+) -> Result<(), Error> {
+    let before = operator_part(dj);
+    if status == before {
+        return Ok(());
+    }
+    let api: Api<DistillationJob> = Api::namespaced(ctx.client.clone(), namespace);
+    let body = json!({
+        "apiVersion": "distillery.dev/v1alpha1",
+        "kind": "DistillationJob",
+        "metadata": {"name": dj.name_any()},
+        "status": status,
+    });
+    api.patch_status(&dj.name_any(), &PatchParams::apply(&ctx.field_manager), &Patch::Apply(&body)).await?;
+    if status.phase != before.phase
+        && let Some(phase) = status.phase
+    {
+        let (kind, reason, note) = transition_event(&status, phase);
+        publish(ctx, dj, kind, reason, note).await;
+    }
+    Ok(())
+}
+
+/// The Event for entering `phase`.
+fn transition_event(status: &DistillationJobStatus, phase: JobPhase) -> (EventType, &'static str, String) {
+    let message = |type_: &str| {
+        distillery_crds::conditions::find(&status.conditions, type_).map(|c| c.message.clone()).unwrap_or_default()
+    };
+    use distillery_crds::conditions::types;
+    match phase {
+        JobPhase::Pending => (EventType::Normal, "Pending", message(types::PROGRESSING)),
+        JobPhase::Running => (EventType::Normal, "Running", message(types::PROGRESSING)),
+        JobPhase::Suspended => (EventType::Normal, "Suspended", message(types::PROGRESSING)),
+        JobPhase::Succeeded => (EventType::Normal, "Succeeded", message(types::COMPLETE)),
+        JobPhase::Failed => {
+            let accepted = distillery_crds::conditions::is_true(&status.conditions, types::ACCEPTED);
+            let reason = if accepted { "Failed" } else { "InvalidSpec" };
+            (EventType::Warning, reason, message(types::FAILED))
+        }
+    }
+}
+
+/// Records an Event on `dj`; a failure to record is logged, never fatal.
+async fn publish(ctx: &Context, dj: &DistillationJob, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &dj.object_ref(&())).await {
+        tracing::warn!(distillationjob = %key(dj), error = %e, "cannot record an Event");
+    }
+}
+
+/// The worker ServiceAccount and its RoleBinding (to the worker ClusterRole, which lets it apply
+/// `status.progress`) in `namespace`, applied once per namespace per operator run.
+async fn ensure_worker_account(ctx: &Context, namespace: &str) -> Result<(), Error> {
+    if ctx.accounts_ready.lock().unwrap_or_else(|p| p.into_inner()).contains(namespace) {
+        return Ok(());
+    }
+    let apply = PatchParams::apply(&ctx.field_manager);
+    let labels = json!({"app.kubernetes.io/managed-by": MANAGED_BY});
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+    let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                         "metadata": {"name": WORKER_SERVICE_ACCOUNT, "labels": labels}});
+    accounts.patch(WORKER_SERVICE_ACCOUNT, &apply, &Patch::Apply(&account)).await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), namespace);
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": WORKER_SERVICE_ACCOUNT, "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ctx.worker_cluster_role},
+        "subjects": [{"kind": "ServiceAccount", "name": WORKER_SERVICE_ACCOUNT, "namespace": namespace}],
+    });
+    bindings.patch(WORKER_SERVICE_ACCOUNT, &apply, &Patch::Apply(&binding)).await?;
+    ctx.accounts_ready.lock().unwrap_or_else(|p| p.into_inner()).insert(namespace.to_string());
+    Ok(())
+}
