@@ -15,6 +15,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod classifier;
 pub mod cli;
+pub mod cluster;
 pub mod data;
 pub mod distill;
 pub mod fused;

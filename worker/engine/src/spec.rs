@@ -74,7 +74,12 @@ pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
 /// Reads, expands and validates a DistillationJob from `path`.
 pub fn load(path: &Path) -> Result<DistillationJob, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.into(), source })?;
-    let text = expand(&text, |name| std::env::var(name).ok())
+    parse(&text, path)
+}
+
+/// Expands and validates a DistillationJob document; `path` names where it came from in errors.
+pub fn parse(text: &str, path: &Path) -> Result<DistillationJob, SpecError> {
+    let text = expand(text, |name| std::env::var(name).ok())
         .map_err(|name| SpecError::UnsetVariable { path: path.into(), name })?;
     let value: serde_json::Value =
         serde_norway::from_str(&text).map_err(|e| SpecError::Parse { path: path.into(), message: e.to_string() })?;
