@@ -1,10 +1,11 @@
 //! Distillery's test harness: locating the repository and the setup cache, reading example
-//! manifests, rendering the Helm chart with Helm's own SDK, and a Kubernetes API server in
-//! process ([`apiserver`]; the simulated cluster's controllers and kubelet come next — see
-//! DESIGN.md, testing tiers).
+//! manifests, rendering the Helm chart with Helm's own SDK, a Kubernetes API server in process
+//! ([`apiserver`]) and a cluster simulated on top of it ([`cluster`]: the Job controller and a
+//! kubelet that runs pods as local processes) — see DESIGN.md, testing tiers.
 
 pub mod apiserver;
 pub mod chart;
+pub mod cluster;
 
 use std::path::{Path, PathBuf};
 

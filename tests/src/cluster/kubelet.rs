@@ -1,0 +1,369 @@
+//! The kubelet of the simulated cluster: runs each pod's (single) container as a local process of
+//! one of our own binaries, picked by the image's repository name.
+//!
+//! What it honours: `args` (and `command` after its first element), `env` (values and the
+//! `metadata.name`/`metadata.namespace` field references), `emptyDir` and
+//! `persistentVolumeClaim` volumes (host directories; container paths in env and args are
+//! rewritten, see [`super::paths`]), `restartPolicy` (`Never`, `OnFailure`, `Always`), HTTP
+//! readiness probes, the termination-message file (read back into the container's terminated
+//! state; the log tail with `FallbackToLogsOnError`). Deleting a pod kills its process group;
+//! dropping the kubelet kills every process it started. The pod gets `KUBECONFIG` for the
+//! harness's API server in place of a service-account token.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use serde_json::{Value, json};
+
+use super::paths::PathMap;
+
+/// What the kubelet needs to know about the host.
+#[derive(Clone, Debug)]
+pub struct KubeletConfig {
+    /// Image repository name (`distillery-worker`) → binary.
+    pub images: HashMap<String, PathBuf>,
+    /// PersistentVolumeClaim name → host directory.
+    pub claims: HashMap<String, PathBuf>,
+    /// Where pod directories (emptyDirs, logs, termination messages) go.
+    pub root: PathBuf,
+    /// Kubeconfig handed to pods.
+    pub kubeconfig: PathBuf,
+}
+
+/// Process groups of running pods, by pod uid.
+#[derive(Default, Clone)]
+pub struct Processes(Arc<Mutex<HashMap<String, u32>>>);
+
+impl Processes {
+    fn insert(&self, uid: &str, pgid: u32) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.to_string(), pgid);
+    }
+
+    fn remove(&self, uid: &str) -> Option<u32> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(uid)
+    }
+
+    fn running(&self, uid: &str) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains_key(uid)
+    }
+
+    /// Kills every process group (when the harness ends).
+    pub fn kill_all(&self) {
+        let all: Vec<u32> = self.0.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, g)| g).collect();
+        all.into_iter().for_each(|g| signal_group(g, "KILL"));
+    }
+}
+
+fn signal_group(pgid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([format!("-{signal}"), "--".into(), format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Runs the kubelet until the task is aborted.
+pub async fn run(client: kube::Client, config: KubeletConfig, processes: Processes) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let started: Arc<Mutex<HashMap<String, ()>>> = Arc::default();
+    let mut events = std::pin::pin!(watcher::watcher(pods, watcher::Config::default()));
+    while let Some(event) = events.next().await {
+        let Ok(event) = event else { continue };
+        match event {
+            Event::Apply(pod) | Event::InitApply(pod) => {
+                let uid = pod.uid().unwrap_or_default();
+                let terminal = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|p| p == "Succeeded" || p == "Failed");
+                if pod.metadata.deletion_timestamp.is_some() {
+                    if let Some(g) = processes.remove(&uid) {
+                        signal_group(g, "TERM");
+                    }
+                    continue;
+                }
+                let first = started.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.clone(), ()).is_none();
+                if first && !terminal {
+                    tokio::spawn(run_pod(client.clone(), config.clone(), processes.clone(), pod));
+                }
+            }
+            Event::Delete(pod) => {
+                let uid = pod.uid().unwrap_or_default();
+                if let Some(g) = processes.remove(&uid) {
+                    signal_group(g, "TERM");
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        signal_group(g, "KILL");
+                    });
+                }
+            }
+            Event::Init | Event::InitDone => {}
+        }
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Applies a pod status change as the kubelet (merge patch of `/status`); a pod already gone is
+/// not an error.
+async fn set_status(pods: &Api<Pod>, name: &str, status: Value) {
+    let params = PatchParams { field_manager: Some("kubelet".into()), ..Default::default() };
+    let _ = pods.patch_status(name, &params, &Patch::Merge(json!({"status": status}))).await;
+}
+
+fn waiting(container: &str, image: &str, reason: &str, message: &str) -> Value {
+    json!({"phase": "Pending", "containerStatuses": [{
+        "name": container, "image": image, "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": reason, "message": message}}}]})
+}
+
+/// The binary for `image`: its repository's last path segment, without tag or digest.
+fn binary_for<'c>(config: &'c KubeletConfig, image: &str) -> Option<&'c PathBuf> {
+    let repository = image.split('@').next().unwrap_or(image);
+    let last = repository.rsplit('/').next().unwrap_or(repository);
+    let name = last.split(':').next().unwrap_or(last);
+    config.images.get(name)
+}
+
+struct Prepared {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    paths: PathMap,
+    termination_file: PathBuf,
+    dir: PathBuf,
+}
+
+/// Resolves image, volumes, env and args; an error is (reason, message) for the waiting state.
+fn prepare(config: &KubeletConfig, pod: &Pod, container: &Container) -> Result<Prepared, (String, String)> {
+    let image = container.image.clone().unwrap_or_default();
+    let program = binary_for(config, &image).cloned().ok_or_else(|| {
+        let known: Vec<&String> = config.images.keys().collect();
+        (
+            "ErrImagePull".to_string(),
+            format!("the simulated kubelet has no binary for image {image:?} (it runs: {known:?})"),
+        )
+    })?;
+    let dir = config.root.join(format!(
+        "{}_{}_{}",
+        pod.namespace().unwrap_or_default(),
+        pod.name_any(),
+        pod.uid().unwrap_or_default()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut volumes: HashMap<String, PathBuf> = HashMap::new();
+    for v in spec.volumes.iter().flatten() {
+        let host = if v.empty_dir.is_some() {
+            dir.join("volumes").join(&v.name)
+        } else if let Some(claim) = &v.persistent_volume_claim {
+            config.claims.get(&claim.claim_name).cloned().ok_or_else(|| {
+                ("ContainerCreating".to_string(), format!("persistentvolumeclaim {:?} not found", claim.claim_name))
+            })?
+        } else {
+            return Err((
+                "CreateContainerConfigError".into(),
+                format!("volume {:?}: only emptyDir and persistentVolumeClaim are simulated", v.name),
+            ));
+        };
+        std::fs::create_dir_all(&host).map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+        volumes.insert(v.name.clone(), host);
+    }
+    let mut paths = PathMap::default();
+    for m in container.volume_mounts.iter().flatten() {
+        let host = volumes.get(&m.name).ok_or_else(|| {
+            ("CreateContainerConfigError".to_string(), format!("volumeMount {:?} names no volume", m.name))
+        })?;
+        paths.add(&m.mount_path, host);
+    }
+    let termination_path = container.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
+    let termination_file = dir.join("termination-log");
+    let _ = std::fs::remove_file(&termination_file);
+    paths.add(&termination_path, &termination_file);
+    let mut env = vec![
+        ("PATH".to_string(), std::env::var("PATH").unwrap_or_default()),
+        ("HOME".to_string(), dir.display().to_string()),
+        ("KUBECONFIG".to_string(), config.kubeconfig.display().to_string()),
+    ];
+    for e in container.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => paths.to_host(v),
+            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                Some("metadata.name") => pod.name_any(),
+                Some("metadata.namespace") => pod.namespace().unwrap_or_default(),
+                _ => {
+                    return Err((
+                        "CreateContainerConfigError".into(),
+                        format!(
+                            "env {:?}: only metadata.name and metadata.namespace field references are simulated",
+                            e.name
+                        ),
+                    ));
+                }
+            },
+            (None, None) => String::new(),
+        };
+        env.push((e.name.clone(), value));
+    }
+    let mut args: Vec<String> = container.command.iter().flatten().skip(1).cloned().collect();
+    args.extend(container.args.iter().flatten().cloned());
+    let args = args.iter().map(|a| paths.to_host(a)).collect();
+    Ok(Prepared { program, args, env, paths, termination_file, dir })
+}
+
+async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Processes, pod: Pod) {
+    let name = pod.name_any();
+    let uid = pod.uid().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client, &pod.namespace().unwrap_or_default());
+    let spec = pod.spec.clone().unwrap_or_default();
+    let Some(container) = spec.containers.first().cloned() else { return };
+    let image = container.image.clone().unwrap_or_default();
+    let prepared = match prepare(&config, &pod, &container) {
+        Ok(p) => p,
+        Err((reason, message)) => {
+            return set_status(&pods, &name, waiting(&container.name, &image, &reason, &message)).await;
+        }
+    };
+    let restart = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let start_time = now();
+    let mut restarts = 0;
+    loop {
+        let log =
+            |n: &str| std::fs::File::create(prepared.dir.join(n)).map(Stdio::from).unwrap_or_else(|_| Stdio::null());
+        let mut command = tokio::process::Command::new(&prepared.program);
+        command.args(&prepared.args).env_clear().envs(prepared.env.iter().cloned()).current_dir(&prepared.dir);
+        command
+            .stdin(Stdio::null())
+            .stdout(log("stdout.log"))
+            .stderr(log("stderr.log"))
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let message = format!("cannot start {}: {e}", prepared.program.display());
+                return set_status(&pods, &name, waiting(&container.name, &image, "CreateContainerError", &message))
+                    .await;
+            }
+        };
+        let pgid = child.id().unwrap_or_default();
+        processes.insert(&uid, pgid);
+        let running_since = now();
+        let running = |ready: bool| {
+            json!({"phase": "Running", "startTime": start_time, "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
+                   "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}, "lastTransitionTime": now()},
+                                  {"type": "ContainersReady", "status": if ready {"True"} else {"False"}, "lastTransitionTime": now()}],
+                   "containerStatuses": [{"name": container.name, "image": image, "imageID": "", "ready": ready,
+                                          "started": true, "restartCount": restarts,
+                                          "state": {"running": {"startedAt": running_since}}}]})
+        };
+        let probe = container.readiness_probe.as_ref().and_then(|p| p.http_get.clone());
+        set_status(&pods, &name, running(probe.is_none())).await;
+        let exit = match probe {
+            None => child.wait().await,
+            Some(get) => {
+                let port = match &get.port {
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => *p as u16,
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(_) => 0,
+                };
+                let path = get.path.clone().unwrap_or_else(|| "/".into());
+                let wait = child.wait();
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        status = &mut wait => break status,
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {
+                            if probe_ok(port, &path).await {
+                                set_status(&pods, &name, running(true)).await;
+                                break (&mut wait).await;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let killed = !processes.running(&uid);
+        processes.remove(&uid);
+        let code = match &exit {
+            Ok(s) => s.code().unwrap_or(137),
+            Err(_) => 128,
+        };
+        let mut message = std::fs::read_to_string(&prepared.termination_file).unwrap_or_default();
+        if message.trim().is_empty()
+            && code != 0
+            && container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
+        {
+            let log = std::fs::read_to_string(prepared.dir.join("stderr.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            message = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+        }
+        let message = prepared.paths.to_container(&message);
+        let again = !killed
+            && match restart.as_str() {
+                "Always" => true,
+                "OnFailure" => code != 0,
+                _ => false,
+            };
+        let terminated = json!({"exitCode": code, "reason": if code == 0 {"Completed"} else {"Error"},
+                                "message": message, "startedAt": running_since, "finishedAt": now()});
+        if again {
+            restarts += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if killed {
+            return;
+        }
+        let phase = if code == 0 { "Succeeded" } else { "Failed" };
+        let status = json!({"phase": phase, "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now()}],
+                            "containerStatuses": [{"name": container.name, "image": image, "imageID": "", "ready": false,
+                                                   "restartCount": restarts, "state": {"terminated": terminated}}]});
+        return set_status(&pods, &name, status).await;
+    }
+}
+
+/// An HTTP GET on 127.0.0.1:`port` answered with a 2xx status.
+async fn probe_ok(port: u16, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(("127.0.0.1", port))).await
+    else {
+        return false;
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    matches!(tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut head)).await, Ok(Ok(_)))
+        && head.starts_with(b"HTTP/1.")
+        && head[9] == b'2'
+}
+
+/// A pod's log files, for test diagnostics.
+pub fn pod_logs(root: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        for file in ["stdout.log", "stderr.log"] {
+            if let Ok(text) = std::fs::read_to_string(entry.path().join(file)) {
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                out.push_str(&format!(
+                    "--- {} {file}\n{}\n",
+                    entry.file_name().to_string_lossy(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+        }
+    }
+    out
+}

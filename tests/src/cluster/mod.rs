@@ -1,0 +1,71 @@
+//! A Kubernetes cluster simulated in process, on top of [`crate::apiserver::ApiServer`]: the Job
+//! controller ([`job`]) and a kubelet that runs pods as local processes of our own binaries
+//! ([`kubelet`]). Both talk to the API server only through the Kubernetes API, like the real
+//! ones. Dropping the [`Cluster`] stops them and kills every process they started.
+
+pub mod job;
+pub mod kubelet;
+pub mod paths;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::apiserver::ApiServer;
+pub use kubelet::{KubeletConfig, Processes};
+
+/// The simulated cluster's controllers and kubelet.
+pub struct Cluster {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    processes: Processes,
+    /// Where pod directories live (logs for diagnostics).
+    pub pods_root: PathBuf,
+}
+
+impl Cluster {
+    /// Starts the Job controller and the kubelet against `server`. `images` maps image repository
+    /// names to binaries, `claims` PersistentVolumeClaim names to host directories; pods work
+    /// under `root` and reach the server with the kubeconfig written there.
+    pub fn start(
+        server: &ApiServer,
+        images: HashMap<String, PathBuf>,
+        claims: HashMap<String, PathBuf>,
+        root: &Path,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(root)?;
+        let kubeconfig = root.join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig)?;
+        let pods_root = root.join("pods");
+        let config = KubeletConfig { images, claims, root: pods_root.clone(), kubeconfig };
+        let processes = Processes::default();
+        let tasks = vec![
+            tokio::spawn(job::run(server.client())),
+            tokio::spawn(kubelet::run(server.client(), config, processes.clone())),
+        ];
+        Ok(Self { tasks, processes, pods_root })
+    }
+
+    /// The last lines of every pod's output, for a failing test's message.
+    pub fn logs(&self) -> String {
+        kubelet::pod_logs(&self.pods_root)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|t| t.abort());
+        self.processes.kill_all();
+    }
+}
+
+/// A binary of this workspace built beside the running test (`target/<profile>/<name>`).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build -p {name}` (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}

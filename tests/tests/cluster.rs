@@ -1,0 +1,198 @@
+//! Cluster tests: the operator binary against the in-process API server and simulated cluster,
+//! with the worker's pod running the real `distillery-worker` on a small job over the real teacher
+//! and data (from the setup cache).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use distillery_crds::DistillationJob;
+use distillery_tests::apiserver::ApiServer;
+use distillery_tests::cluster::{Cluster, workspace_binary};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+/// The operator as a child process, killed when dropped.
+struct Operator(Child);
+
+impl Operator {
+    fn start(kubeconfig: &Path, log: &Path) -> Self {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(workspace_binary("distillery-operator"))
+            .args(["run", "--http-address", "127.0.0.1", "--http-port", "0"])
+            .args(["--worker-image", "ghcr.io/distillery-dev/distillery-worker:test"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("DISTILLERY_LOG_LEVEL", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Harness {
+    server: ApiServer,
+    cluster: Cluster,
+    root: tempfile::TempDir,
+    artifacts: PathBuf,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let server = ApiServer::start().await.unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let cache = distillery_tests::cache_dir();
+        let artifacts = root.path().join("claims/artifacts");
+        let images = HashMap::from([("distillery-worker".to_string(), workspace_binary("distillery-worker"))]);
+        let claims = HashMap::from([
+            ("models".to_string(), cache.join("teacher")),
+            ("datasets".to_string(), cache.join("data")),
+            ("artifacts".to_string(), artifacts.clone()),
+        ]);
+        let cluster = Cluster::start(&server, images, claims, &root.path().join("cluster")).unwrap();
+        let crds: Api<CustomResourceDefinition> = Api::all(server.client());
+        for crd in distillery_crds::crds() {
+            let name = kube::ResourceExt::name_any(&crd);
+            crds.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&crd)).await.unwrap();
+        }
+        Self { server, cluster, root, artifacts }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.root.path().join("cluster/kubeconfig")
+    }
+
+    fn operator_log(&self) -> PathBuf {
+        self.root.path().join("operator.log")
+    }
+
+    fn diagnostics(&self) -> String {
+        format!(
+            "operator log:\n{}\npods:\n{}",
+            std::fs::read_to_string(self.operator_log()).unwrap_or_default(),
+            self.cluster.logs()
+        )
+    }
+}
+
+/// A small job over the real teacher and data, on the claims the harness maps.
+fn small_job(name: &str) -> Value {
+    json!({
+        "apiVersion": "distillery.dev/v1alpha1", "kind": "DistillationJob",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "task": "sequence-classification",
+            "teacher": {"uri": "file:///models/all-minilm-l6-v2", "volumeClaim": "models",
+                        "head": {"mode": "fine-tune", "trainableLayers": 1, "epochs": 1, "learningRate": 0.0001, "batchSize": 16}},
+            "student": {"initFromTeacher": {"layers": [0]}, "pruneVocabulary": true, "embeddingSize": 64},
+            "dataset": {"uri": "file:///data/rotten_tomatoes_corpus_full.csv.bz2", "volumeClaim": "datasets",
+                        "labelField": "category", "groupField": "movie_name", "labels": ["fresh", "rotten"],
+                        "skipLabels": ["plot"], "validationSplit": {"fraction": 0.2, "byGroup": true, "seed": 0},
+                        "maxSequenceLength": 48, "maxExamples": 600},
+            "loss": {"alpha": 0.3, "temperature": {"start": 3, "end": 1, "schedule": "linear"}},
+            "training": {"epochs": 2, "batchSize": 16, "learningRate": 0.0003, "seed": 0, "checkpointInterval": 5},
+            "resources": {"gpu": {"count": 0}},
+            "output": {"uri": format!("file:///artifacts/{name}"), "volumeClaim": "artifacts"},
+            "backoffLimit": 2,
+        }
+    })
+}
+
+async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>, harness: &Harness) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}\n{}", harness.diagnostics());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_cleans_up() {
+    let h = Harness::start().await;
+    let _operator = Operator::start(&h.kubeconfig(), &h.operator_log());
+    let djs: Api<DistillationJob> = Api::default_namespaced(h.server.client());
+    let name = "small";
+    djs.patch(name, &PatchParams::apply("kubectl"), &Patch::Apply(small_job(name))).await.unwrap();
+
+    // Progress shows while it runs; then Succeeded.
+    let mut saw_progress = None;
+    let mut saw_running = false;
+    let done = wait_for(
+        "the DistillationJob to succeed",
+        Duration::from_secs(900),
+        async || {
+            let dj = djs.get(name).await.ok()?;
+            let status = dj.status.clone()?;
+            let phase = serde_json::to_value(status.phase).ok()?;
+            saw_running |= phase == "Running";
+            if let Some(p) = status.progress.as_ref().filter(|p| p.step.is_some()) {
+                saw_progress = Some(p.clone());
+            }
+            assert_ne!(phase, "Failed", "{status:?}\n{}", h.diagnostics());
+            (phase == "Succeeded").then_some(dj)
+        },
+        &h,
+    )
+    .await;
+    assert!(saw_running, "the phase was Running while the pod ran");
+    let progress = saw_progress.expect("status.progress showed training steps while the worker ran");
+    assert!(progress.total_steps.unwrap() >= progress.step.unwrap());
+
+    let status = done.status.unwrap();
+    let result = status.result.expect("status.result");
+    assert_eq!(result.artifact_uri, "file:///artifacts/small", "the container's path, not the host's");
+    let manifest = h.artifacts.join(name).join("distillery.json");
+    let digest = distillery_worker_digest(&manifest);
+    assert_eq!(result.artifact_digest, digest, "the digest is the manifest's sha256");
+    let accuracy = result.student.accuracy.unwrap();
+    assert!((0.5..=1.0).contains(&accuracy), "{accuracy}");
+    assert!(result.student.parameters > 0 && result.teacher.parameters > result.student.parameters);
+    let complete = distillery_crds::conditions::find(&status.conditions, "Complete").unwrap();
+    assert_eq!(complete.status, "True");
+    let jobs: Api<Job> = Api::default_namespaced(h.server.client());
+    assert_eq!(jobs.list(&ListParams::default()).await.unwrap().items.len(), 1, "one Job");
+
+    // Settled: a quiet period sees no write from anyone, the operator included.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = h.server.state().writes().len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after: Vec<_> = h.server.state().writes()[before..].to_vec();
+    assert!(after.is_empty(), "writes during the quiet period: {after:?}");
+
+    // Deleting the DistillationJob removes its Job and pods.
+    djs.delete(name, &DeleteParams::default()).await.unwrap();
+    let pods: Api<Pod> = Api::default_namespaced(h.server.client());
+    wait_for(
+        "the Job and its pods to be collected",
+        Duration::from_secs(30),
+        async || {
+            let jobs_left = jobs.list(&ListParams::default()).await.ok()?.items.len();
+            let pods_left = pods.list(&ListParams::default()).await.ok()?.items.len();
+            (jobs_left == 0 && pods_left == 0).then_some(())
+        },
+        &h,
+    )
+    .await;
+}
+
+fn distillery_worker_digest(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
