@@ -94,7 +94,7 @@ pub struct ModelSource {
 }
 
 /// Inference server settings.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerSpec {
     /// Server container image; the operator's configured default when unset.
@@ -116,6 +116,21 @@ pub struct ServerSpec {
     #[serde(default = "default_threads")]
     #[schemars(range(min = 1, max = 256))]
     pub threads: u32,
+}
+
+/// The same values a spec without `server` deserializes to. Derived, it would be all zeros,
+/// and the schema's default for `server` (generated from it) would fail the schema's own minimums
+/// on the API server.
+impl Default for ServerSpec {
+    fn default() -> Self {
+        Self {
+            image: None,
+            resources: None,
+            max_batch_size: default_max_batch_size(),
+            max_batch_delay_ms: default_max_batch_delay_ms(),
+            threads: default_threads(),
+        }
+    }
 }
 
 fn default_max_batch_size() -> u32 {

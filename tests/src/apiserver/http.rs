@@ -12,13 +12,13 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::Shared;
 use super::apply::{ApplyRequest, ListTypes, apply};
 use super::registry::ResourceType;
 use super::schema::{self, FieldValidation};
 use super::select::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError, ApiResult};
 use super::store::{Deletion, EventType, Preconditions, Propagation, State, WriteOptions, Written};
+use super::{Shared, openapi, table};
 
 /// How often a watch that asked for bookmarks gets one.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
@@ -73,6 +73,13 @@ async fn handle(
             ["apis", group, version] => {
                 Some(registry.resources(group, version).ok_or_else(|| ApiError::no_route(uri.path())))
             }
+            ["openapi", "v3"] => Some(Ok(openapi::root(registry))),
+            ["openapi", "v3", "api", version] => {
+                Some(openapi::document(registry, "", version).ok_or_else(|| ApiError::no_route(uri.path())))
+            }
+            ["openapi", "v3", "apis", group, version] => {
+                Some(openapi::document(registry, group, version).ok_or_else(|| ApiError::no_route(uri.path())))
+            }
             _ => None,
         }
     };
@@ -104,10 +111,23 @@ async fn handle(
         return error.into_response();
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown").to_string();
+    let as_table = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(table::wanted);
     let result = match verb {
-        "watch" => return watch_stream(shared, target, &query),
-        "get" => get(&shared, &target),
-        "list" => list(&shared, &target, &query),
+        "watch" => return watch_stream(shared, target, &query, as_table),
+        "get" | "list" => {
+            let result = if verb == "get" { get(&shared, &target) } else { list(&shared, &target, &query) };
+            match result {
+                Ok((code, value, warnings)) if as_table && target.subresource.is_none() => {
+                    let rv = shared.lock().rv.to_string();
+                    let objects = match value.get("items").and_then(Value::as_array) {
+                        Some(items) if verb == "list" => items.clone(),
+                        _ => vec![value],
+                    };
+                    Ok((code, table::table(&target.rt, &objects, &rv), warnings))
+                }
+                other => other,
+            }
+        }
         _ => {
             let opts = match write_options(&query, user_agent) {
                 Ok(o) => o,
@@ -464,6 +484,8 @@ struct Watch {
     epoch: u64,
     changes: tokio::sync::watch::Receiver<u64>,
     done: bool,
+    /// Send Tables (`kubectl get -w`).
+    table: bool,
 }
 
 fn line(kind: &str, object: &Value) -> Bytes {
@@ -502,11 +524,22 @@ impl Watch {
                         _ => None,
                     };
                     if let Some(kind) = kind {
-                        self.pending.push_back(line(kind, &e.object));
+                        let encoded = self.encode(kind, &e.object);
+                        self.pending.push_back(encoded);
                     }
                 }
                 self.cursor = state.rv;
             }
+        }
+    }
+
+    /// One watch event line; a Table of one row when the client asked for Tables.
+    fn encode(&self, kind: &str, object: &Value) -> Bytes {
+        if self.table {
+            let rv = object["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+            line(kind, &table::table(&self.rt, std::slice::from_ref(object), rv))
+        } else {
+            line(kind, object)
         }
     }
 
@@ -541,7 +574,7 @@ impl Watch {
     }
 }
 
-fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, String>) -> Response {
+fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, String>, as_table: bool) -> Response {
     if target.name.is_some() {
         return ApiError::bad_request("watch a single object with a fieldSelector on metadata.name").into_response();
     }
@@ -564,6 +597,7 @@ fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, Str
         epoch: shared.lock().watch_epoch,
         changes,
         done: false,
+        table: as_table,
     };
     let requested = query.get("resourceVersion").map(String::as_str).unwrap_or_default();
     match requested {
@@ -572,7 +606,8 @@ fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, Str
             let state = shared.lock();
             for object in state.list(&watch.rt, watch.namespace.as_deref()) {
                 if watch.matches(&object) {
-                    watch.pending.push_back(line("ADDED", &object));
+                    let encoded = watch.encode("ADDED", &object);
+                    watch.pending.push_back(encoded);
                 }
             }
             watch.cursor = state.rv;

@@ -12,11 +12,13 @@ pub mod apply;
 pub mod builtin;
 pub mod fields;
 mod http;
+pub mod openapi;
 pub mod registry;
 pub mod schema;
 pub mod select;
 pub mod status;
 pub mod store;
+pub mod table;
 
 use std::net::SocketAddr;
 use std::path::Path;
