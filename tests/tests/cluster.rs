@@ -22,7 +22,11 @@ struct Operator(Child);
 impl Operator {
     fn start(kubeconfig: &Path, log: &Path) -> Self {
         let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(workspace_binary("distillery-operator"))
+        // DISTILLERY_OPERATOR_BIN measures another build (e.g. release) of the operator.
+        let binary = std::env::var_os("DISTILLERY_OPERATOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_binary("distillery-operator"));
+        let child = Command::new(binary)
             .args(["run", "--http-address", "127.0.0.1", "--http-port", "0"])
             .args(["--worker-image", "ghcr.io/distillery-dev/distillery-worker:test"])
             .env("KUBECONFIG", kubeconfig)
@@ -32,6 +36,15 @@ impl Operator {
             .spawn()
             .unwrap();
         Self(child)
+    }
+}
+
+impl Operator {
+    /// Resident memory in KiB, from /proc.
+    fn resident_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 }
 
@@ -195,4 +208,117 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
 fn distillery_worker_digest(path: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// The pods' stderr, concatenated, for what the workers reported.
+fn worker_events(cluster_root: &Path) -> Vec<Value> {
+    let mut events = vec![];
+    for entry in std::fs::read_dir(cluster_root.join("pods")).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path().join("stderr.log")).unwrap_or_default();
+        events.extend(text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()));
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_makes_no_second_job() {
+    let h = Harness::start().await;
+    let operator = Operator::start(&h.kubeconfig(), &h.operator_log());
+    let djs: Api<DistillationJob> = Api::default_namespaced(h.server.client());
+    let name = "resumed";
+    let mut job = small_job(name);
+    job["spec"]["training"]["epochs"] = json!(3);
+    djs.patch(name, &PatchParams::apply("kubectl"), &Patch::Apply(&job)).await.unwrap();
+
+    // Wait for the student's first checkpoint, then kill the operator and the worker's pod.
+    let checkpoints = h.artifacts.join(name).join("checkpoints/student");
+    wait_for(
+        "a student checkpoint",
+        Duration::from_secs(600),
+        async || std::fs::read_dir(&checkpoints).ok()?.next().map(|_| ()),
+        &h,
+    )
+    .await;
+    drop(operator);
+    let pods: Api<Pod> = Api::default_namespaced(h.server.client());
+    let first = pods.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(first.len(), 1);
+    pods.delete(&kube::ResourceExt::name_any(&first[0]), &DeleteParams::default()).await.unwrap();
+
+    // A new operator picks the job up where the first left it.
+    let _operator = Operator::start(&h.kubeconfig(), &h.root.path().join("operator-2.log"));
+    let done = wait_for(
+        "the DistillationJob to succeed after the restarts",
+        Duration::from_secs(900),
+        async || {
+            let dj = djs.get(name).await.ok()?;
+            let phase = serde_json::to_value(dj.status.as_ref()?.phase).ok()?;
+            assert_ne!(phase, "Failed", "{:?}\n{}", dj.status, h.diagnostics());
+            (phase == "Succeeded").then_some(dj)
+        },
+        &h,
+    )
+    .await;
+    let jobs: Api<Job> = Api::default_namespaced(h.server.client());
+    assert_eq!(jobs.list(&ListParams::default()).await.unwrap().items.len(), 1, "no second Job");
+    assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 1, "one replacement pod, which succeeded");
+    let resumed: Vec<Value> = worker_events(&h.root.path().join("cluster"))
+        .into_iter()
+        .filter(|e| e["event"] == "resumed" && e["run"] == "student")
+        .collect();
+    assert_eq!(resumed.len(), 1, "the second worker resumed the student from its checkpoint\n{}", h.diagnostics());
+    assert!(resumed[0]["step"].as_u64().unwrap() >= 5);
+    let status = done.status.unwrap();
+    assert_eq!(status.result.unwrap().artifact_uri, format!("file:///artifacts/{name}"));
+    assert!(distillery_crds::conditions::is_true(&status.conditions, "Complete"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_distillation_jobs_each_get_their_job() {
+    const COUNT: usize = 500;
+    // No kubelet: the Jobs are suspended, nothing runs.
+    let server = ApiServer::start().await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let kubeconfig = root.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
+    for crd in distillery_crds::crds() {
+        let name = kube::ResourceExt::name_any(&crd);
+        crds.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&crd)).await.unwrap();
+    }
+    let log = root.path().join("operator.log");
+    let operator = Operator::start(&kubeconfig, &log);
+    let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
+    for i in 0..COUNT {
+        let name = format!("job-{i:03}");
+        let mut job = small_job(&name);
+        job["spec"]["suspend"] = json!(true);
+        djs.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&job)).await.unwrap();
+    }
+    let jobs: Api<Job> = Api::default_namespaced(server.client());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let made = jobs.list(&ListParams::default()).await.unwrap().items.len();
+        let suspended = djs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|d| {
+                d.status.as_ref().and_then(|s| s.phase).is_some_and(|p| serde_json::to_value(p).unwrap() == "Suspended")
+            })
+            .count();
+        if made == COUNT && suspended == COUNT {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{made} Jobs, {suspended} Suspended of {COUNT}\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Reported, not asserted: memory depends on the build (CI runs a debug build).
+    eprintln!("operator resident memory with {COUNT} DistillationJobs and their Jobs: {} KiB", operator.resident_kib());
 }
