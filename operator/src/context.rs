@@ -28,6 +28,8 @@ pub struct Context {
     pub backoff: Backoff,
     /// Namespaces whose worker ServiceAccount and RoleBinding this run has applied.
     pub accounts_ready: Mutex<HashSet<String>>,
+    /// How many objects a controller reconciles at once.
+    pub concurrency: u16,
 }
 
 impl Context {
@@ -49,9 +51,13 @@ impl Context {
             metrics,
             backoff: Backoff::default(),
             accounts_ready: Mutex::new(HashSet::new()),
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }
+
+/// Reconciles in flight at once per controller, unless configured otherwise.
+pub const DEFAULT_CONCURRENCY: u16 = 8;
 
 /// The operator's field manager.
 pub const FIELD_MANAGER: &str = "distillery-operator";

@@ -41,7 +41,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let jobs: Api<Job> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client);
     let managed = format!("app.kubernetes.io/managed-by={MANAGED_BY}");
+    // Bounded concurrency: with hundreds of objects at start-up, unbounded reconciles would open
+    // as many connections at once, and the client's pool keeps their buffers.
+    let config = kube::runtime::controller::Config::default().concurrency(ctx.concurrency);
     Controller::new(djs, watcher::Config::default().any_semantic())
+        .with_config(config)
         .owns(jobs, watcher::Config::default().labels(&managed).any_semantic())
         .watches(pods, watcher::Config::default().labels(JOB_LABEL).any_semantic(), |pod: Pod| {
             let name = pod.labels().get(JOB_LABEL)?.clone();
