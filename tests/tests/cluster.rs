@@ -21,6 +21,10 @@ struct Operator(Child);
 
 impl Operator {
     fn start(kubeconfig: &Path, log: &Path) -> Self {
+        Self::start_with(kubeconfig, log, &[])
+    }
+
+    fn start_with(kubeconfig: &Path, log: &Path, extra: &[&str]) -> Self {
         let log = std::fs::File::create(log).unwrap();
         // DISTILLERY_OPERATOR_BIN measures another build (e.g. release) of the operator.
         let binary = std::env::var_os("DISTILLERY_OPERATOR_BIN")
@@ -29,6 +33,7 @@ impl Operator {
         let child = Command::new(binary)
             .args(["run", "--http-address", "127.0.0.1", "--http-port", "0"])
             .args(["--worker-image", "ghcr.io/distillery-dev/distillery-worker:test"])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("DISTILLERY_LOG_LEVEL", "info,kube=warn")
             .stdout(Stdio::null())
@@ -40,6 +45,12 @@ impl Operator {
 }
 
 impl Operator {
+    /// Sends SIGTERM and waits for the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap();
+        self.0.wait().unwrap()
+    }
+
     /// Resident memory in KiB, from /proc.
     fn resident_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
@@ -321,4 +332,66 @@ async fn five_hundred_distillation_jobs_each_get_their_job() {
     }
     // Reported, not asserted: memory depends on the build (CI runs a debug build).
     eprintln!("operator resident memory with {COUNT} DistillationJobs and their Jobs: {} KiB", operator.resident_kib());
+}
+
+async fn harness_without_kubelet() -> (ApiServer, tempfile::TempDir, PathBuf) {
+    let server = ApiServer::start().await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let kubeconfig = root.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
+    for crd in distillery_crds::crds() {
+        let name = kube::ResourceExt::name_any(&crd);
+        crds.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&crd)).await.unwrap();
+    }
+    (server, root, kubeconfig)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_reconciles_and_a_stopped_leader_hands_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let (server, root, kubeconfig) = harness_without_kubelet().await;
+    let leases: Api<Lease> = Api::default_namespaced(server.client());
+    let holder = async || -> Option<String> { leases.get_opt("distillery").await.ok()??.spec?.holder_identity };
+    let election = |id: &'static str| ["--leader-election", "true", "--identity", id];
+    let a = Operator::start_with(&kubeconfig, &root.path().join("a.log"), &election("a"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while holder().await.as_deref() != Some("a") {
+        assert!(Instant::now() < deadline, "a never took the Lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let b = Operator::start_with(&kubeconfig, &root.path().join("b.log"), &election("b"));
+    let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
+    let jobs: Api<Job> = Api::default_namespaced(server.client());
+    let apply = async |name: &str| {
+        let mut job = small_job(name);
+        job["spec"]["suspend"] = json!(true);
+        djs.patch(name, &PatchParams::apply("kubectl"), &Patch::Apply(&job)).await.unwrap();
+    };
+    apply("first").await;
+    let wait_job = async |name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while jobs.get_opt(&format!("{name}-distill")).await.unwrap().is_none() {
+            assert!(Instant::now() < deadline, "no Job for {name}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    wait_job("first").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(holder().await.as_deref(), Some("a"), "b waits while a renews");
+    let b_log = std::fs::read_to_string(root.path().join("b.log")).unwrap();
+    assert!(!b_log.contains("leading"), "b must not lead while a holds the Lease:\n{b_log}");
+
+    // SIGTERM: a stops reconciling, releases the Lease and exits cleanly; b takes over.
+    assert!(a.terminate().success(), "{}", std::fs::read_to_string(root.path().join("a.log")).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while holder().await.as_deref() != Some("b") {
+        assert!(Instant::now() < deadline, "b never took over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    apply("second").await;
+    wait_job("second").await;
+    let lease = leases.get("distillery").await.unwrap().spec.unwrap();
+    assert!(lease.lease_transitions.unwrap_or(0) >= 1, "{lease:?}");
+    drop(b);
 }
