@@ -30,10 +30,116 @@ fn rv<K: kube::Resource>(object: &K) -> u64 {
     object.meta().resource_version.as_deref().unwrap().parse().unwrap()
 }
 
-#[tokio::test]
-async fn crud_conflicts_and_not_found_are_real_status_errors() {
-    let server = ApiServer::start().await.unwrap();
-    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+/// Where a conformance test runs: the in-process server, or a real cluster (the
+/// `on_a_real_cluster_*` twins, ignored by default) so that divergence can be found:
+///
+/// ```text
+/// KUBECONFIG=~/.kube/config cargo test -p distillery-tests --test apiserver -- --ignored
+/// ```
+///
+/// On a real cluster each test works in a namespace of its own, deleted afterwards; the CRDs are
+/// applied server-side (forced) and left installed.
+struct Target {
+    client: kube::Client,
+    namespace: String,
+    server: Option<ApiServer>,
+}
+
+impl Target {
+    async fn harness() -> Self {
+        let server = ApiServer::start().await.unwrap();
+        Self { client: server.client(), namespace: "default".into(), server: Some(server) }
+    }
+
+    async fn real() -> Self {
+        let client = kube::Client::try_default().await.expect("a real cluster: set KUBECONFIG");
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let namespace = format!("distillery-conformance-{nanos}");
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        namespaces.patch(&namespace, &PatchParams::apply("conformance"), &Patch::Apply(ns)).await.unwrap();
+        Self { client, namespace, server: None }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Applies the CRDs and waits until DistillationJobs are served.
+    async fn install_crds(&self) -> Api<DistillationJob> {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for crd in distillery_crds::crds() {
+            let name = kube::ResourceExt::name_any(&crd);
+            crds.patch(&name, &PatchParams::apply("conformance").force(), &Patch::Apply(&crd)).await.unwrap();
+        }
+        let jobs: Api<DistillationJob> = self.api();
+        for _ in 0..100 {
+            if jobs.list(&ListParams::default()).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        jobs
+    }
+
+    async fn cleanup(self) {
+        if self.server.is_none() {
+            let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+            let _ = namespaces.delete(&self.namespace, &DeleteParams::default()).await;
+        }
+    }
+}
+
+/// A conformance test on the in-process server, and its twin for a real cluster.
+macro_rules! conformance {
+    ($name:ident, $real:ident, $body:ident) => {
+        #[tokio::test]
+        async fn $name() {
+            let target = Target::harness().await;
+            $body(&target).await;
+        }
+
+        #[tokio::test]
+        #[ignore = "needs a real cluster: KUBECONFIG=... cargo test -p distillery-tests --test apiserver -- --ignored"]
+        async fn $real() {
+            let target = Target::real().await;
+            $body(&target).await;
+            target.cleanup().await;
+        }
+    };
+}
+
+conformance!(
+    crud_conflicts_and_not_found_are_real_status_errors,
+    on_a_real_cluster_crud_conflicts_and_not_found,
+    crud_conflicts_and_not_found_are_real_status_errors_body
+);
+conformance!(
+    a_no_op_write_changes_nothing_and_emits_no_event_and_watches_resume_without_gaps,
+    on_a_real_cluster_no_op_writes_and_watch_resume,
+    a_no_op_write_changes_nothing_and_emits_no_event_and_watches_resume_without_gaps_body
+);
+conformance!(
+    label_selectors_filter_lists_and_watches_see_objects_enter_and_leave,
+    on_a_real_cluster_label_selectors,
+    label_selectors_filter_lists_and_watches_see_objects_enter_and_leave_body
+);
+conformance!(
+    finalizers_hold_deletion_and_the_garbage_collector_removes_dependents,
+    on_a_real_cluster_finalizers_and_garbage_collection,
+    finalizers_hold_deletion_and_the_garbage_collector_removes_dependents_body
+);
+conformance!(
+    server_side_apply_owns_fields_conflicts_and_creates,
+    on_a_real_cluster_server_side_apply,
+    server_side_apply_owns_fields_conflicts_and_creates_body
+);
+
+async fn crud_conflicts_and_not_found_are_real_status_errors_body(t: &Target) {
+    let cms: Api<ConfigMap> = t.api();
     let created = cms.create(&PostParams::default(), &config_map("a", json!({}), json!({"k": "1"}))).await.unwrap();
     let meta = &created.metadata;
     assert_eq!(meta.namespace.as_deref(), Some("default"), "namespace from the URL");
@@ -66,10 +172,8 @@ async fn crud_conflicts_and_not_found_are_real_status_errors() {
     assert!(message.contains("metadata.name"), "{message}");
 }
 
-#[tokio::test]
-async fn a_no_op_write_changes_nothing_and_emits_no_event_and_watches_resume_without_gaps() {
-    let server = ApiServer::start().await.unwrap();
-    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+async fn a_no_op_write_changes_nothing_and_emits_no_event_and_watches_resume_without_gaps_body(t: &Target) {
+    let cms: Api<ConfigMap> = t.api();
     let a = cms.create(&PostParams::default(), &config_map("a", json!({}), json!({"k": "1"}))).await.unwrap();
     let start = rv(&a);
     // The same object again: no new resourceVersion.
@@ -90,19 +194,20 @@ async fn a_no_op_write_changes_nothing_and_emits_no_event_and_watches_resume_wit
     }
     assert_eq!(seen, vec!["2", "3"], "no gaps, no duplicates, no event for the no-op writes");
 
-    // After compaction, a watch from an old version gets 410 Gone.
-    server.compact();
-    let mut stream = cms.watch(&WatchParams::default().timeout(2), &start.to_string()).await.unwrap().boxed();
-    match stream.try_next().await.unwrap() {
-        Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
-        other => panic!("expected 410 Gone, got {other:?}"),
+    // After compaction (harness only: a real cluster compacts on its own schedule), a watch from
+    // an old version gets 410 Gone.
+    if let Some(server) = &t.server {
+        server.compact();
+        let mut stream = cms.watch(&WatchParams::default().timeout(2), &start.to_string()).await.unwrap().boxed();
+        match stream.try_next().await.unwrap() {
+            Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
+            other => panic!("expected 410 Gone, got {other:?}"),
+        }
     }
 }
 
-#[tokio::test]
-async fn label_selectors_filter_lists_and_watches_see_objects_enter_and_leave() {
-    let server = ApiServer::start().await.unwrap();
-    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+async fn label_selectors_filter_lists_and_watches_see_objects_enter_and_leave_body(t: &Target) {
+    let cms: Api<ConfigMap> = t.api();
     cms.create(&PostParams::default(), &config_map("web", json!({"app": "web"}), json!({}))).await.unwrap();
     let db = cms.create(&PostParams::default(), &config_map("db", json!({"app": "db"}), json!({}))).await.unwrap();
     let list = cms.list(&ListParams::default().labels("app in (web, cache)")).await.unwrap();
@@ -221,10 +326,8 @@ async fn raw_post(server: &ApiServer, path: &str, body: &Value) -> (u16, String)
     }
 }
 
-#[tokio::test]
-async fn finalizers_hold_deletion_and_the_garbage_collector_removes_dependents() {
-    let server = ApiServer::start().await.unwrap();
-    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+async fn finalizers_hold_deletion_and_the_garbage_collector_removes_dependents_body(t: &Target) {
+    let cms: Api<ConfigMap> = t.api();
     let owner = cms.create(&PostParams::default(), &config_map("owner", json!({}), json!({}))).await.unwrap();
     let mut child = config_map("child", json!({}), json!({}));
     child.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
@@ -263,7 +366,7 @@ async fn finalizers_hold_deletion_and_the_garbage_collector_removes_dependents()
         .unwrap();
     assert_eq!(api_error(cms.get("owner").await).0, 404);
     let mut gone = false;
-    for _ in 0..100 {
+    for _ in 0..600 {
         if cms.get("child").await.is_err() {
             gone = true;
             break;
@@ -290,10 +393,8 @@ async fn injected_faults_reach_the_client_once() {
     cms.create(&PostParams::default(), &config_map("a", json!({}), json!({}))).await.unwrap();
 }
 
-#[tokio::test]
-async fn server_side_apply_owns_fields_conflicts_and_creates() {
-    let server = ApiServer::start().await.unwrap();
-    let jobs = install_crds(&server).await;
+async fn server_side_apply_owns_fields_conflicts_and_creates_body(t: &Target) {
+    let jobs = t.install_crds().await;
     let mut job = example_job();
     let name = job["metadata"]["name"].as_str().unwrap().to_string();
     let operator = PatchParams::apply("distillery-operator");
@@ -350,7 +451,7 @@ async fn server_side_apply_owns_fields_conflicts_and_creates() {
     assert_eq!(code, 404, "a status apply does not create");
 
     // Built-in map lists merge by key: two managers' containers coexist.
-    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let cms: Api<ConfigMap> = t.api();
     let cm = |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data});
     cms.patch("c", &PatchParams::apply("a"), &Patch::Apply(cm(json!({"x": "1"})))).await.unwrap();
     let merged = cms.patch("c", &PatchParams::apply("b"), &Patch::Apply(cm(json!({"y": "2"})))).await.unwrap();
