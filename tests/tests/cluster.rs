@@ -395,3 +395,126 @@ async fn only_the_lease_holder_reconciles_and_a_stopped_leader_hands_over() {
     assert!(lease.lease_transitions.unwrap_or(0) >= 1, "{lease:?}");
     drop(b);
 }
+
+/// An HTTP GET over a plain TCP connection: (status line, body).
+async fn http_get(address: &str, path: &str) -> Option<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_rolls_out_behind_a_service_on_a_loopback_cluster_ip() {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::core::v1::Service;
+    let server = ApiServer::start().await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // The operator binary is the workload: it serves /healthz on the address it is given.
+    let images = HashMap::from([("distillery-operator".to_string(), workspace_binary("distillery-operator"))]);
+    let cluster = Cluster::start(&server, images, HashMap::new(), root.path()).unwrap();
+    let deployments: Api<Deployment> = Api::default_namespaced(server.client());
+    let deployment = |generation_marker: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{
+                    "name": "web", "image": "ghcr.io/distillery-dev/distillery-operator:test",
+                    "args": ["run", "--http-address", "$(POD_IP)", "--http-port", "8080"],
+                    "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                            {"name": "MARKER", "value": generation_marker}],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}}]}}}})
+    };
+    deployments.patch("web", &PatchParams::apply("kubectl"), &Patch::Apply(deployment("one"))).await.unwrap();
+    let services: Api<Service> = Api::default_namespaced(server.client());
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 8080, "targetPort": "http"}]}});
+    let svc = services.patch("web", &PatchParams::apply("kubectl"), &Patch::Apply(service)).await.unwrap();
+    let ip = svc.spec.unwrap().cluster_ip.unwrap();
+    assert!(ip.starts_with("127."), "{ip}");
+
+    let settled = async |generation: i64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let d = deployments.get("web").await.unwrap();
+            let s = d.status.clone().unwrap_or_default();
+            let progressed = s
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("NewReplicaSetAvailable"));
+            if s.observed_generation == Some(generation)
+                && s.available_replicas == Some(2)
+                && s.updated_replicas == Some(2)
+                && progressed
+            {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "{:?}\n{}", d.status, cluster.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    settled(1).await;
+    for _ in 0..4 {
+        let (status, body) = http_get(&format!("{ip}:8080"), "/healthz").await.expect("the Service answers");
+        assert!(status.contains("200") && body == "ok", "{status} {body}");
+    }
+
+    // A template change rolls out: a new ReplicaSet, never fewer than 2 ready pods on the way.
+    deployments.patch("web", &PatchParams::apply("kubectl"), &Patch::Apply(deployment("two"))).await.unwrap();
+    let pods: Api<Pod> = Api::default_namespaced(server.client());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = deployments.get("web").await.unwrap();
+        let s = d.status.clone().unwrap_or_default();
+        let ready = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        assert!(ready >= 2, "maxUnavailable 25% of 2 is 0: {ready} ready\n{:?}", s);
+        if s.observed_generation == Some(2)
+            && s.updated_replicas == Some(2)
+            && s.available_replicas == Some(2)
+            && s.replicas == Some(2)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:?}\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    settled(2).await;
+    let sets: Api<ReplicaSet> = Api::default_namespaced(server.client());
+    let replicas: Vec<i32> = sets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|rs| rs.spec.as_ref().unwrap().replicas.unwrap())
+        .collect();
+    let mut sorted = replicas.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![0, 2], "the old ReplicaSet is scaled to zero");
+    let (status, _) = http_get(&format!("{ip}:8080"), "/healthz").await.expect("still served after the rollout");
+    assert!(status.contains("200"));
+
+    // Deleting the Deployment collects its ReplicaSets and pods.
+    deployments.delete("web", &DeleteParams::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pods.list(&ListParams::default()).await.unwrap().items.is_empty() {
+        assert!(Instant::now() < deadline, "pods left");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -168,6 +168,8 @@ pub struct State {
     pub watch_epoch: u64,
     writes: Vec<WriteRecord>,
     names: u64,
+    /// ClusterIPs handed out so far.
+    service_ips: u32,
 }
 
 /// Now, as the API server writes timestamps (RFC 3339, seconds).
@@ -263,6 +265,7 @@ impl Default for State {
             watch_epoch: 0,
             writes: vec![],
             names: 0,
+            service_ips: 0,
         };
         let namespaces = state.registry.find("", "v1", "namespaces").expect("built in").clone();
         for ns in ["default", "kube-system", "kube-public"] {
@@ -509,6 +512,9 @@ impl State {
             object.as_object_mut().expect("an object").remove("status");
         }
         let warnings = Self::admit(rt, &name, &mut object, None, opts)?;
+        if rt.group.is_empty() && rt.kind == "Service" {
+            self.allocate_cluster_ip(&mut object);
+        }
         let rv = if opts.dry_run { self.rv } else { self.next_rv() };
         let m = meta_mut(&mut object);
         m.insert("name".into(), json!(name));
@@ -534,6 +540,23 @@ impl State {
             self.record(rv, "create", &key, opts);
         }
         Ok(Written { object, warnings })
+    }
+
+    /// Gives a Service without one a clusterIP in 127.10.0.0/16 (loopback, where the simulated
+    /// cluster's proxy listens); `None` (headless) stays.
+    fn allocate_cluster_ip(&mut self, service: &mut Value) {
+        let spec = &mut service["spec"];
+        if spec.get("clusterIP").and_then(Value::as_str).is_some_and(|ip| !ip.is_empty()) {
+            return;
+        }
+        let n = self.service_ips;
+        self.service_ips += 1;
+        let ip = format!("127.10.{}.{}", (n / 250) % 250, n % 250 + 1);
+        spec["clusterIP"] = json!(ip);
+        spec["clusterIPs"] = json!([ip]);
+        if spec.get("type").is_none() {
+            spec["type"] = json!("ClusterIP");
+        }
     }
 
     /// Sets `managedFields`: those server-side apply computed, or an `Update` by the writer.
@@ -645,6 +668,14 @@ impl State {
                         ),
                     )],
                 ));
+            }
+        }
+        if rt.group.is_empty() && rt.kind == "Service" && new["spec"].get("clusterIP").is_none_or(Value::is_null) {
+            // clusterIP is immutable; a write that leaves it out keeps it.
+            for field in ["clusterIP", "clusterIPs"] {
+                if let Some(v) = old["spec"].get(field) {
+                    new["spec"][field] = v.clone();
+                }
             }
         }
         let warnings = Self::admit(rt, name, &mut new, Some(&old), opts)?;

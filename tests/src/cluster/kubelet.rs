@@ -25,6 +25,40 @@ use serde_json::{Value, json};
 
 use super::paths::PathMap;
 
+/// The next pod address: every pod gets its own loopback address in 127.20.0.0/16, so that
+/// replicas can listen on the same port, as pods on their own IPs do.
+fn next_pod_ip() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("127.20.{}.{}", (n / 250) % 250, n % 250 + 1)
+}
+
+/// `$(NAME)` in `text` replaced by the value of NAME among `env` (as the kubelet expands
+/// `command`, `args` and later `env` values); unknown names stay as written, `$$` escapes.
+pub fn expand_vars(text: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('(')
+            && let Some(end) = body.find(')')
+            && let Some((_, value)) = env.iter().rev().find(|(k, _)| *k == body[..end])
+        {
+            out.push_str(value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// What the kubelet needs to know about the host.
 #[derive(Clone, Debug)]
 pub struct KubeletConfig {
@@ -145,7 +179,12 @@ struct Prepared {
 }
 
 /// Resolves image, volumes, env and args; an error is (reason, message) for the waiting state.
-fn prepare(config: &KubeletConfig, pod: &Pod, container: &Container) -> Result<Prepared, (String, String)> {
+fn prepare(
+    config: &KubeletConfig,
+    pod: &Pod,
+    container: &Container,
+    pod_ip: &str,
+) -> Result<Prepared, (String, String)> {
     let image = container.image.clone().unwrap_or_default();
     let program = binary_for(config, &image).cloned().ok_or_else(|| {
         let known: Vec<&String> = config.images.keys().collect();
@@ -197,15 +236,16 @@ fn prepare(config: &KubeletConfig, pod: &Pod, container: &Container) -> Result<P
     ];
     for e in container.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
-            (Some(v), _) => paths.to_host(v),
+            (Some(v), _) => paths.to_host(&expand_vars(v, &env)),
             (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
                 Some("metadata.name") => pod.name_any(),
                 Some("metadata.namespace") => pod.namespace().unwrap_or_default(),
+                Some("status.podIP") => pod_ip.to_string(),
                 _ => {
                     return Err((
                         "CreateContainerConfigError".into(),
                         format!(
-                            "env {:?}: only metadata.name and metadata.namespace field references are simulated",
+                            "env {:?}: only metadata.name, metadata.namespace and status.podIP field references are simulated",
                             e.name
                         ),
                     ));
@@ -217,7 +257,7 @@ fn prepare(config: &KubeletConfig, pod: &Pod, container: &Container) -> Result<P
     }
     let mut args: Vec<String> = container.command.iter().flatten().skip(1).cloned().collect();
     args.extend(container.args.iter().flatten().cloned());
-    let args = args.iter().map(|a| paths.to_host(a)).collect();
+    let args = args.iter().map(|a| paths.to_host(&expand_vars(a, &env))).collect();
     Ok(Prepared { program, args, env, paths, termination_file, dir })
 }
 
@@ -228,7 +268,8 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
     let spec = pod.spec.clone().unwrap_or_default();
     let Some(container) = spec.containers.first().cloned() else { return };
     let image = container.image.clone().unwrap_or_default();
-    let prepared = match prepare(&config, &pod, &container) {
+    let pod_ip = next_pod_ip();
+    let prepared = match prepare(&config, &pod, &container, &pod_ip) {
         Ok(p) => p,
         Err((reason, message)) => {
             return set_status(&pods, &name, waiting(&container.name, &image, &reason, &message)).await;
@@ -260,7 +301,7 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
         processes.insert(&uid, pgid);
         let running_since = now();
         let running = |ready: bool| {
-            json!({"phase": "Running", "startTime": start_time, "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
+            json!({"phase": "Running", "startTime": start_time, "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": "127.0.0.1",
                    "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}, "lastTransitionTime": now()},
                                   {"type": "ContainersReady", "status": if ready {"True"} else {"False"}, "lastTransitionTime": now()}],
                    "containerStatuses": [{"name": container.name, "image": image, "imageID": "", "ready": ready,
@@ -283,7 +324,7 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
                     tokio::select! {
                         status = &mut wait => break status,
                         () = tokio::time::sleep(Duration::from_millis(200)) => {
-                            if probe_ok(port, &path).await {
+                            if probe_ok(&pod_ip, port, &path).await {
                                 set_status(&pods, &name, running(true)).await;
                                 break (&mut wait).await;
                             }
@@ -332,15 +373,15 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
     }
 }
 
-/// An HTTP GET on 127.0.0.1:`port` answered with a 2xx status.
-async fn probe_ok(port: u16, path: &str) -> bool {
+/// An HTTP GET on `ip`:`port` answered with a 2xx status.
+async fn probe_ok(ip: &str, port: u16, path: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(Ok(mut stream)) =
-        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(("127.0.0.1", port))).await
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((ip, port))).await
     else {
         return false;
     };
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n");
     if stream.write_all(request.as_bytes()).await.is_err() {
         return false;
     }
@@ -366,4 +407,18 @@ pub fn pod_logs(root: &Path) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependent_variables_expand_as_the_kubelet_does() {
+        let env = vec![("POD_IP".to_string(), "127.20.0.1".to_string())];
+        assert_eq!(
+            expand_vars("--address=$(POD_IP) $(NOPE) $$(POD_IP)", &env),
+            "--address=127.20.0.1 $(NOPE) $(POD_IP)"
+        );
+    }
 }

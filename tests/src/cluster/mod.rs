@@ -1,11 +1,14 @@
 //! A Kubernetes cluster simulated in process, on top of [`crate::apiserver::ApiServer`]: the Job
-//! controller ([`job`]) and a kubelet that runs pods as local processes of our own binaries
-//! ([`kubelet`]). Both talk to the API server only through the Kubernetes API, like the real
+//! controller ([`job`]), the Deployment and ReplicaSet controllers ([`deployment`]), a kubelet that
+//! runs pods as local processes of our own binaries, each on its own loopback address
+//! ([`kubelet`]), and a proxy that serves each Service on its loopback clusterIP ([`proxy`]). Both talk to the API server only through the Kubernetes API, like the real
 //! ones. Dropping the [`Cluster`] stops them and kills every process they started.
 
+pub mod deployment;
 pub mod job;
 pub mod kubelet;
 pub mod paths;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +42,8 @@ impl Cluster {
         let processes = Processes::default();
         let tasks = vec![
             tokio::spawn(job::run(server.client())),
+            tokio::spawn(deployment::run(server.client())),
+            tokio::spawn(proxy::run(server.client())),
             tokio::spawn(kubelet::run(server.client(), config, processes.clone())),
         ];
         Ok(Self { tasks, processes, pods_root })
