@@ -153,7 +153,30 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
     let _operator = Operator::start(&h.kubeconfig(), &h.operator_log());
     let djs: Api<DistillationJob> = Api::default_namespaced(h.server.client());
     let name = "small";
-    djs.patch(name, &PatchParams::apply("kubectl"), &Patch::Apply(small_job(name))).await.unwrap();
+    // Applied with kubectl, as a user would; `kubectl wait` sees it succeed.
+    let file = h.root.path().join("small.yaml");
+    std::fs::write(&file, serde_norway::to_string(&small_job(name)).unwrap()).unwrap();
+    let kubectl = |args: Vec<String>| {
+        let kubeconfig = h.kubeconfig();
+        tokio::task::spawn_blocking(move || Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig).output())
+    };
+    let has_kubectl = Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success());
+    let waited = if has_kubectl {
+        let applied = kubectl(vec!["apply".into(), "--server-side".into(), "-f".into(), file.display().to_string()])
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+        Some(kubectl(
+            ["wait", "--for=jsonpath={.status.phase}=Succeeded", "dj/small", "--timeout=900s"]
+                .map(String::from)
+                .to_vec(),
+        ))
+    } else {
+        eprintln!("kubectl is not installed: applying with the client instead");
+        djs.patch(name, &PatchParams::apply("kubectl"), &Patch::Apply(small_job(name))).await.unwrap();
+        None
+    };
 
     // Progress shows while it runs; then Succeeded.
     let mut saw_progress = None;
@@ -176,6 +199,15 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
     )
     .await;
     assert!(saw_running, "the phase was Running while the pod ran");
+    if let Some(waited) = waited {
+        let out = waited.await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("condition met"),
+            "kubectl wait: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let progress = saw_progress.expect("status.progress showed training steps while the worker ran");
     assert!(progress.total_steps.unwrap() >= progress.step.unwrap());
 

@@ -192,11 +192,14 @@ async fn reconcile_deployment(deploy: Arc<Deployment>, client: Arc<kube::Client>
         }
         Some(_) => {}
     }
-    // Scale old ReplicaSets down while enough pods stay available.
+    // Scale old ReplicaSets down while enough pods stay available. As the real controller does,
+    // count pods by the ReplicaSets' specs, not their (possibly stale) statuses: an old
+    // ReplicaSet's status may still show pods its spec has already given up.
     let new_available = new.as_ref().map(available).unwrap_or(0);
     let old_available: i32 = old.iter().map(|rs| available(rs)).sum();
+    let new_unavailable = (target - new_available).max(0);
     let mut can_remove =
-        if recreate { old_total } else { (new_available + old_available - (desired - unavailable)).max(0) };
+        if recreate { old_total } else { (old_total + target - (desired - unavailable) - new_unavailable).max(0) };
     let mut oldest = old.clone();
     oldest.sort_by_key(|rs| rs.metadata.creation_timestamp.clone());
     for rs in oldest {
