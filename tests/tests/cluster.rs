@@ -232,6 +232,15 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
     let after: Vec<_> = h.server.state().writes()[before..].to_vec();
     assert!(after.is_empty(), "writes during the quiet period: {after:?}");
 
+    // The Job deleted by hand (or by a TTL): the finished DistillationJob is not run again and
+    // keeps its result.
+    jobs.delete("small-distill", &DeleteParams::background()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(jobs.list(&ListParams::default()).await.unwrap().items.is_empty(), "no new Job");
+    let kept = djs.get(name).await.unwrap().status.unwrap();
+    assert_eq!(serde_json::to_value(kept.phase).unwrap(), "Succeeded");
+    assert!(kept.result.is_some(), "the result stays");
+
     // Deleting the DistillationJob removes its Job and pods.
     djs.delete(name, &DeleteParams::default()).await.unwrap();
     let pods: Api<Pod> = Api::default_namespaced(h.server.client());
@@ -547,6 +556,75 @@ async fn a_deployment_rolls_out_behind_a_service_on_a_loopback_cluster_ip() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !pods.list(&ListParams::default()).await.unwrap().items.is_empty() {
         assert!(Instant::now() < deadline, "pods left");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_the_operator_cannot_run_fails_with_a_condition_and_an_event_and_is_not_retried() {
+    use k8s_openapi::api::events::v1::Event;
+    let (server, root, kubeconfig) = harness_without_kubelet().await;
+    let _operator = Operator::start(&kubeconfig, &root.path().join("operator.log"));
+    let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
+    // Valid for the schema, but the dataset would need a second claim at /models.
+    let mut job = small_job("clash");
+    job["spec"]["dataset"]["uri"] = json!("file:///models/reviews.csv");
+    djs.patch("clash", &PatchParams::apply("kubectl"), &Patch::Apply(&job)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = djs.get("clash").await.unwrap().status;
+        if let Some(s) = status.filter(|s| s.phase.is_some()) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status\n{}",
+            std::fs::read_to_string(root.path().join("operator.log")).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(serde_json::to_value(status.phase).unwrap(), "Failed");
+    let accepted = distillery_crds::conditions::find(&status.conditions, "Accepted").unwrap();
+    assert_eq!((accepted.status.as_str(), accepted.reason.as_str()), ("False", "InvalidSpec"));
+    assert!(
+        accepted.message.contains("spec.dataset.volumeClaim") && accepted.message.contains("/models"),
+        "{}",
+        accepted.message
+    );
+    let jobs: Api<Job> = Api::default_namespaced(server.client());
+    assert!(jobs.list(&ListParams::default()).await.unwrap().items.is_empty(), "no Job for a spec that cannot run");
+    let events: Api<Event> = Api::default_namespaced(server.client());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .any(|e| e.reason.as_deref() == Some("InvalidSpec") && e.type_.as_deref() == Some("Warning"));
+        if found {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no InvalidSpec Warning Event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Not retried: nothing is written while the spec stays as it is.
+    let before = server.state().writes().len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after: Vec<_> = server.state().writes()[before..].to_vec();
+    assert!(after.is_empty(), "writes while waiting for a spec change: {after:?}");
+    // Fixing the spec lets it run (here: a Job is created).
+    job["spec"]["dataset"]["uri"] = json!("file:///data/rotten_tomatoes_corpus_full.csv.bz2");
+    job["spec"]["suspend"] = json!(true);
+    djs.patch("clash", &PatchParams::apply("kubectl"), &Patch::Apply(&job)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while jobs.get_opt("clash-distill").await.unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no Job after the fix\n{}",
+            std::fs::read_to_string(root.path().join("operator.log")).unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -11,6 +11,7 @@ pub mod observe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use distillery_crds::conditions::{reasons, types};
 use distillery_crds::distillation::JobPhase;
 use distillery_crds::{DistillationJob, DistillationJobStatus};
 use futures::StreamExt;
@@ -101,12 +102,21 @@ async fn reconcile_inner(dj: &DistillationJob, ctx: &Context) -> Result<Action, 
     };
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let job_name = job_name(&name);
-    let finished = matches!(dj.status.as_ref().and_then(|s| s.phase), Some(JobPhase::Succeeded | JobPhase::Failed));
+    // A job that ran to an end is not run again if its Job is deleted; one refused for its spec
+    // runs once the spec is fixed.
+    let refused = dj
+        .status
+        .as_ref()
+        .and_then(|s| distillery_crds::conditions::find(&s.conditions, types::ACCEPTED))
+        .is_some_and(|c| c.reason == reasons::INVALID_SPEC);
+    let finished =
+        !refused && matches!(dj.status.as_ref().and_then(|s| s.phase), Some(JobPhase::Succeeded | JobPhase::Failed));
     let mut live = jobs.get_opt(&job_name).await?;
     let apply = PatchParams::apply(&ctx.field_manager);
     match &live {
-        // A finished job whose Job was deleted is not run again.
-        None if finished => {}
+        // A finished job whose Job was deleted (by hand, or a TTL) is not run again, and its
+        // status — the result included — stays as it is.
+        None if finished => return Ok(Action::await_change()),
         None => {
             ensure_worker_account(ctx, &namespace).await?;
             let created = jobs.patch(&job_name, &apply, &Patch::Apply(&desired)).await?;
@@ -173,7 +183,6 @@ fn transition_event(status: &DistillationJobStatus, phase: JobPhase) -> (EventTy
     let message = |type_: &str| {
         distillery_crds::conditions::find(&status.conditions, type_).map(|c| c.message.clone()).unwrap_or_default()
     };
-    use distillery_crds::conditions::types;
     match phase {
         JobPhase::Pending => (EventType::Normal, "Pending", message(types::PROGRESSING)),
         JobPhase::Running => (EventType::Normal, "Running", message(types::PROGRESSING)),
