@@ -6,19 +6,12 @@
 //! KUBECONFIG=/tmp/harness.kubeconfig kubectl get crds
 //! ```
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams};
-
 #[tokio::main]
 async fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "harness.kubeconfig".into());
     let server = distillery_tests::apiserver::ApiServer::start().await.expect("bind 127.0.0.1");
     server.write_kubeconfig(std::path::Path::new(&path)).expect("write the kubeconfig");
-    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
-    for crd in distillery_crds::crds() {
-        let name = kube::ResourceExt::name_any(&crd);
-        crds.patch(&name, &PatchParams::apply("harness"), &Patch::Apply(&crd)).await.expect("install the CRDs");
-    }
+    server.install_crds("harness").await.expect("install the CRDs");
     eprintln!("serving {} — KUBECONFIG={path}; Ctrl-C to stop", server.url());
     let _ = tokio::signal::ctrl_c().await;
 }

@@ -18,6 +18,11 @@ pub fn repo_root() -> PathBuf {
 
 pub use distillery_crds::cache::cache_dir;
 
+/// Whether a `kubectl` client is on the PATH (tests that drive it skip with a message without one).
+pub fn kubectl_installed() -> bool {
+    std::process::Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success())
+}
+
 /// A YAML file's documents, parsed to JSON values (empty documents skipped).
 pub fn read_documents(path: &Path) -> Result<Vec<Value>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;

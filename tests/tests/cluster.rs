@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use distillery_crds::DistillationJob;
 use distillery_tests::apiserver::ApiServer;
-use distillery_tests::cluster::{Cluster, workspace_binary};
+use distillery_tests::cluster::{Cluster, pod_ready, workspace_binary};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -86,11 +85,7 @@ impl Harness {
             ("artifacts".to_string(), artifacts.clone()),
         ]);
         let cluster = Cluster::start(&server, images, claims, &root.path().join("cluster")).unwrap();
-        let crds: Api<CustomResourceDefinition> = Api::all(server.client());
-        for crd in distillery_crds::crds() {
-            let name = kube::ResourceExt::name_any(&crd);
-            crds.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&crd)).await.unwrap();
-        }
+        server.install_crds("kubectl").await.unwrap();
         Self { server, cluster, root, artifacts }
     }
 
@@ -160,8 +155,7 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
         let kubeconfig = h.kubeconfig();
         tokio::task::spawn_blocking(move || Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig).output())
     };
-    let has_kubectl = Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success());
-    let waited = if has_kubectl {
+    let waited = if distillery_tests::kubectl_installed() {
         let applied = kubectl(vec!["apply".into(), "--server-side".into(), "-f".into(), file.display().to_string()])
             .await
             .unwrap()
@@ -329,15 +323,7 @@ async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_ma
 async fn five_hundred_distillation_jobs_each_get_their_job() {
     const COUNT: usize = 500;
     // No kubelet: the Jobs are suspended, nothing runs.
-    let server = ApiServer::start().await.unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let kubeconfig = root.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
-    for crd in distillery_crds::crds() {
-        let name = kube::ResourceExt::name_any(&crd);
-        crds.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&crd)).await.unwrap();
-    }
+    let (server, root, kubeconfig) = harness_without_kubelet().await;
     let log = root.path().join("operator.log");
     let operator = Operator::start(&kubeconfig, &log);
     let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
@@ -380,11 +366,7 @@ async fn harness_without_kubelet() -> (ApiServer, tempfile::TempDir, PathBuf) {
     let root = tempfile::tempdir().unwrap();
     let kubeconfig = root.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
-    for crd in distillery_crds::crds() {
-        let name = kube::ResourceExt::name_any(&crd);
-        crds.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&crd)).await.unwrap();
-    }
+    server.install_crds("kubectl").await.unwrap();
     (server, root, kubeconfig)
 }
 
@@ -517,12 +499,7 @@ async fn a_deployment_rolls_out_behind_a_service_on_a_loopback_cluster_ip() {
             .unwrap()
             .items
             .iter()
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
+            .filter(|p| pod_ready(p))
             .count();
         assert!(ready >= 2, "maxUnavailable 25% of 2 is 0: {ready} ready\n{:?}", s);
         if s.observed_generation == Some(2)

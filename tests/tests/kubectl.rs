@@ -7,13 +7,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use distillery_tests::apiserver::ApiServer;
-use distillery_tests::{read_documents, repo_root, yaml_files};
+use distillery_tests::{kubectl_installed, read_documents, repo_root, yaml_files};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
-
-fn kubectl_installed() -> bool {
-    Command::new("kubectl").arg("version").arg("--client").output().is_ok_and(|o| o.status.success())
-}
 
 /// Runs kubectl off the async runtime's threads (the server runs on them).
 async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {

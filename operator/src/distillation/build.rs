@@ -250,11 +250,6 @@ fn strip_nulls(value: Value) -> Value {
     }
 }
 
-/// The `ObjectReference` Events about `dj` point at.
-pub fn object_ref(dj: &DistillationJob) -> k8s_openapi::api::core::v1::ObjectReference {
-    dj.object_ref(&())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -431,16 +431,7 @@ pub fn apply(request: &ApplyRequest, types: &ListTypes) -> Result<Value, Vec<(St
                 entry["time"] = json!(super::store::now());
             }
         }
-        None => {
-            let mut entry = json!({
-                "manager": manager, "operation": "Apply", "apiVersion": api_version,
-                "time": super::store::now(), "fieldsType": "FieldsV1", "fieldsV1": mine.to_json(),
-            });
-            if let Some(s) = subresource {
-                entry["subresource"] = json!(s);
-            }
-            entries.push(entry);
-        }
+        None => entries.push(super::fields::entry(manager, "Apply", api_version, &mine, subresource)),
     }
     entries.retain(|e| e["fieldsV1"].as_object().is_some_and(|m| !m.is_empty()));
     if !merged["metadata"].is_object() {

@@ -231,14 +231,7 @@ pub fn record_update(
         entry["fieldsV1"] = set.to_json();
     }
     if !mine_found && !changed.is_empty() {
-        let mut entry = json!({
-            "manager": manager, "operation": "Update", "apiVersion": api_version,
-            "time": super::store::now(), "fieldsType": "FieldsV1", "fieldsV1": changed.to_json(),
-        });
-        if let Some(s) = subresource {
-            entry["subresource"] = json!(s);
-        }
-        entries.push(entry);
+        entries.push(entry(manager, "Update", api_version, &changed, subresource));
     }
     entries.retain(|e| e["fieldsV1"].as_object().is_some_and(|m| !m.is_empty()));
     let meta = object["metadata"].as_object_mut().expect("metadata is an object");
@@ -247,6 +240,18 @@ pub fn record_update(
     } else {
         meta.insert("managedFields".into(), Value::Array(entries));
     }
+}
+
+/// A new `managedFields` entry: `manager` owns `fields` by `operation` (`Update` or `Apply`).
+pub fn entry(manager: &str, operation: &str, api_version: &str, fields: &FieldSet, subresource: Option<&str>) -> Value {
+    let mut entry = json!({
+        "manager": manager, "operation": operation, "apiVersion": api_version,
+        "time": super::store::now(), "fieldsType": "FieldsV1", "fieldsV1": fields.to_json(),
+    });
+    if let Some(s) = subresource {
+        entry["subresource"] = json!(s);
+    }
+    entry
 }
 
 #[cfg(test)]

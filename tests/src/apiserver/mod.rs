@@ -91,6 +91,18 @@ impl ApiServer {
         kube::Client::new(http::router(self.shared.clone(), self.address), "default")
     }
 
+    /// Installs the Distillery CRDs by server-side apply as `manager`, as `kubectl apply
+    /// --server-side -f charts/distillery/crds/` does.
+    pub async fn install_crds(&self, manager: &str) -> Result<(), kube::Error> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client());
+        for crd in distillery_crds::crds() {
+            let name = kube::ResourceExt::name_any(&crd);
+            crds.patch(&name, &kube::api::PatchParams::apply(manager), &kube::api::Patch::Apply(&crd)).await?;
+        }
+        Ok(())
+    }
+
     /// Writes a kubeconfig for the server (context `harness`, namespace `default`) to `path`.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
         let config = format!(

@@ -23,6 +23,9 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::pod_ready as ready;
+use crate::apiserver::store::now;
+
 const DEPLOYMENT_MANAGER: &str = "deployment-controller";
 const REPLICASET_MANAGER: &str = "replicaset-controller";
 /// Label of a ReplicaSet's pods naming its template's hash.
@@ -30,10 +33,6 @@ pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 
 fn params(manager: &str) -> PatchParams {
     PatchParams { field_manager: Some(manager.into()), ..Default::default() }
-}
-
-fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// Runs both controllers until the task is aborted.
@@ -47,13 +46,6 @@ pub async fn run(client: kube::Client) {
         .run(reconcile_replicaset, |_, _, _| Action::requeue(Duration::from_millis(500)), Arc::new(client))
         .for_each(|_| async {});
     futures::join!(deployments, replicasets);
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn owned_by<K: Resource<DynamicType = ()>>(child: &impl Resource, owner: &K) -> bool {

@@ -15,6 +15,9 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use super::pod_ready;
+use crate::apiserver::store::now;
+
 /// Label the Job controller puts on its pods.
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 /// Label with the Job's uid.
@@ -34,10 +37,6 @@ pub async fn run(client: kube::Client) {
 
 fn phase(pod: &Pod) -> &str {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending")
-}
-
-fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn condition(type_: &str, reason: &str, message: &str) -> Value {
@@ -65,15 +64,7 @@ async fn reconcile(job: Arc<Job>, client: Arc<kube::Client>) -> Result<Action, k
         .collect();
     let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as i32;
     let failed = owned.iter().filter(|p| phase(p) == "Failed").count() as i32;
-    let ready = active
-        .iter()
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .count() as i32;
+    let ready = active.iter().filter(|p| pod_ready(p)).count() as i32;
     let suspended = spec.suspend.unwrap_or(false);
     let start_time = status
         .start_time

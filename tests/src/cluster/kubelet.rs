@@ -24,6 +24,7 @@ use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 
 use super::paths::PathMap;
+use crate::apiserver::store::now;
 
 /// The next pod address: every pod gets its own loopback address in 127.20.0.0/16, so that
 /// replicas can listen on the same port, as pods on their own IPs do.
@@ -142,10 +143,6 @@ pub async fn run(client: kube::Client, config: KubeletConfig, processes: Process
             Event::Init | Event::InitDone => {}
         }
     }
-}
-
-fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// Applies a pod status change as the kubelet (merge patch of `/status`); a pod already gone is

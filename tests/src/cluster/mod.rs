@@ -62,6 +62,14 @@ impl Drop for Cluster {
     }
 }
 
+/// Whether `pod` has the `Ready` condition: what Services, ReplicaSets and Jobs count as ready.
+pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// A binary of this workspace built beside the running test (`target/<profile>/<name>`).
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");

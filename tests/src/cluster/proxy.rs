@@ -84,12 +84,7 @@ async fn ready_backends(pods: &Api<Pod>, selector: &str, port: &ServicePort) -> 
     list.items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        .filter(|p| super::pod_ready(p))
         .filter_map(|p| {
             let ip = p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
             let target = match &port.target_port {
