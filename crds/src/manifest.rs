@@ -32,6 +32,10 @@ pub struct ArtifactManifest {
     pub training: BTreeMap<String, serde_json::Value>,
     /// Every file of the artifact (relative path → size and sha256), the manifest itself excepted.
     pub files: BTreeMap<String, FileEntry>,
+    /// The exported ONNX models by variant (`fp32`, `int8`): file, size, digest, held-out
+    /// accuracy and latency, and for int8 what its gate decided.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, OnnxVariant>,
     /// Which ONNX variant to serve for `variant: auto` (`fp32` or `int8`), when exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_variant: Option<String>,
@@ -67,4 +71,42 @@ pub struct FileEntry {
     pub size_bytes: u64,
     /// Lower-case hex sha256 of the content.
     pub sha256: String,
+}
+
+/// File name of the fp32 ONNX model.
+pub const FP32_MODEL: &str = "model.onnx";
+/// File name of the int8 ONNX model.
+pub const INT8_MODEL: &str = "model.int8.onnx";
+
+/// One exported ONNX model and what was measured of it in ONNX Runtime.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OnnxVariant {
+    /// The file in the artifact; `None` for an int8 model that failed its gate and was not
+    /// written (it is never shipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Size of the serialized model in bytes.
+    pub size_bytes: u64,
+    /// Lower-case hex sha256 of the serialized model.
+    pub sha256: String,
+    /// Held-out accuracy in [0, 1], in ONNX Runtime.
+    pub accuracy: f64,
+    /// Mean latency of a batch of 1, single-threaded, in milliseconds.
+    pub latency_ms_batch1: f64,
+    /// Mean latency of a batch of 32, single-threaded, in milliseconds.
+    pub latency_ms_batch32: f64,
+    /// fp32 only: largest absolute difference of its logits from candle's on the held-out split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_abs_logit_diff: Option<f64>,
+    /// Share of held-out examples whose predicted label equals candle's (fp32) or the fp32
+    /// model's (int8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_agreement: Option<f64>,
+    /// int8 only: weights kept in fp32 because int8 cost them the most accuracy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fp32_layers: Vec<String>,
+    /// int8 only: whether it passed its accuracy and speed gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed_gate: Option<bool>,
 }

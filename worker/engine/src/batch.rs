@@ -42,17 +42,35 @@ pub fn encode_all(tokenizer: &Tokenizer, texts: &[&str]) -> Result<Vec<Vec<u32>>
 
 /// `(input_ids, attention_mask)`, both `(batch, longest)` u32, padding with id 0.
 pub fn pad(sequences: &[&[u32]], device: &Device) -> CandleResult<(Tensor, Tensor)> {
-    let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
-    let mut ids = Vec::with_capacity(sequences.len() * longest);
-    let mut mask = Vec::with_capacity(sequences.len() * longest);
-    for s in sequences {
-        ids.extend_from_slice(s);
-        ids.extend(std::iter::repeat_n(0, longest - s.len()));
-        mask.extend(std::iter::repeat_n(1u32, s.len()));
-        mask.extend(std::iter::repeat_n(0u32, longest - s.len()));
+    let padded = Padded::new(sequences);
+    let shape = (sequences.len(), padded.longest);
+    Ok((Tensor::from_vec(padded.ids, shape, device)?, Tensor::from_vec(padded.mask, shape, device)?))
+}
+
+/// A batch padded to its longest sequence (at least 1), row-major `(batch, longest)`.
+pub struct Padded {
+    /// Token ids, 0 after each sequence's end.
+    pub ids: Vec<u32>,
+    /// 1 for real tokens, 0 for padding.
+    pub mask: Vec<u32>,
+    /// The padded length.
+    pub longest: usize,
+}
+
+impl Padded {
+    /// Pads `sequences` with id 0 to the longest of them.
+    pub fn new(sequences: &[&[u32]]) -> Self {
+        let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(sequences.len() * longest);
+        let mut mask = Vec::with_capacity(sequences.len() * longest);
+        for s in sequences {
+            ids.extend_from_slice(s);
+            ids.extend(std::iter::repeat_n(0, longest - s.len()));
+            mask.extend(std::iter::repeat_n(1u32, s.len()));
+            mask.extend(std::iter::repeat_n(0u32, longest - s.len()));
+        }
+        Self { ids, mask, longest }
     }
-    let shape = (sequences.len(), longest);
-    Ok((Tensor::from_vec(ids, shape, device)?, Tensor::from_vec(mask, shape, device)?))
 }
 
 #[cfg(test)]

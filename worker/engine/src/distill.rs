@@ -351,6 +351,7 @@ pub fn run(
         metrics,
         training,
         files,
+        variants: BTreeMap::new(),
         served_variant: None,
         served_variant_reason: None,
     };

@@ -72,15 +72,23 @@ pub enum InputError {
     Tokenizer(#[from] TokenizerError),
 }
 
-/// Reads, splits and tokenizes the data of `job`.
-pub fn load(job: &DistillationJob) -> Result<Inputs, InputError> {
+/// Reads and splits the labelled dataset of `job`, as [`load`] does (no tokenization): what the
+/// exporter and quantizer evaluate an artifact on.
+pub fn labelled(job: &DistillationJob) -> Result<(Dataset, Split), InputError> {
     let spec = &job.spec.dataset;
-    let teacher_dir = local_path(&job.spec.teacher.uri)?;
     let dataset = read_dataset(&local_path(&spec.uri)?, spec)?;
     let mut split = split(&dataset.examples, &spec.validation_split);
     if let Some(max) = spec.max_examples {
         split = limit(&split, max as usize);
     }
+    Ok((dataset, split))
+}
+
+/// Reads, splits and tokenizes the data of `job`.
+pub fn load(job: &DistillationJob) -> Result<Inputs, InputError> {
+    let spec = &job.spec.dataset;
+    let teacher_dir = local_path(&job.spec.teacher.uri)?;
+    let (dataset, split) = labelled(job)?;
     let tokenizer = load_tokenizer(&teacher_dir.join("tokenizer.json"), spec.max_sequence_length as usize)?;
     let texts: Vec<&str> = dataset.examples.iter().map(|e| e.text.as_str()).collect();
     let mut ids = encode_all(&tokenizer, &texts)?;

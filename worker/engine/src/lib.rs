@@ -23,6 +23,7 @@ pub mod init;
 pub mod inputs;
 pub mod loss;
 pub mod model;
+pub mod onnx;
 pub mod optim;
 pub mod prepare;
 pub mod progress;

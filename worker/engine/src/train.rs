@@ -250,16 +250,17 @@ pub fn outputs(
     Ok((logits, pooled))
 }
 
+/// The predicted class of each row: the index of its largest logit.
+pub fn predictions(logits: &[Vec<f32>]) -> Vec<u32> {
+    logits
+        .iter()
+        .map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(u32::MAX, |(i, _)| i as u32))
+        .collect()
+}
+
 /// Fraction of rows whose largest logit is the label.
 pub fn accuracy(logits: &[Vec<f32>], labels: &[u32]) -> f64 {
-    let correct = logits
-        .iter()
-        .zip(labels)
-        .filter(|(row, label)| {
-            let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32);
-            best == Some(**label)
-        })
-        .count();
+    let correct = predictions(logits).iter().zip(labels).filter(|(p, l)| p == l).count();
     correct as f64 / labels.len().max(1) as f64
 }
 

@@ -23,7 +23,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     match distillery_server::runtime::load(args.ort_library.as_deref()) {
-        Ok(info) => eprintln!("distillery-server: loaded ONNX Runtime: {info}"),
+        Ok(runtime) => eprintln!("distillery-server: loaded ONNX Runtime: {}", runtime.info),
         Err(e) => {
             eprintln!("distillery-server: {e}");
             return ExitCode::FAILURE;

@@ -30,15 +30,23 @@ pub enum RuntimeError {
     },
 }
 
-/// Loads ONNX Runtime from `path` and creates the global environment. ort checks the library's
-/// version while loading and refuses one it does not support. Returns ORT's build info string.
-pub fn load(path: Option<&Path>) -> Result<String, RuntimeError> {
+/// ONNX Runtime, loaded: the process's one environment, which every session is built in.
+pub struct Runtime {
+    /// The environment (`Session::builder` takes it).
+    pub environment: ort::environment::Environment,
+    /// ORT's build info string.
+    pub info: String,
+}
+
+/// Loads ONNX Runtime from `path` and creates the process's environment (ort allows one). ort
+/// checks the library's version while loading and refuses one it does not support.
+pub fn load(path: Option<&Path>) -> Result<Runtime, RuntimeError> {
     let path = path.ok_or(RuntimeError::NotConfigured)?;
     if !path.is_file() {
         return Err(RuntimeError::Missing(path.to_path_buf()));
     }
     let load_error = |message: String| RuntimeError::Load { path: path.to_path_buf(), message };
     let builder = ort::init_from(path).map_err(|e| load_error(e.to_string()))?;
-    builder.with_name("distillery").build().map_err(|e| load_error(e.to_string()))?;
-    Ok(ort::info().to_string())
+    let environment = builder.with_name("distillery").build().map_err(|e| load_error(e.to_string()))?;
+    Ok(Runtime { environment, info: ort::info().to_string() })
 }

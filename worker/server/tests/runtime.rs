@@ -35,7 +35,7 @@ fn loads_the_pinned_runtime_from_the_setup_cache() {
     assert!(lib.is_file(), "{} missing: run scripts/setup.sh", lib.display());
     // ort checks the library's version while loading it and refuses versions it does not support
     // (1.30 is refused), so a successful load is the version check.
-    let info = load(Some(&lib)).unwrap();
+    let info = load(Some(&lib)).unwrap().info;
     assert!(info.starts_with("ORT Build Info"), "unexpected ORT build info: {info}");
 }
 

@@ -1,0 +1,140 @@
+//! Running exported graphs in ONNX Runtime (through `ort`, on the library scripts/setup.sh
+//! fetched): logits for a set of token sequences, and latency per batch. What the server will
+//! run, so parity, accuracy and speed are measured on the real runtime, not on candle.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::Tensor;
+
+use super::export::{INPUTS, LOGITS};
+use crate::batch::Padded;
+
+/// Why ONNX Runtime could not run a model.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The library could not be loaded (missing, wrong version).
+    #[error(transparent)]
+    Load(#[from] distillery_server::runtime::RuntimeError),
+    /// ONNX Runtime refused the model or failed running it.
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+}
+
+fn ort_error(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Ort(e.to_string())
+}
+
+static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
+
+/// Loads ONNX Runtime once per process from `library`, or from `ORT_DYLIB_PATH` when `None`.
+/// After a success, later calls do nothing; after a failure, the next call tries again.
+pub fn init(library: Option<&Path>) -> Result<(), RuntimeError> {
+    let mut env = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    if env.is_none() {
+        let path = library.map(Path::to_path_buf).or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from));
+        *env = Some(distillery_server::runtime::load(path.as_deref())?.environment);
+    }
+    Ok(())
+}
+
+fn environment() -> Result<Environment, RuntimeError> {
+    ENVIRONMENT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(|| RuntimeError::Ort("ONNX Runtime is not loaded (call runtime::init first)".into()))
+}
+
+/// One ONNX Runtime session of an exported classifier.
+pub struct OnnxModel {
+    session: Session,
+}
+
+impl OnnxModel {
+    /// A session over the serialized model `bytes`, all graph optimizations on, on `threads`
+    /// intra-op threads. [`init`] must have succeeded.
+    pub fn new(bytes: &[u8], threads: usize) -> Result<Self, RuntimeError> {
+        let session = Session::builder(&environment()?)
+            .map_err(ort_error)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(ort_error)?
+            .with_intra_threads(threads.max(1))
+            .map_err(ort_error)?
+            .with_inter_threads(1)
+            .map_err(ort_error)?
+            .commit_from_memory(bytes)
+            .map_err(ort_error)?;
+        Ok(Self { session })
+    }
+
+    /// Logits of one batch, padded to its longest sequence: one row per sequence.
+    pub fn run(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        let padded = Padded::new(batch);
+        let shape = [batch.len(), padded.longest];
+        let to_i64 = |v: &[u32]| v.iter().map(|&x| i64::from(x)).collect::<Vec<i64>>();
+        let ids = Tensor::from_array((shape, to_i64(&padded.ids))).map_err(ort_error)?;
+        let mask = Tensor::from_array((shape, to_i64(&padded.mask))).map_err(ort_error)?;
+        let types = Tensor::from_array((shape, vec![0i64; padded.ids.len()])).map_err(ort_error)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![INPUTS[0] => ids, INPUTS[1] => mask, INPUTS[2] => types])
+            .map_err(ort_error)?;
+        let (shape, values) = outputs[LOGITS].try_extract_tensor::<f32>().map_err(ort_error)?;
+        let classes = shape.get(1).copied().unwrap_or(1).max(1) as usize;
+        Ok(values.chunks(classes).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Logits of every sequence, in order, batched by length (`batch_size` at a time) so that
+    /// little of each batch is padding.
+    pub fn logits(&mut self, ids: &[Vec<u32>], batch_size: usize) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&k| ids[k].len());
+        let mut out = vec![vec![]; ids.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&k| ids[k].as_slice()).collect();
+            for (&k, row) in chunk.iter().zip(self.run(&batch)?) {
+                out[k] = row;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Batches of `size` consecutive sequences (in the given order, as requests would arrive), at
+/// most `count` of them.
+pub fn batches(ids: &[Vec<u32>], size: usize, count: usize) -> Vec<Vec<&[u32]>> {
+    ids.chunks(size.max(1)).take(count).map(|c| c.iter().map(Vec::as_slice).collect()).collect()
+}
+
+/// Mean wall time per batch of one pass over `batches`.
+pub fn time_per_batch(model: &mut OnnxModel, batches: &[Vec<&[u32]>]) -> Result<Duration, RuntimeError> {
+    let start = Instant::now();
+    for b in batches {
+        model.run(b)?;
+    }
+    Ok(start.elapsed() / batches.len().max(1) as u32)
+}
+
+/// Latency per batch of two models over the same batches, measured alternately (`rounds` passes
+/// each, after one warm-up pass) so that both see the same machine state; the fastest pass of
+/// each counts. Returns `(a, b)`.
+pub fn compare_latency(
+    a: &mut OnnxModel,
+    b: &mut OnnxModel,
+    batches: &[Vec<&[u32]>],
+    rounds: usize,
+) -> Result<(Duration, Duration), RuntimeError> {
+    time_per_batch(a, batches)?;
+    time_per_batch(b, batches)?;
+    let (mut best_a, mut best_b) = (Duration::MAX, Duration::MAX);
+    for _ in 0..rounds.max(1) {
+        best_a = best_a.min(time_per_batch(a, batches)?);
+        best_b = best_b.min(time_per_batch(b, batches)?);
+    }
+    Ok((best_a, best_b))
+}
