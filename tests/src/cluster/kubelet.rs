@@ -231,6 +231,14 @@ fn prepare(
         ("HOME".to_string(), dir.display().to_string()),
         ("KUBECONFIG".to_string(), config.kubeconfig.display().to_string()),
     ];
+    // The worker and server images set ORT_DYLIB_PATH to the ONNX Runtime they ship
+    // (docker/*.Dockerfile); here that is the library the setup fetched.
+    let setup_ort = distillery_crds::cache::cache_dir().join("onnxruntime/libonnxruntime.so.1.31.1");
+    let ort =
+        std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).or_else(|| setup_ort.is_file().then_some(setup_ort));
+    if let Some(lib) = ort {
+        env.push(("ORT_DYLIB_PATH".to_string(), lib.display().to_string()));
+    }
     for e in container.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
             (Some(v), _) => paths.to_host(&expand_vars(v, &env)),

@@ -9,8 +9,10 @@ use distillery_crds::DistillationJob;
 use candle_core::Device;
 use distillery_crds::cache::cache_dir;
 
+use distillery_crds::manifest::{FP32_MODEL, OnnxVariant};
+
 use crate::progress::{self, Event};
-use crate::{cluster, distill, spec};
+use crate::{cluster, distill, onnx, spec};
 
 /// Distillery's worker: knowledge distillation, export, quantization, evaluation and load tests.
 #[derive(Parser, Debug)]
@@ -43,12 +45,64 @@ pub enum Command {
         #[arg(long, env = "DISTILLERY_OUTPUT")]
         output: Option<PathBuf>,
     },
+    /// Build `model.onnx` in an artifact directory from its `model.safetensors`, and check it
+    /// against candle on the held-out split in ONNX Runtime (max |Δlogit| ≤ 1e-4, same labels).
+    Export {
+        /// The artifact directory (`distill` writes one).
+        #[arg(short = 'a', long)]
+        artifact: PathBuf,
+        /// The DistillationJob whose held-out split to evaluate on; default: the artifact's
+        /// `job.json`.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// The ONNX Runtime library (`libonnxruntime.so.1.31.1`).
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_library: Option<PathBuf>,
+    },
+    /// Quantize an artifact's `model.onnx` to int8 behind the accuracy and speed gate; writes
+    /// `model.int8.onnx` only when it passes, and records the variant to serve in the manifest.
+    Quantize {
+        /// The artifact directory (with `model.onnx`; run `export` first).
+        #[arg(short = 'a', long)]
+        artifact: PathBuf,
+        /// The DistillationJob whose held-out split to evaluate on and whose `quantization` to
+        /// follow; default: the artifact's `job.json`.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Largest accuracy drop int8 may cost (0.01 = one point); default: the job's
+        /// `quantization.accuracyBudget`.
+        #[arg(long)]
+        accuracy_budget: Option<f64>,
+        /// Whether int8 must be faster than fp32 to be served; default: the job's
+        /// `quantization.speedCheck`.
+        #[arg(long, action = clap::ArgAction::Set)]
+        speed_check: Option<bool>,
+        /// The ONNX Runtime library (`libonnxruntime.so.1.31.1`).
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_library: Option<PathBuf>,
+    },
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let finish = |result: Result<String, String>| match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("distillery-worker: {message}");
+            ExitCode::FAILURE
+        }
+    };
     match cli.command {
+        Command::Export { artifact, file, ort_library } => {
+            finish(export(&artifact, file.as_deref(), ort_library.as_deref()))
+        }
+        Command::Quantize { artifact, file, accuracy_budget, speed_check, ort_library } => {
+            finish(quantize(&artifact, file.as_deref(), accuracy_budget, speed_check, ort_library.as_deref()))
+        }
         Command::Distill { file, job, report_status, termination_message, output } => {
             let source = match (file, job) {
                 (Some(path), _) => Source::File(path),
@@ -122,6 +176,13 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, String> {
     let m = &outcome.manifest.metrics;
     println!("\nDistillationJob {name} — held-out accuracy on {} examples", m["heldOutExamples"]);
     print!("{}", distill::table(&outcome.rows));
+    let variants = &outcome.manifest.variants;
+    if let (Some(fp32), Some(int8)) = (variants.get("fp32"), variants.get("int8")) {
+        print!("{}", variant_table(fp32, int8));
+    }
+    if let Some(served) = &outcome.manifest.served_variant {
+        println!("served: {served} — {}", outcome.manifest.served_variant_reason.as_deref().unwrap_or(""));
+    }
     println!(
         "retention {:.1}% of the teacher's accuracy with {:.1}% of its parameters; distillation adds {:+.2} points over labels alone",
         m["retention"] * 100.0,
@@ -137,4 +198,83 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, String> {
     let summary =
         cluster::summary(&outcome, &uri).map_err(|e| format!("cannot read the manifest just written: {e}"))?;
     Ok(serde_json::to_string(&summary).expect("the summary serializes"))
+}
+
+/// The job an artifact was made from: `--file`, or the artifact's `job.json`.
+fn artifact_job(artifact: &Path, file: Option<&Path>) -> Result<DistillationJob, String> {
+    let path = file.map_or_else(|| artifact.join(onnx::artifact::JOB_FILE), Path::to_path_buf);
+    if file.is_none() && !path.is_file() {
+        return Err(format!(
+            "{} not found: this artifact does not record its DistillationJob; pass the spec with --file",
+            path.display()
+        ));
+    }
+    spec::load(&path).map_err(|e| e.to_string())
+}
+
+fn export(artifact: &Path, file: Option<&Path>, library: Option<&Path>) -> Result<String, String> {
+    onnx::runtime::init(library).map_err(|e| e.to_string())?;
+    let job = artifact_job(artifact, file)?;
+    let eval = onnx::artifact::eval_set(artifact, Some(&job)).map_err(|e| e.to_string())?;
+    let mut reporter = progress::for_stderr();
+    let v = onnx::artifact::export_artifact(artifact, &eval, reporter.as_mut()).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{}: {:.1} MB, held-out accuracy {:.2}% on {} examples, max |Δlogit| vs candle {:.1e}; {:.2} ms at batch 1, {:.2} ms at batch 32 (1 thread)",
+        artifact.join(FP32_MODEL).display(),
+        v.size_bytes as f64 / 1e6,
+        v.accuracy * 100.0,
+        eval.ids.len(),
+        v.max_abs_logit_diff.unwrap_or_default(),
+        v.latency_ms_batch1,
+        v.latency_ms_batch32
+    ))
+}
+
+fn quantize(
+    artifact: &Path,
+    file: Option<&Path>,
+    budget: Option<f64>,
+    speed_check: Option<bool>,
+    library: Option<&Path>,
+) -> Result<String, String> {
+    onnx::runtime::init(library).map_err(|e| e.to_string())?;
+    let job = artifact_job(artifact, file)?;
+    let mut spec = job.spec.quantization.clone();
+    if let Some(b) = budget {
+        if !(0.0..=1.0).contains(&b) {
+            return Err(format!("--accuracy-budget {b}: must be between 0 and 1 (0.01 = one point)"));
+        }
+        spec.accuracy_budget = b;
+    }
+    if let Some(s) = speed_check {
+        spec.speed_check = s;
+    }
+    let eval = onnx::artifact::eval_set(artifact, Some(&job)).map_err(|e| e.to_string())?;
+    let mut reporter = progress::for_stderr();
+    let out =
+        onnx::artifact::quantize_artifact(artifact, &eval, &spec, reporter.as_mut()).map_err(|e| e.to_string())?;
+    Ok(variant_table(&out.fp32, &out.int8) + &format!("served: {} — {}", out.verdict.variant(), out.verdict.reason()))
+}
+
+/// fp32 and int8 side by side: size, accuracy, latency at batch 1 and 32.
+pub fn variant_table(fp32: &OnnxVariant, int8: &OnnxVariant) -> String {
+    let mut out =
+        format!("{:<8} {:>9} {:>9} {:>12} {:>13}\n", "variant", "size", "accuracy", "batch 1 ms", "batch 32 ms");
+    for (name, v) in [("fp32", fp32), ("int8", int8)] {
+        out += &format!(
+            "{name:<8} {:>6.1} MB {:>8.2}% {:>12.3} {:>13.2}\n",
+            v.size_bytes as f64 / 1e6,
+            v.accuracy * 100.0,
+            v.latency_ms_batch1,
+            v.latency_ms_batch32
+        );
+    }
+    out += &format!(
+        "int8 / fp32: {:.2}× smaller, {:+.2} points, {:.2}× faster at batch 1, {:.2}× at batch 32 (ONNX Runtime, 1 thread)\n",
+        fp32.size_bytes as f64 / int8.size_bytes as f64,
+        (int8.accuracy - fp32.accuracy) * 100.0,
+        fp32.latency_ms_batch1 / int8.latency_ms_batch1,
+        fp32.latency_ms_batch32 / int8.latency_ms_batch32
+    );
+    out
 }

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use distillery_crds::DistillationJob;
-use distillery_crds::distillation::{DistillationResult, ModelFigures, Progress};
+use distillery_crds::distillation::{DistillationResult, Int8Figures, ModelFigures, Progress};
 use distillery_crds::manifest::MANIFEST_FILE;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -47,7 +47,12 @@ pub fn summary(outcome: &Outcome, artifact_uri: &str) -> Result<DistillationResu
         label_only_accuracy: get("labelOnlyAccuracy"),
         retention: get("retention"),
         compression_ratio: get("compressionRatio"),
-        int8: None,
+        int8: outcome.manifest.variants.get("int8").map(|v| Int8Figures {
+            size_bytes: v.size_bytes,
+            accuracy: Some(v.accuracy),
+            speedup: outcome.manifest.variants.get("fp32").map(|f| f.latency_ms_batch1 / v.latency_ms_batch1),
+            passed_gate: v.passed_gate.unwrap_or(false),
+        }),
         served_variant: outcome.manifest.served_variant.clone(),
         served_variant_reason: outcome.manifest.served_variant_reason.clone(),
     })

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use distillery_crds::DistillationJob;
-use distillery_crds::distillation::{AlignmentKind, LayerPair};
+use distillery_crds::distillation::{AlignmentKind, LayerPair, QuantizationMode};
 use distillery_crds::manifest::{ArtifactManifest, FileEntry, Lineage, MANIFEST_FILE, MANIFEST_VERSION};
 use serde_json::{Value, json};
 
@@ -17,6 +17,8 @@ use crate::align::HiddenAlignment;
 use crate::baseline::{BagOfWords, BagOfWordsSettings};
 use crate::classifier::Classifier;
 use crate::inputs::{self, InputError, Inputs};
+use crate::onnx::OnnxError;
+use crate::onnx::artifact::{self as onnx_artifact, EvalSet};
 use crate::prepare::{self, PrepareError, PreparedTeacher};
 use crate::progress::{Event, Reporter};
 use crate::runner::{self, Checkpointing, RunError, RunSummary};
@@ -51,6 +53,9 @@ pub enum DistillError {
     /// A tensor operation failed.
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
+    /// The ONNX export or int8 quantization failed.
+    #[error(transparent)]
+    Onnx(Box<OnnxError>),
     /// The artifact could not be written.
     #[error("output {path}: {source}")]
     Io {
@@ -64,6 +69,12 @@ pub enum DistillError {
 impl From<PrepareError> for DistillError {
     fn from(e: PrepareError) -> Self {
         Self::Teacher(Box::new(e))
+    }
+}
+
+impl From<OnnxError> for DistillError {
+    fn from(e: OnnxError) -> Self {
+        Self::Onnx(Box::new(e))
     }
 }
 
@@ -89,6 +100,7 @@ impl DistillError {
             Self::Io { .. } => ErrorPolicy::Retry,
             Self::Run(e) if matches!(**e, RunError::Checkpoint(_)) => ErrorPolicy::Retry,
             Self::Teacher(e) if matches!(**e, PrepareError::Io { .. }) => ErrorPolicy::Retry,
+            Self::Onnx(e) if matches!(**e, OnnxError::Artifact { .. }) => ErrorPolicy::Retry,
             _ => ErrorPolicy::WaitForSpecChange,
         }
     }
@@ -362,6 +374,24 @@ pub fn run(
         std::fs::remove_dir_all(&checkpoints).map_err(io(&checkpoints))?;
     }
 
+    // The ONNX models, evaluated on the same held-out examples in ONNX Runtime.
+    let eval = EvalSet {
+        ids: inputs.split.validation.iter().map(|&i| student.ids[i].clone()).collect(),
+        labels: held_out_labels.clone(),
+    };
+    stage(reporter, "export", "building model.onnx and checking it against candle in ONNX Runtime".into());
+    onnx_artifact::export_artifact(output, &eval, reporter)?;
+    let q = &job.spec.quantization;
+    if q.mode == QuantizationMode::Int8Dynamic {
+        stage(reporter, "quantize", format!("int8, accuracy budget {:.2} points", q.accuracy_budget * 100.0));
+        onnx_artifact::quantize_artifact(output, &eval, q, reporter)?;
+    } else {
+        onnx_artifact::serve_fp32_unquantized(output)?;
+    }
+    let manifest: ArtifactManifest = std::fs::read(&manifest_path)
+        .map_err(io(&manifest_path))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| io(&manifest_path)(std::io::Error::other(e))))?;
+
     let size = |p: u64| p * 4;
     let rows = vec![
         ModelRow {
@@ -384,6 +414,21 @@ pub fn run(
         },
         ModelRow { name: "bag-of-words (TF-IDF + LR)".into(), accuracy: bow_accuracy, parameters: 0, bytes: 0 },
     ];
+    let mut rows = rows;
+    let served = manifest.served_variant.as_deref().unwrap_or("fp32");
+    for variant in ["fp32", "int8"] {
+        if let Some(v) = manifest.variants.get(variant) {
+            let mark = if served == variant {
+                " (served)"
+            } else if v.file.is_none() {
+                " (not shipped)"
+            } else {
+                ""
+            };
+            let name = format!("student, ONNX {variant}{mark}");
+            rows.push(ModelRow { name, accuracy: v.accuracy, parameters: student_params, bytes: v.size_bytes });
+        }
+    }
     Ok(Outcome { output: output.to_path_buf(), manifest, rows })
 }
 
@@ -503,8 +548,10 @@ fn write_model_files(
     };
     write("config.json", serde_json::to_vec_pretty(&config).expect("json"))?;
     write("tokenizer.json", serde_json::to_vec(&student.tokenizer_json).expect("json"))?;
+    // The job itself: `distillery-worker export` / `quantize` re-read its held-out split.
+    write(onnx_artifact::JOB_FILE, serde_json::to_vec_pretty(job).expect("json"))?;
     let mut files = BTreeMap::new();
-    for name in ["model.safetensors", "config.json", "tokenizer.json"] {
+    for name in ["model.safetensors", "config.json", "tokenizer.json", onnx_artifact::JOB_FILE] {
         let path = output.join(name);
         let size_bytes = std::fs::metadata(&path).map_err(io(&path))?.len();
         files.insert(name.to_string(), FileEntry { size_bytes, sha256: sha256_file(&path).map_err(io(&path))? });

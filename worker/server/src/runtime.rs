@@ -38,6 +38,12 @@ pub struct Runtime {
     pub info: String,
 }
 
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
 /// Loads ONNX Runtime from `path` and creates the process's environment (ort allows one). ort
 /// checks the library's version while loading and refuses one it does not support.
 pub fn load(path: Option<&Path>) -> Result<Runtime, RuntimeError> {

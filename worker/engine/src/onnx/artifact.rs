@@ -215,6 +215,15 @@ fn best_of(model: &mut OnnxModel, batches: &[Vec<&[u32]>]) -> Result<f64, OnnxEr
     Ok(best)
 }
 
+/// One int8 candidate: its serialized model, the weights it quantized, its held-out accuracy and
+/// its predicted labels.
+struct Candidate {
+    bytes: Vec<u8>,
+    quantized: Vec<String>,
+    accuracy: f64,
+    predictions: Vec<u32>,
+}
+
 /// What quantization decided.
 pub struct QuantizeOutcome {
     /// The fp32 model's figures (latency re-measured beside int8's).
@@ -242,47 +251,49 @@ pub fn quantize_artifact(
     let fp32_logits = OnnxModel::new(&fp32_bytes, threads)?.logits(&eval.ids, EVAL_BATCH)?;
     let fp32_predictions = predictions(&fp32_logits);
     let fp32_accuracy = accuracy(&fp32_logits, &eval.labels);
-    let evaluate = |keep: &BTreeSet<String>| -> Result<(Vec<u8>, Vec<String>, f64, Vec<u32>), OnnxError> {
+    let evaluate = |keep: &BTreeSet<String>| -> Result<Candidate, OnnxError> {
         let q = quantize(&fp32_model, &QuantizeOptions { keep_fp32: keep.clone() })?;
         let bytes = q.model.encode_to_vec();
         let l = OnnxModel::new(&bytes, threads)?.logits(&eval.ids, EVAL_BATCH)?;
-        Ok((bytes, q.quantized, accuracy(&l, &eval.labels), predictions(&l)))
+        Ok(Candidate {
+            bytes,
+            quantized: q.quantized,
+            accuracy: accuracy(&l, &eval.labels),
+            predictions: predictions(&l),
+        })
     };
     let budget = spec.accuracy_budget;
+    let within = |c: &Candidate| Accuracies { fp32: fp32_accuracy, int8: c.accuracy }.within(budget);
     let mut keep = BTreeSet::new();
-    let (mut bytes, quantized, mut int8_accuracy, mut int8_predictions) = evaluate(&keep)?;
+    let mut candidate = evaluate(&keep)?;
     stage(format!(
         "{} weights int8: held-out accuracy {:.2}% (fp32 {:.2}%, budget {:.2} points)",
-        quantized.len(),
-        int8_accuracy * 100.0,
+        candidate.quantized.len(),
+        candidate.accuracy * 100.0,
         fp32_accuracy * 100.0,
         budget * 100.0
     ));
-    if !(Accuracies { fp32: fp32_accuracy, int8: int8_accuracy }).within(budget) {
+    if !within(&candidate) {
+        let all = candidate.quantized.clone();
         let mut per_layer = vec![];
-        for w in &quantized {
-            let (_, _, acc, _) = evaluate(&BTreeSet::from([w.clone()]))?;
-            per_layer.push((w.clone(), acc));
+        for w in &all {
+            per_layer.push((w.clone(), evaluate(&BTreeSet::from([w.clone()]))?.accuracy));
         }
         let order = gate::by_sensitivity(&per_layer);
-        stage(format!(
-            "over budget; most sensitive: {}",
-            order
-                .iter()
-                .take(4)
-                .map(|w| format!("{w} ({:.2}%)", per_layer.iter().find(|p| &p.0 == w).map_or(0.0, |p| p.1) * 100.0))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        for k in gate::retry_sizes(quantized.len()) {
+        let accuracy_of = |w: &String| per_layer.iter().find(|p| &p.0 == w).map_or(0.0, |p| p.1);
+        let top: Vec<String> =
+            order.iter().take(4).map(|w| format!("{w} ({:.2}% in fp32)", accuracy_of(w) * 100.0)).collect();
+        stage(format!("over budget; most sensitive: {}", top.join(", ")));
+        for k in gate::retry_sizes(all.len()) {
             keep = order.iter().take(k).cloned().collect();
-            (bytes, _, int8_accuracy, int8_predictions) = evaluate(&keep)?;
-            stage(format!("{k} most sensitive in fp32: held-out accuracy {:.2}%", int8_accuracy * 100.0));
-            if (Accuracies { fp32: fp32_accuracy, int8: int8_accuracy }).within(budget) {
+            candidate = evaluate(&keep)?;
+            stage(format!("{k} most sensitive in fp32: held-out accuracy {:.2}%", candidate.accuracy * 100.0));
+            if within(&candidate) {
                 break;
             }
         }
     }
+    let Candidate { bytes, accuracy: int8_accuracy, predictions: int8_predictions, .. } = candidate;
     let mut fp32_single = OnnxModel::new(&fp32_bytes, 1)?;
     let mut int8_single = OnnxModel::new(&bytes, 1)?;
     let (f1, i1) = compare_latency(&mut fp32_single, &mut int8_single, &batches(&eval.ids, 1, LATENCY_SINGLES), 3)?;

@@ -234,7 +234,7 @@ pub fn export(weights: &ClassifierWeights) -> Result<ModelProto, ExportError> {
     if c.hidden_act != "gelu" {
         return Err(ExportError::Unsupported(format!("hidden_act {:?}: only gelu is exported", c.hidden_act)));
     }
-    if c.hidden_size % c.num_attention_heads != 0 {
+    if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
         return Err(ExportError::Unsupported(format!(
             "hidden size {} is not a multiple of {} heads",
             c.hidden_size, c.num_attention_heads
