@@ -214,6 +214,13 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
     let accuracy = result.student.accuracy.unwrap();
     assert!((0.5..=1.0).contains(&accuracy), "{accuracy}");
     assert!(result.student.parameters > 0 && result.teacher.parameters > result.student.parameters);
+    // The pod exported and quantized the student (ONNX Runtime from the worker image's
+    // ORT_DYLIB_PATH); the status says which variant is served and why.
+    let int8 = result.int8.as_ref().expect("status.result.int8: the int8 figures");
+    let served = result.served_variant.as_deref().expect("status.result.servedVariant");
+    assert_eq!(served, if int8.passed_gate { "int8" } else { "fp32" });
+    assert!(!result.served_variant_reason.as_deref().unwrap_or_default().is_empty());
+    assert!(h.artifacts.join(name).join("model.onnx").is_file());
     let complete = distillery_crds::conditions::find(&status.conditions, "Complete").unwrap();
     assert_eq!(complete.status, "True");
     let jobs: Api<Job> = Api::default_namespaced(h.server.client());

@@ -6,8 +6,10 @@
 //! ([`prepare`]), builds the student ([`student`]) and trains it by knowledge distillation
 //! ([`train`], [`loss`], [`align`]) on the encoder of [`model`] and its fused CPU kernels
 //! ([`fused`]), checkpointing ([`checkpoint`]) and reporting progress ([`progress`]), then writes the
-//! artifact. ONNX export, int8 quantization and the load generator are later issues' work, and
-//! the commands say so instead of pretending.
+//! artifact. Then [`onnx`] exports the student to ONNX, checks it against candle in ONNX Runtime,
+//! quantizes it to int8 and decides, behind an accuracy and speed gate, which variant is served
+//! (also on their own: `distillery-worker export` and `quantize`). The load generator is a later
+//! issue's work.
 
 pub mod align;
 pub mod baseline;

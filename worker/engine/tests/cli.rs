@@ -61,6 +61,31 @@ fn a_small_job_writes_a_verifiable_artifact_and_a_killed_run_resumes_to_the_same
     let weights = candle_core::safetensors::load(a.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(weights["embeddings.word_embeddings.weight"].dims()[0] as u64, config["vocab_size"].as_u64().unwrap());
 
+    // The ONNX models: fp32 matches candle; a served variant is named, with its reason, and an
+    // int8 file exists exactly when int8 passed its gate.
+    let fp32 = &m["variants"]["fp32"];
+    assert_eq!(fp32["file"], "model.onnx");
+    assert!(fp32["maxAbsLogitDiff"].as_f64().unwrap() <= 1e-4, "{fp32}");
+    assert_eq!(fp32["labelAgreement"], 1.0);
+    assert!((fp32["accuracy"].as_f64().unwrap() - metrics["studentAccuracy"].as_f64().unwrap()).abs() < 1e-9);
+    let int8 = &m["variants"]["int8"];
+    let passed = int8["passedGate"].as_bool().unwrap();
+    assert_eq!(a.join("model.int8.onnx").exists(), passed);
+    assert_eq!(m["files"].get("model.int8.onnx").is_some(), passed);
+    assert_eq!(m["servedVariant"], if passed { "int8" } else { "fp32" });
+    assert!(!m["servedVariantReason"].as_str().unwrap().is_empty());
+    assert!(int8["sizeBytes"].as_u64().unwrap() * 3 < fp32["sizeBytes"].as_u64().unwrap());
+    assert!(stdout.contains("student, ONNX int8") && stdout.contains("int8 / fp32:"), "{stdout}");
+
+    // `export` and `quantize` on their own rebuild the same fp32 model from the artifact's
+    // job.json; a budget outside 0..1 is refused before anything is read.
+    let out = worker().args(["export", "-a"]).arg(&a).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(manifest(&a)["variants"]["fp32"]["sha256"], fp32["sha256"], "export is deterministic");
+    let out = worker().args(["quantize", "--accuracy-budget", "1.5", "-a"]).arg(&a).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--accuracy-budget 1.5: must be between 0 and 1"));
+
     // Run b: killed once its student has checkpointed at step 10 or later, then restarted.
     let mut child = worker()
         .args(["distill", "-f"])
