@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// File name of the manifest inside an artifact directory.
 pub const MANIFEST_FILE: &str = "distillery.json";
@@ -109,4 +110,25 @@ pub struct OnnxVariant {
     /// int8 only: whether it passed its accuracy and speed gate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passed_gate: Option<bool>,
+}
+
+/// Lower-case hex sha256 of a file's content, read in blocks: what [`FileEntry::sha256`] holds.
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }

@@ -1,10 +1,7 @@
 //! The artifact store: model, dataset and artifact URIs resolved to local paths. `file://` is the
 //! embedded default (a mounted volume in a pod, a directory locally).
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
+use std::path::PathBuf;
 
 /// Why a URI cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -34,25 +31,7 @@ pub fn local_path(uri: &str) -> Result<PathBuf, StoreError> {
     Err(StoreError::Unsupported(uri.into()))
 }
 
-/// Lower-case hex sha256 of a file's content, read in blocks.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// Lower-case hex sha256 of `bytes`.
-pub fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use distillery_crds::manifest::{sha256, sha256_file};
 
 #[cfg(test)]
 mod tests {

@@ -1,39 +1,54 @@
-//! `distillery-server` command line.
+//! `distillery-server` command line: loads ONNX Runtime, binds the port, serves until SIGTERM or
+//! Ctrl-C, then drains.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-
-/// ONNX Runtime inference server for Distillery model artifacts.
-#[derive(Parser, Debug)]
-#[command(name = "distillery-server", version, about)]
-struct Args {
-    /// Artifact directory to serve (with distillery.json, model.onnx / model.int8.onnx, tokenizer.json).
-    #[arg(long, env = "DISTILLERY_MODEL")]
-    model: Option<PathBuf>,
-    /// HTTP port.
-    #[arg(long, env = "DISTILLERY_PORT", default_value_t = 8080)]
-    port: u16,
-    /// Path of libonnxruntime.so.1.31.1.
-    #[arg(long, env = "ORT_DYLIB_PATH")]
-    ort_library: Option<PathBuf>,
-}
+use distillery_server::config::Config;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match distillery_server::runtime::load(args.ort_library.as_deref()) {
-        Ok(runtime) => eprintln!("distillery-server: loaded ONNX Runtime: {}", runtime.info),
+    let config = Config::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).unwrap_or_else(|e| {
+        eprintln!("distillery-server: invalid --log-level {:?} ({e}); using info", config.log_level);
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match distillery_server::runtime::load(config.ort_library.as_deref()) {
+        Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("distillery-server: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    tracing::info!(ort = %runtime.info, "loaded ONNX Runtime");
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    let result = tokio.block_on(async {
+        let address = SocketAddr::new(config.address, config.port);
+        let listener =
+            tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        // Tests and scripts read the port from this line when --port is 0.
+        eprintln!("distillery-server: listening on http://{bound}");
+        distillery_server::serve(config, listener, runtime.environment, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("distillery-server: {e}");
+            ExitCode::FAILURE
+        }
     }
-    eprintln!(
-        "distillery-server: serving is not built yet — the KServe V2 endpoints, batching and metrics are \
-         the server issue's work. Nothing is listening on port {} (model: {}).",
-        args.port,
-        args.model.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none given".into())
-    );
-    ExitCode::from(2)
+}
+
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -19,6 +19,7 @@ fn a_file_that_is_not_a_library_fails_cleanly() {
     // ORT is loaded once per process, so this runs in the binary, not in this test process.
     let not_a_library = tempfile_path();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_distillery-server"))
+        .args(["--model", "/nonexistent"])
         .env("ORT_DYLIB_PATH", &not_a_library)
         .output()
         .unwrap();

@@ -19,12 +19,7 @@ use distillery_crds::distillation::Pooling;
 use super::graph::{Attr, Dim, GraphBuilder};
 use crate::model::EncoderConfig;
 
-/// Name of the logits output.
-pub const LOGITS: &str = "logits";
-/// Name of the pooled-embedding output.
-pub const EMBEDDING: &str = "embedding";
-/// The graph's inputs, in order.
-pub const INPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
+pub use distillery_server::session::{EMBEDDING, INPUTS, LOGITS};
 /// The classifier's weight: the head's last step, which quantization leaves in fp32.
 pub const HEAD_WEIGHT: &str = "classifier.weight";
 

@@ -6,13 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use distillery_server::session::{OnnxSession, SessionError};
 use ort::environment::Environment;
-use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
-use ort::value::Tensor;
-
-use super::export::{INPUTS, LOGITS};
-use crate::batch::Padded;
 
 /// Why ONNX Runtime could not run a model.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +20,10 @@ pub enum RuntimeError {
     Ort(String),
 }
 
-fn ort_error(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Ort(e.to_string())
+impl From<SessionError> for RuntimeError {
+    fn from(e: SessionError) -> Self {
+        Self::Ort(e.0)
+    }
 }
 
 static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
@@ -61,43 +58,21 @@ fn environment() -> Result<Environment, RuntimeError> {
         .ok_or_else(|| RuntimeError::Ort("ONNX Runtime is not loaded (call runtime::init first)".into()))
 }
 
-/// One ONNX Runtime session of an exported classifier.
+/// One ONNX Runtime session of an exported classifier, in this process's environment.
 pub struct OnnxModel {
-    session: Session,
+    session: OnnxSession,
 }
 
 impl OnnxModel {
     /// A session over the serialized model `bytes`, all graph optimizations on, on `threads`
     /// intra-op threads. [`init`] must have succeeded.
     pub fn new(bytes: &[u8], threads: usize) -> Result<Self, RuntimeError> {
-        let session = Session::builder(&environment()?)
-            .map_err(ort_error)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(ort_error)?
-            .with_intra_threads(threads.max(1))
-            .map_err(ort_error)?
-            .with_inter_threads(1)
-            .map_err(ort_error)?
-            .commit_from_memory(bytes)
-            .map_err(ort_error)?;
-        Ok(Self { session })
+        Ok(Self { session: OnnxSession::new(&environment()?, bytes, threads)? })
     }
 
     /// Logits of one batch, padded to its longest sequence: one row per sequence.
     pub fn run(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, RuntimeError> {
-        let padded = Padded::new(batch);
-        let shape = [batch.len(), padded.longest];
-        let to_i64 = |v: &[u32]| v.iter().map(|&x| i64::from(x)).collect::<Vec<i64>>();
-        let ids = Tensor::from_array((shape, to_i64(&padded.ids))).map_err(ort_error)?;
-        let mask = Tensor::from_array((shape, to_i64(&padded.mask))).map_err(ort_error)?;
-        let types = Tensor::from_array((shape, vec![0i64; padded.ids.len()])).map_err(ort_error)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![INPUTS[0] => ids, INPUTS[1] => mask, INPUTS[2] => types])
-            .map_err(ort_error)?;
-        let (shape, values) = outputs[LOGITS].try_extract_tensor::<f32>().map_err(ort_error)?;
-        let classes = shape.get(1).copied().unwrap_or(1).max(1) as usize;
-        Ok(values.chunks(classes).map(<[f32]>::to_vec).collect())
+        Ok(self.session.run(batch)?.logits)
     }
 
     /// Logits of every sequence, in order, batched by length (`batch_size` at a time) so that

@@ -1,0 +1,258 @@
+//! Reading the artifact a server serves: the manifest (`distillery.json`), the ONNX variant it
+//! names (verified against its sha256), the tokenizer and the classifier's labels.
+//!
+//! Only `file://` URIs and plain paths are read today; [`resolve`] is the seam where another
+//! store (`s3://`) would download the directory first.
+
+use std::path::{Path, PathBuf};
+
+use distillery_crds::manifest::{ArtifactManifest, FP32_MODEL, INT8_MODEL, MANIFEST_FILE, sha256};
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use crate::tokenize::load_tokenizer;
+
+/// Which ONNX file to serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VariantChoice {
+    /// What the manifest's `servedVariant` says (int8 when it passed its gate, else fp32).
+    Auto,
+    /// `model.onnx`.
+    Fp32,
+    /// `model.int8.onnx`.
+    Int8,
+}
+
+/// Why an artifact cannot be served. Every one is fatal at start-up: the pod fails its start
+/// and the message (in its log and termination message) says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// The URI names a store this build cannot read.
+    #[error("model {0}: only file:// URIs and local paths can be served by this build")]
+    UnsupportedUri(String),
+    /// A file could not be read or parsed.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The manifest names no such variant, or the variant was never written.
+    #[error("{0}")]
+    Variant(String),
+    /// A file's content does not match the manifest's sha256.
+    #[error(
+        "{path}: sha256 {actual} does not match the manifest's {expected}; the artifact is corrupt or was changed after it was written"
+    )]
+    Digest {
+        /// The file.
+        path: PathBuf,
+        /// The manifest's digest.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
+}
+
+/// An artifact loaded for serving.
+pub struct ServedArtifact {
+    /// The artifact directory.
+    pub dir: PathBuf,
+    /// The manifest.
+    pub manifest: ArtifactManifest,
+    /// The variant served (`fp32` or `int8`).
+    pub variant: String,
+    /// The served ONNX model's bytes (verified).
+    pub model: Vec<u8>,
+    /// Its sha256.
+    pub digest: String,
+    /// The tokenizer, truncating to [`ServedArtifact::max_sequence_length`] and never padding.
+    pub tokenizer: Tokenizer,
+    /// Class names in logit order.
+    pub labels: Vec<String>,
+    /// Tokens per text after truncation (the length the model was trained with).
+    pub max_sequence_length: usize,
+    /// Size of the vocabulary: valid `input_ids` are below it.
+    pub vocab_size: usize,
+    /// Longest sequence the position embeddings cover.
+    pub max_positions: usize,
+    /// Width of the pooled embedding.
+    pub hidden_size: usize,
+}
+
+/// The local directory of a model URI or path.
+pub fn resolve(model: &str) -> Result<PathBuf, ArtifactError> {
+    if let Some(path) = model.strip_prefix("file://") {
+        return Ok(PathBuf::from(path));
+    }
+    if model.contains("://") {
+        return Err(ArtifactError::UnsupportedUri(model.into()));
+    }
+    Ok(PathBuf::from(model))
+}
+
+fn file_error(path: &Path, message: impl std::fmt::Display) -> ArtifactError {
+    ArtifactError::File { path: path.to_path_buf(), message: message.to_string() }
+}
+
+fn read_json(path: &Path) -> Result<Value, ArtifactError> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+    serde_json::from_str(&text).map_err(|e| file_error(path, format!("not valid JSON: {e}")))
+}
+
+/// The file to serve for `choice`, from the manifest: `(variant, file name, expected sha256)`.
+/// Pure: it decides from the manifest alone.
+pub fn pick_variant(
+    manifest: &ArtifactManifest,
+    choice: VariantChoice,
+) -> Result<(String, String, String), ArtifactError> {
+    let name = match choice {
+        VariantChoice::Fp32 => "fp32".to_string(),
+        VariantChoice::Int8 => "int8".to_string(),
+        VariantChoice::Auto => manifest.served_variant.clone().ok_or_else(|| {
+            ArtifactError::Variant(
+                "the manifest names no served variant: the artifact was never exported to ONNX (run `distillery-worker export` and `quantize` on it)".into(),
+            )
+        })?,
+    };
+    let default_file = if name == "int8" { INT8_MODEL } else { FP32_MODEL };
+    let Some(variant) = manifest.variants.get(&name) else {
+        return Err(ArtifactError::Variant(format!(
+            "the manifest has no {name} variant (it has: {}); run `distillery-worker export`/`quantize` on the artifact, or serve another variant",
+            if manifest.variants.is_empty() {
+                "none".to_string()
+            } else {
+                manifest.variants.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+        )));
+    };
+    let Some(file) = variant.file.clone() else {
+        let why = manifest.served_variant_reason.as_deref().unwrap_or("it failed its gate");
+        return Err(ArtifactError::Variant(format!(
+            "the {name} model was not written ({why}); serve `auto` or `fp32` instead"
+        )));
+    };
+    if file != default_file && file.contains('/') {
+        return Err(ArtifactError::Variant(format!(
+            "variant {name} names file {file:?} outside the artifact directory"
+        )));
+    }
+    Ok((name, file, variant.sha256.clone()))
+}
+
+impl ServedArtifact {
+    /// Loads the artifact at `dir`: manifest, the `choice` variant (its sha256 checked against the
+    /// manifest), tokenizer and `config.json`.
+    pub fn load(dir: &Path, choice: VariantChoice) -> Result<Self, ArtifactError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if !dir.is_dir() {
+            return Err(file_error(dir, "no such artifact directory"));
+        }
+        let manifest: ArtifactManifest = serde_json::from_value(read_json(&manifest_path)?)
+            .map_err(|e| file_error(&manifest_path, format!("not a Distillery manifest: {e}")))?;
+        let (variant, file, expected) = pick_variant(&manifest, choice)?;
+        let model_path = dir.join(&file);
+        let model = std::fs::read(&model_path).map_err(|e| file_error(&model_path, e))?;
+        let digest = sha256(&model);
+        if digest != expected {
+            return Err(ArtifactError::Digest { path: model_path, expected, actual: digest });
+        }
+        let config_path = dir.join("config.json");
+        let config = read_json(&config_path)?;
+        let field = |pointer: &str| {
+            config.pointer(pointer).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| {
+                file_error(&config_path, format!("{} is missing or not a number", &pointer[1..].replace('/', ".")))
+            })
+        };
+        let max_sequence_length = field("/distillery/maxSequenceLength")?;
+        let vocab_size = field("/vocab_size")?;
+        let max_positions = field("/max_position_embeddings")?;
+        let hidden_size = field("/hidden_size")?;
+        let labels =
+            labels(&config).ok_or_else(|| file_error(&config_path, "id2label must map 0..n-1 to class names"))?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = load_tokenizer(&tokenizer_path, max_sequence_length.min(max_positions))
+            .map_err(|e| file_error(&tokenizer_path, e.message))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            variant,
+            model,
+            digest,
+            tokenizer,
+            labels,
+            max_sequence_length,
+            vocab_size,
+            max_positions,
+            hidden_size,
+        })
+    }
+}
+
+/// Class names in logit order from `config.json`'s `id2label`.
+fn labels(config: &Value) -> Option<Vec<String>> {
+    let id2label = config.get("id2label")?.as_object()?;
+    if id2label.is_empty() {
+        return None;
+    }
+    (0..id2label.len()).map(|i| id2label.get(&i.to_string()).and_then(Value::as_str).map(str::to_string)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distillery_crds::manifest::OnnxVariant;
+
+    fn manifest(served: Option<&str>, int8_file: Option<&str>) -> ArtifactManifest {
+        let mut m = ArtifactManifest::default();
+        m.variants.insert(
+            "fp32".into(),
+            OnnxVariant { file: Some(FP32_MODEL.into()), sha256: "aa".into(), ..Default::default() },
+        );
+        m.variants.insert(
+            "int8".into(),
+            OnnxVariant { file: int8_file.map(str::to_string), sha256: "bb".into(), ..Default::default() },
+        );
+        m.served_variant = served.map(str::to_string);
+        m.served_variant_reason = Some("int8 cost 3.00 points (budget 1.00)".into());
+        m
+    }
+
+    #[test]
+    fn auto_follows_the_manifest_and_explicit_choices_are_honoured() {
+        let m = manifest(Some("int8"), Some(INT8_MODEL));
+        assert_eq!(pick_variant(&m, VariantChoice::Auto).unwrap(), ("int8".into(), INT8_MODEL.into(), "bb".into()));
+        assert_eq!(pick_variant(&m, VariantChoice::Fp32).unwrap(), ("fp32".into(), FP32_MODEL.into(), "aa".into()));
+    }
+
+    #[test]
+    fn an_int8_model_that_failed_its_gate_is_refused_with_the_reason() {
+        let m = manifest(Some("fp32"), None);
+        assert_eq!(pick_variant(&m, VariantChoice::Auto).unwrap().0, "fp32");
+        let err = pick_variant(&m, VariantChoice::Int8).unwrap_err().to_string();
+        assert!(err.contains("not written") && err.contains("3.00 points"), "{err}");
+    }
+
+    #[test]
+    fn an_unexported_artifact_says_to_export_it() {
+        let err = pick_variant(&ArtifactManifest::default(), VariantChoice::Auto).unwrap_err().to_string();
+        assert!(err.contains("distillery-worker export"), "{err}");
+        let err = pick_variant(&ArtifactManifest::default(), VariantChoice::Fp32).unwrap_err().to_string();
+        assert!(err.contains("no fp32 variant") && err.contains("none"), "{err}");
+    }
+
+    #[test]
+    fn uris_resolve_to_directories_and_other_stores_are_refused() {
+        assert_eq!(resolve("file:///artifacts/a").unwrap(), PathBuf::from("/artifacts/a"));
+        assert_eq!(resolve("rel/dir").unwrap(), PathBuf::from("rel/dir"));
+        assert!(matches!(resolve("s3://bucket/a"), Err(ArtifactError::UnsupportedUri(_))));
+    }
+
+    #[test]
+    fn labels_come_in_logit_order() {
+        let c = serde_json::json!({"id2label": {"1": "rotten", "0": "fresh"}});
+        assert_eq!(labels(&c).unwrap(), ["fresh", "rotten"]);
+        assert!(labels(&serde_json::json!({"id2label": {"0": "a", "2": "c"}})).is_none());
+    }
+}

@@ -1,0 +1,89 @@
+//! The server's configuration: one clap struct, every flag also an environment variable (what a
+//! ModelDeployment's pod template sets).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::artifact::VariantChoice;
+use crate::batching::BatchLimits;
+
+/// ONNX Runtime inference server for Distillery model artifacts, speaking the KServe V2 Open
+/// Inference Protocol over HTTP.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "distillery-server", version, about)]
+pub struct Config {
+    /// The artifact to serve: a directory (or `file://` URI) with distillery.json, the ONNX
+    /// model(s) and tokenizer.json, as `distillery-worker distill` writes it.
+    #[arg(long, env = "DISTILLERY_MODEL")]
+    pub model: String,
+    /// The model's name in the protocol (`/v2/models/{name}`); default: the artifact
+    /// directory's name.
+    #[arg(long, env = "DISTILLERY_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// Which ONNX file to serve: `auto` (what the manifest says: int8 when it passed its gate),
+    /// `fp32` or `int8`.
+    #[arg(long, env = "DISTILLERY_MODEL_VARIANT", value_enum, default_value_t = VariantChoice::Auto)]
+    pub variant: VariantChoice,
+    /// Address to listen on.
+    #[arg(long, env = "DISTILLERY_ADDRESS", default_value = "0.0.0.0")]
+    pub address: IpAddr,
+    /// HTTP port (0 picks a free one and prints it).
+    #[arg(long, env = "DISTILLERY_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Path of libonnxruntime.so.1.31.1.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_library: Option<PathBuf>,
+    /// Most texts in one model run.
+    #[arg(long, env = "DISTILLERY_MAX_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_batch_size: u32,
+    /// Longest a request waits for others to batch with, in milliseconds. 0: a batch is what
+    /// queued while the model threads were busy, and an idle server runs a request at once.
+    #[arg(long, env = "DISTILLERY_MAX_BATCH_DELAY_MS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10000))]
+    pub max_batch_delay_ms: u32,
+    /// Most padded tokens (texts × longest) in one model run.
+    #[arg(long, env = "DISTILLERY_MAX_BATCH_TOKENS", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_tokens: u32,
+    /// Most texts waiting for a model thread; beyond it requests get 429 with Retry-After. It is
+    /// also the most texts one request may hold (more: 413).
+    #[arg(long, env = "DISTILLERY_MAX_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queue: u32,
+    /// Model threads, each with its own ONNX Runtime session; default: the CPUs available
+    /// divided by `--threads`.
+    #[arg(long, env = "DISTILLERY_MODEL_THREADS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub model_threads: Option<u32>,
+    /// ONNX Runtime intra-op threads per model thread.
+    #[arg(long, env = "DISTILLERY_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
+    /// Largest request body in bytes (more: 413).
+    #[arg(long, env = "DISTILLERY_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish before the server exits anyway,
+    /// in seconds.
+    #[arg(long, env = "DISTILLERY_DRAIN_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub drain_timeout_seconds: u64,
+    /// Log filter (`info`, `debug`, `distillery_server=debug`, …).
+    #[arg(long, env = "DISTILLERY_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Config {
+    /// The batching limits.
+    pub fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_batch_size: self.max_batch_size as usize,
+            max_batch_tokens: self.max_batch_tokens as usize,
+            max_delay: Duration::from_millis(u64::from(self.max_batch_delay_ms)),
+        }
+    }
+
+    /// Model threads: the flag, else the CPUs available divided by `--threads` (at least 1).
+    pub fn model_threads(&self) -> usize {
+        self.model_threads.map(|n| n as usize).unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cpus / self.threads as usize).max(1)
+        })
+    }
+}
