@@ -10,9 +10,10 @@ use candle_core::Device;
 use distillery_crds::cache::cache_dir;
 
 use distillery_crds::manifest::{FP32_MODEL, OnnxVariant};
+use distillery_server::artifact::{ServedArtifact, VariantChoice};
 
 use crate::progress::{self, Event};
-use crate::{cluster, distill, onnx, spec};
+use crate::{cluster, distill, loadgen, onnx, spec};
 
 /// Distillery's worker: knowledge distillation, export, quantization, evaluation and load tests.
 #[derive(Parser, Debug)]
@@ -81,6 +82,64 @@ pub enum Command {
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_library: Option<PathBuf>,
     },
+    /// Offline predictions of an artifact's ONNX model, as JSON lines (`text`, `label`,
+    /// `logits`): what a server serving the same artifact must answer.
+    Predict {
+        /// The artifact directory.
+        #[arg(short = 'a', long)]
+        artifact: PathBuf,
+        /// Which ONNX file: `auto` (the manifest's served variant), `fp32` or `int8`.
+        #[arg(long, value_enum, default_value_t = VariantChoice::Auto)]
+        variant: VariantChoice,
+        /// Texts, one per line; default: the held-out split of the artifact's `job.json`.
+        #[arg(long)]
+        texts: Option<PathBuf>,
+        /// Texts per model run (runs group texts of similar length). With int8, a text's logits
+        /// move slightly with its batch-mates (activations are quantized per run); 1 makes them
+        /// independent of the others.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        batch_size: u32,
+        /// The ONNX Runtime library (`libonnxruntime.so.1.31.1`).
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_library: Option<PathBuf>,
+    },
+    /// Drive KServe V2 inference servers with texts, one per request, and report throughput and
+    /// p50/p95/p99 latency per load level; given several targets, side by side with ratios to the
+    /// first.
+    Bench {
+        /// A server: `NAME=http://host:port`, or just the URL. Repeat to compare servers; each is
+        /// driven alone, one after the other.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// The model's name (`/v2/models/{model}/infer`).
+        #[arg(long)]
+        model: String,
+        /// Send the held-out texts of this artifact's `job.json`.
+        #[arg(short = 'a', long, required_unless_present = "texts")]
+        artifact: Option<PathBuf>,
+        /// Send these texts instead, one per line.
+        #[arg(long, conflicts_with = "artifact")]
+        texts: Option<PathBuf>,
+        /// Closed-loop client counts, each one load level.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+        /// Open loop instead: requests scheduled at this many per second (latency counted from
+        /// the schedule), over `--connections` connections.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Connections of the open loop.
+        #[arg(long, default_value_t = 256)]
+        connections: usize,
+        /// Measured seconds per level.
+        #[arg(long, default_value_t = 10.0)]
+        duration_seconds: f64,
+        /// Unmeasured seconds before each closed-loop level.
+        #[arg(long, default_value_t = 2.0)]
+        warmup_seconds: f64,
+        /// Write the reports here as JSON too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -102,6 +161,24 @@ pub fn main() -> ExitCode {
         }
         Command::Quantize { artifact, file, accuracy_budget, speed_check, ort_library } => {
             finish(quantize(&artifact, file.as_deref(), accuracy_budget, speed_check, ort_library.as_deref()))
+        }
+        Command::Predict { artifact, variant, texts, batch_size, ort_library } => {
+            finish(predict(&artifact, variant, texts.as_deref(), batch_size as usize, ort_library.as_deref()))
+        }
+        Command::Bench {
+            targets,
+            model,
+            artifact,
+            texts,
+            concurrency,
+            rate,
+            connections,
+            duration_seconds,
+            warmup_seconds,
+            json,
+        } => {
+            let load = Load { concurrency, rate, connections, duration_seconds, warmup_seconds };
+            finish(bench(&targets, &model, artifact.as_deref(), texts.as_deref(), &load, json.as_deref()))
         }
         Command::Distill { file, job, report_status, termination_message, output } => {
             let source = match (file, job) {
@@ -277,4 +354,126 @@ pub fn variant_table(fp32: &OnnxVariant, int8: &OnnxVariant) -> String {
         fp32.latency_ms_batch32 / int8.latency_ms_batch32
     );
     out
+}
+
+/// Texts from a file, one per non-empty line.
+fn read_texts(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let texts: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    if texts.is_empty() {
+        return Err(format!("{}: no texts (one per line)", path.display()));
+    }
+    Ok(texts)
+}
+
+/// `--texts FILE`, else the held-out texts of the artifact's `job.json`.
+fn texts_for(artifact: Option<&Path>, texts: Option<&Path>) -> Result<Vec<String>, String> {
+    match (texts, artifact) {
+        (Some(path), _) => read_texts(path),
+        (None, Some(dir)) => Ok(onnx::artifact::held_out(dir, None)
+            .map_err(|e| format!("{e} (pass --texts FILE instead)"))?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect()),
+        (None, None) => Err("give --artifact DIR or --texts FILE".into()),
+    }
+}
+
+fn predict(
+    artifact: &Path,
+    variant: VariantChoice,
+    texts: Option<&Path>,
+    batch_size: usize,
+    library: Option<&Path>,
+) -> Result<String, String> {
+    onnx::runtime::init(library).map_err(|e| e.to_string())?;
+    let served = ServedArtifact::load(artifact, variant).map_err(|e| e.to_string())?;
+    let texts = texts_for(Some(artifact), texts)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ids = distillery_server::tokenize::encode_all(&served.tokenizer, &refs).map_err(|e| e.to_string())?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut model = onnx::runtime::OnnxModel::new(&served.model, threads).map_err(|e| e.to_string())?;
+    let logits = model.logits(&ids, batch_size).map_err(|e| e.to_string())?;
+    let lines: Vec<String> = texts
+        .iter()
+        .zip(&logits)
+        .map(|(text, l)| {
+            let label = &served.labels[distillery_server::protocol::argmax(l)];
+            serde_json::json!({"text": text, "label": label, "logits": l}).to_string()
+        })
+        .collect();
+    eprintln!(
+        "distillery-worker: {} predictions of {} ({}, sha256 {})",
+        lines.len(),
+        artifact.display(),
+        served.variant,
+        &served.digest[..12]
+    );
+    Ok(lines.join("\n"))
+}
+
+/// The load levels of `bench`.
+struct Load {
+    concurrency: Vec<usize>,
+    rate: Option<f64>,
+    connections: usize,
+    duration_seconds: f64,
+    warmup_seconds: f64,
+}
+
+fn bench(
+    targets: &[String],
+    model: &str,
+    artifact: Option<&Path>,
+    texts: Option<&Path>,
+    load: &Load,
+    json: Option<&Path>,
+) -> Result<String, String> {
+    let targets = targets
+        .iter()
+        .map(|t| match t.split_once('=') {
+            Some((name, url)) => loadgen::Target::new(name, url, model),
+            None => loadgen::Target::new("server", t, model),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if !(load.duration_seconds > 0.0 && load.warmup_seconds >= 0.0) {
+        return Err("--duration-seconds must be above 0 and --warmup-seconds at least 0".into());
+    }
+    if load.rate.is_some_and(|r| !(r > 0.0)) {
+        return Err("--rate must be above 0 requests per second".into());
+    }
+    let bodies: std::sync::Arc<Vec<_>> =
+        std::sync::Arc::new(texts_for(artifact, texts)?.iter().map(|t| loadgen::text_request(t)).collect());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let duration = std::time::Duration::from_secs_f64(load.duration_seconds);
+    let warmup = std::time::Duration::from_secs_f64(load.warmup_seconds);
+    let reports = runtime.block_on(async {
+        let mut reports = Vec::new();
+        for target in &targets {
+            loadgen::wait_ready(target, std::time::Duration::from_secs(60)).await?;
+            match load.rate {
+                Some(rate) => {
+                    reports.push(loadgen::open_loop(target, bodies.clone(), rate, load.connections, duration).await?)
+                }
+                None => {
+                    for &c in &load.concurrency {
+                        let r = loadgen::closed_loop(target, bodies.clone(), c, warmup, duration).await?;
+                        eprintln!(
+                            "distillery-worker: {} at concurrency {c}: {:.1} req/s, p99 {:.2} ms",
+                            r.target, r.throughput, r.p99_ms
+                        );
+                        reports.push(r);
+                    }
+                }
+            }
+        }
+        Ok::<_, loadgen::LoadError>(reports)
+    });
+    let reports = reports.map_err(|e| e.to_string())?;
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&reports).expect("reports serialize");
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(loadgen::table(&reports))
 }

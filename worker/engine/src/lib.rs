@@ -8,8 +8,9 @@
 //! ([`fused`]), checkpointing ([`checkpoint`]) and reporting progress ([`progress`]), then writes the
 //! artifact. Then [`onnx`] exports the student to ONNX, checks it against candle in ONNX Runtime,
 //! quantizes it to int8 and decides, behind an accuracy and speed gate, which variant is served
-//! (also on their own: `distillery-worker export` and `quantize`). The load generator is a later
-//! issue's work.
+//! (also on their own: `distillery-worker export` and `quantize`). [`loadgen`] drives inference
+//! servers (`distillery-worker bench`), and `distillery-worker predict` gives a served model's
+//! offline predictions to compare a server with.
 
 pub mod align;
 pub mod baseline;
@@ -23,6 +24,7 @@ pub mod distill;
 pub mod fused;
 pub mod init;
 pub mod inputs;
+pub mod loadgen;
 pub mod loss;
 pub mod model;
 pub mod onnx;

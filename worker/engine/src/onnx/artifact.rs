@@ -116,9 +116,9 @@ impl ArtifactModel {
     }
 }
 
-/// The held-out split of the artifact's job (`job.json` beside it, or `job` when given),
-/// tokenized with the artifact's own tokenizer.
-pub fn eval_set(dir: &Path, job: Option<&DistillationJob>) -> Result<EvalSet, OnnxError> {
+/// The held-out split of the artifact's job (`job.json` beside it, or `job` when given):
+/// `(text, class index)` in split order.
+pub fn held_out(dir: &Path, job: Option<&DistillationJob>) -> Result<Vec<(String, u32)>, OnnxError> {
     let loaded;
     let job = match job {
         Some(j) => j,
@@ -130,13 +130,20 @@ pub fn eval_set(dir: &Path, job: Option<&DistillationJob>) -> Result<EvalSet, On
         }
     };
     let (dataset, split) = inputs::labelled(job)?;
+    Ok(split.validation.iter().map(|&i| (dataset.examples[i].text.clone(), dataset.examples[i].label as u32)).collect())
+}
+
+/// The held-out split of the artifact's job ([`held_out`]), tokenized with the artifact's own
+/// tokenizer.
+pub fn eval_set(dir: &Path, job: Option<&DistillationJob>) -> Result<EvalSet, OnnxError> {
+    let examples = held_out(dir, job)?;
     let config = read_json(&dir.join("config.json"))?;
     let max_len = config["distillery"]["maxSequenceLength"].as_u64().unwrap_or(128) as usize;
     let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), max_len)
         .map_err(|e| artifact_error(&dir.join("tokenizer.json"), e))?;
-    let texts: Vec<&str> = split.validation.iter().map(|&i| dataset.examples[i].text.as_str()).collect();
+    let texts: Vec<&str> = examples.iter().map(|(t, _)| t.as_str()).collect();
     let ids = encode_all(&tokenizer, &texts).map_err(|e| artifact_error(&dir.join("tokenizer.json"), e))?;
-    let labels = split.validation.iter().map(|&i| dataset.examples[i].label as u32).collect();
+    let labels = examples.iter().map(|&(_, l)| l).collect();
     Ok(EvalSet { ids, labels })
 }
 

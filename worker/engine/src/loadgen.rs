@@ -1,0 +1,386 @@
+//! The load generator (`distillery-worker bench`, what a Benchmark's pod will run): drives KServe
+//! V2 servers with real texts and reports throughput and latency percentiles.
+//!
+//! - **Closed loop** ([`closed_loop`]): `concurrency` clients, each on its own keep-alive HTTP/1.1
+//!   connection, send one request after another for a fixed time.
+//! - **Open loop** ([`open_loop`]): requests are *scheduled* at a fixed rate, spread over many
+//!   connections, and each latency counts from its scheduled time, so a server that falls behind
+//!   cannot hide it by slowing the client down (no coordinated omission).
+//!
+//! Every request carries one text: what an online client sends. Only 2xx answers count towards
+//! throughput and latency; 429s and other failures are counted apart.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+
+/// Why a load test could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The URL is not `http://host:port`.
+    #[error("{0:?} is not a server URL like http://127.0.0.1:8080")]
+    BadUrl(String),
+    /// The server never became ready.
+    #[error("{url} did not answer ready on /v2/health/ready within {seconds} s")]
+    NotReady {
+        /// The server.
+        url: String,
+        /// How long it was given.
+        seconds: u64,
+    },
+    /// Nothing to send.
+    #[error("no texts to send")]
+    NoTexts,
+}
+
+/// A server to drive.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Name in the report.
+    pub name: String,
+    /// `host:port`.
+    pub authority: String,
+    /// The inference path, `/v2/models/{model}/infer`.
+    pub path: String,
+}
+
+impl Target {
+    /// A target from `http://host:port` and the model's name.
+    pub fn new(name: &str, url: &str, model: &str) -> Result<Self, LoadError> {
+        let authority = url
+            .strip_prefix("http://")
+            .map(|rest| rest.trim_end_matches('/'))
+            .filter(|a| !a.is_empty() && !a.contains('/'))
+            .ok_or_else(|| LoadError::BadUrl(url.into()))?;
+        Ok(Self { name: name.into(), authority: authority.into(), path: format!("/v2/models/{model}/infer") })
+    }
+}
+
+/// What a load level measured.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LevelReport {
+    /// The target's name.
+    pub target: String,
+    /// Clients (closed loop) or connections (open loop).
+    pub concurrency: usize,
+    /// Offered requests per second (open loop only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offered_rate: Option<f64>,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// 2xx answers.
+    pub ok: usize,
+    /// 429 answers.
+    pub rejected: usize,
+    /// Other statuses and connection failures.
+    pub errors: usize,
+    /// 2xx answers per second.
+    pub throughput: f64,
+    /// Latency percentiles of the 2xx answers, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+/// The `q`-quantile (0..=1) of sorted `values` by nearest rank; 0 when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Outcomes of single requests.
+#[derive(Default)]
+struct Tally {
+    latencies_ms: Vec<f64>,
+    rejected: usize,
+    errors: usize,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.latencies_ms.extend(other.latencies_ms);
+        self.rejected += other.rejected;
+        self.errors += other.errors;
+    }
+
+    fn report(mut self, target: &str, concurrency: usize, offered_rate: Option<f64>, seconds: f64) -> LevelReport {
+        self.latencies_ms.sort_by(f64::total_cmp);
+        let l = &self.latencies_ms;
+        LevelReport {
+            target: target.into(),
+            concurrency,
+            offered_rate,
+            seconds,
+            ok: l.len(),
+            rejected: self.rejected,
+            errors: self.errors,
+            throughput: l.len() as f64 / seconds.max(1e-9),
+            p50_ms: percentile(l, 0.50),
+            p95_ms: percentile(l, 0.95),
+            p99_ms: percentile(l, 0.99),
+            max_ms: l.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// The V2 request body for one text, asking for the label and the probabilities.
+pub fn text_request(text: &str) -> Bytes {
+    let body = serde_json::json!({
+        "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}],
+        "outputs": [{"name": "label"}, {"name": "probabilities"}]
+    });
+    Bytes::from(serde_json::to_vec(&body).expect("JSON"))
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl Connection {
+    async fn open(authority: &str) -> std::io::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(authority).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+        tokio::spawn(connection);
+        Ok(Self { sender })
+    }
+
+    /// Sends one request; its status, or `None` when the connection failed.
+    async fn send(&mut self, authority: &str, method: &str, path: &str, body: Bytes) -> Option<u16> {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .ok()?;
+        self.sender.ready().await.ok()?;
+        let response = self.sender.send_request(request).await.ok()?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await.ok()?;
+        Some(status)
+    }
+}
+
+/// One request on `connection` (reopened when it broke), its outcome added to `tally`; the
+/// latency counts from `since`.
+async fn request(connection: &mut Option<Connection>, target: &Target, body: Bytes, since: Instant, tally: &mut Tally) {
+    if connection.is_none() {
+        *connection = Connection::open(&target.authority).await.ok();
+    }
+    let status = match connection.as_mut() {
+        Some(c) => c.send(&target.authority, "POST", &target.path, body).await,
+        None => None,
+    };
+    match status {
+        Some(s) if (200..300).contains(&s) => tally.latencies_ms.push(since.elapsed().as_secs_f64() * 1e3),
+        Some(429) => tally.rejected += 1,
+        Some(_) => tally.errors += 1,
+        None => {
+            tally.errors += 1;
+            *connection = None;
+        }
+    }
+}
+
+/// Waits until `url`'s `/v2/health/ready` answers 200, for at most `timeout`.
+pub async fn wait_ready(target: &Target, timeout: Duration) -> Result<(), LoadError> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(mut c) = Connection::open(&target.authority).await
+            && c.send(&target.authority, "GET", "/v2/health/ready", Bytes::new()).await == Some(200)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(LoadError::NotReady { url: format!("http://{}", target.authority), seconds: timeout.as_secs() })
+}
+
+/// `concurrency` clients sending `bodies` (round robin over all clients) back to back for
+/// `duration`, after `warmup` whose requests are not counted.
+pub async fn closed_loop(
+    target: &Target,
+    bodies: Arc<Vec<Bytes>>,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<LevelReport, LoadError> {
+    if bodies.is_empty() {
+        return Err(LoadError::NoTexts);
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let (measure_from, end) = (start + warmup, start + warmup + duration);
+    let clients: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (target, bodies, next) = (target.clone(), bodies.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut connection = Connection::open(&target.authority).await.ok();
+                let (mut tally, mut ignored) = (Tally::default(), Tally::default());
+                loop {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let body = bodies[next.fetch_add(1, Ordering::Relaxed) % bodies.len()].clone();
+                    let into = if sent >= measure_from { &mut tally } else { &mut ignored };
+                    request(&mut connection, &target, body, sent, into).await;
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for c in clients {
+        tally.merge(c.await.expect("a load client panicked"));
+    }
+    Ok(tally.report(&target.name, concurrency, None, duration.as_secs_f64()))
+}
+
+/// Requests scheduled at `rate` per second for `duration` over `connections` connections, each
+/// latency counted from its scheduled time.
+pub async fn open_loop(
+    target: &Target,
+    bodies: Arc<Vec<Bytes>>,
+    rate: f64,
+    connections: usize,
+    duration: Duration,
+) -> Result<LevelReport, LoadError> {
+    if bodies.is_empty() {
+        return Err(LoadError::NoTexts);
+    }
+    let connections = connections.max(1);
+    let total = (rate * duration.as_secs_f64()).round() as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-9));
+    let start = Instant::now() + Duration::from_millis(100);
+    let clients: Vec<_> = (0..connections)
+        .map(|k| {
+            let (target, bodies) = (target.clone(), bodies.clone());
+            tokio::spawn(async move {
+                let mut connection = Connection::open(&target.authority).await.ok();
+                let mut tally = Tally::default();
+                for i in (k..total).step_by(connections) {
+                    let scheduled = start + interval * i as u32;
+                    tokio::time::sleep_until(scheduled.into()).await;
+                    request(&mut connection, &target, bodies[i % bodies.len()].clone(), scheduled, &mut tally).await;
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for c in clients {
+        tally.merge(c.await.expect("a load client panicked"));
+    }
+    Ok(tally.report(&target.name, connections, Some(rate), duration.as_secs_f64()))
+}
+
+/// The reports as a table; with two or more targets, each later target's ratios to the first at
+/// the same load (throughput: the first's over the other's — how many times faster the first is).
+pub fn table(reports: &[LevelReport]) -> String {
+    let mut out = format!(
+        "{:<14} {:>6} {:>9} {:>8} {:>7} {:>7} {:>10} {:>9} {:>9} {:>9}\n",
+        "target", "conc", "offered/s", "ok", "429", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms"
+    );
+    for r in reports {
+        out += &format!(
+            "{:<14} {:>6} {:>9} {:>8} {:>7} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2}\n",
+            r.target,
+            r.concurrency,
+            r.offered_rate.map_or("-".into(), |v| format!("{v:.0}")),
+            r.ok,
+            r.rejected,
+            r.errors,
+            r.throughput,
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms
+        );
+    }
+    let first = reports.first().map(|r| r.target.clone()).unwrap_or_default();
+    for r in reports.iter().filter(|r| r.target == first) {
+        for o in reports.iter().filter(|o| o.target != first && o.concurrency == r.concurrency) {
+            out += &format!(
+                "concurrency {:>3}: {} / {}: {:.2}× the throughput, {:.2}× the p50, {:.2}× the p99\n",
+                r.concurrency,
+                r.target,
+                o.target,
+                r.throughput / o.throughput.max(1e-9),
+                r.p50_ms / o.p50_ms.max(1e-9),
+                r.p99_ms / o.p99_ms.max(1e-9)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.50), 50.0);
+        assert_eq!(percentile(&v, 0.95), 95.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn a_tally_reports_only_successes_in_latency() {
+        let t = Tally { latencies_ms: vec![3.0, 1.0, 2.0], rejected: 5, errors: 1 };
+        let r = t.report("x", 4, None, 2.0);
+        assert_eq!((r.ok, r.rejected, r.errors), (3, 5, 1));
+        assert!((r.throughput - 1.5).abs() < 1e-12);
+        assert_eq!((r.p50_ms, r.max_ms), (2.0, 3.0));
+    }
+
+    #[test]
+    fn targets_need_an_http_url() {
+        let t = Target::new("a", "http://127.0.0.1:8080/", "m").unwrap();
+        assert_eq!((t.authority.as_str(), t.path.as_str()), ("127.0.0.1:8080", "/v2/models/m/infer"));
+        assert!(Target::new("a", "https://x:1", "m").is_err());
+        assert!(Target::new("a", "http://x:1/v2", "m").is_err());
+        assert!(Target::new("a", "127.0.0.1:80", "m").is_err());
+    }
+
+    #[test]
+    fn the_table_gives_ratios_against_the_first_target() {
+        let r = |target: &str, throughput: f64, p99: f64| LevelReport {
+            target: target.into(),
+            concurrency: 16,
+            offered_rate: None,
+            seconds: 1.0,
+            ok: 1,
+            rejected: 0,
+            errors: 0,
+            throughput,
+            p50_ms: 1.0,
+            p95_ms: 1.0,
+            p99_ms: p99,
+            max_ms: p99,
+        };
+        let t = table(&[r("ours", 300.0, 5.0), r("python", 100.0, 20.0)]);
+        assert!(t.contains("ours / python: 3.00× the throughput, 1.00× the p50, 0.25× the p99"), "{t}");
+    }
+}
