@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 use distillery_tests::cluster::workspace_binary;
 use serde_json::{Value, json};
 
-/// The small job's artifact, trained once per test run.
+/// The small job's artifact, trained once per test run (under cargo's target-directory scratch
+/// space, replaced each run, so nothing accumulates in /tmp).
 fn artifact() -> &'static Path {
     static ARTIFACT: OnceLock<PathBuf> = OnceLock::new();
     ARTIFACT.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("distillery-server-test").tempdir().unwrap().keep().join("small");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("server-test/small");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
         let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker/engine/tests/fixtures/small.yaml");
         let out = Command::new(workspace_binary("distillery-worker"))
             .args(["distill", "-f"])

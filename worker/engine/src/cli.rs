@@ -437,10 +437,11 @@ fn bench(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    if !(load.duration_seconds > 0.0 && load.warmup_seconds >= 0.0) {
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if !positive(load.duration_seconds) || !(positive(load.warmup_seconds) || load.warmup_seconds == 0.0) {
         return Err("--duration-seconds must be above 0 and --warmup-seconds at least 0".into());
     }
-    if load.rate.is_some_and(|r| !(r > 0.0)) {
+    if load.rate.is_some_and(|r| !positive(r)) {
         return Err("--rate must be above 0 requests per second".into());
     }
     let bodies: std::sync::Arc<Vec<_>> =

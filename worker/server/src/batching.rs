@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn runs_split_where_padding_would_dominate() {
         // Similar lengths share a run; a much longer one starts its own.
-        assert_eq!(plan_runs(&[10, 10, 11, 12], 32, 1000), [0..4]);
+        assert_eq!(plan_runs(&[10, 10, 11, 12], 32, 1000), vec![(0..4)]);
         assert_eq!(plan_runs(&[5, 6, 40], 32, 1000), [0..2, 2..3]);
         assert_eq!(plan_runs(&[8, 8, 8, 8, 8], 2, 1000), [0..2, 2..4, 4..5]);
         assert_eq!(plan_runs(&[8, 8, 8, 8], 32, 16), [0..2, 2..4]);
