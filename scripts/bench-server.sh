@@ -24,9 +24,9 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 RAYON_NUM_THREADS=1 target/release/distillery-server --model "$artifact" --port "$ours_port" --address 127.0.0.1 \
   --log-level warn ${DISTILLERY_SERVER_FLAGS:-} &
 pids+=($!)
-"$venv/bin/python" scripts/bench/baseline_server.py "$artifact" "$base_port" &
+"$venv/bin/python" scripts/bench/baseline_server.py "$artifact" "$base_port" "${BASELINE_WORKERS:-1}" &
 pids+=($!)
-echo "bench: $(nproc) CPUs; artifact $artifact; $seconds s per level; server flags: ${DISTILLERY_SERVER_FLAGS:-(defaults)}"
+echo "bench: $(nproc) CPUs; artifact $artifact; $seconds s per level; distillery-server flags: ${DISTILLERY_SERVER_FLAGS:-(defaults)}; baseline: ${BASELINE_WORKERS:-1} uvicorn worker(s), ${BASELINE_HANDLER:-sync} handler"
 out="${DISTILLERY_BENCH_OUT:-target/bench-server}"; mkdir -p "$out"
 target/release/distillery-worker bench --model "$model" -a "$artifact" --duration-seconds "$seconds" \
   --target "distillery=http://127.0.0.1:$ours_port" --target "python=http://127.0.0.1:$base_port" \
@@ -35,6 +35,26 @@ kill "${pids[1]}"   # the baseline; the overload run measures distillery-server 
 capacity=$(python3 -c "import json; print(max(r['throughput'] for r in json.load(open('$out/closed.json')) if r['target']=='distillery'))")
 rate=$(python3 -c "print(round(2 * $capacity))")
 echo "bench: overload — open loop at $rate req/s, twice the best closed-loop throughput ($capacity req/s)"
+curl -s "http://127.0.0.1:$ours_port/metrics" > "$out/metrics.before"
 target/release/distillery-worker bench --model "$model" -a "$artifact" --duration-seconds "$seconds" \
   --target "distillery=http://127.0.0.1:$ours_port" --rate "$rate" --connections 512 --json "$out/overload.json"
-curl -s "http://127.0.0.1:$ours_port/metrics" | grep -E '^distillery_server_(requests_total|batch_size_(sum|count))' || true
+curl -s "http://127.0.0.1:$ours_port/metrics" > "$out/metrics.after"
+# The server's own view of the overload run: its latency histogram (arrival to response, admitted
+# requests only), before and after, so the load generator's lateness on a shared CPU is left out.
+python3 - "$out/metrics.before" "$out/metrics.after" <<'PY'
+import re, sys
+def buckets(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'distillery_server_request_duration_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
+        if m:
+            out[float(m.group(1))] = float(m.group(2))
+    return out
+before, after = buckets(sys.argv[1]), buckets(sys.argv[2])
+delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+total = delta[-1][1]
+for q in (0.5, 0.99):
+    le = next(le for le, n in delta if n >= q * total)
+    print(f"server-side p{round(q * 100)} of the {int(total)} admitted requests: <= {le * 1e3:g} ms (histogram bucket bound)")
+PY
+grep -E '^distillery_server_(requests_total\{endpoint="infer"|batch_size_(sum|count))' "$out/metrics.after" || true

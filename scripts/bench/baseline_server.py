@@ -2,7 +2,10 @@
 served by Python onnxruntime behind FastAPI/uvicorn, one inference per request (no batching),
 answering the same KServe V2 JSON as distillery-server. Used only by scripts/bench-server.sh.
 
-Usage: python baseline_server.py ARTIFACT_DIR PORT [MODEL_FILE]
+Usage: python baseline_server.py ARTIFACT_DIR PORT [WORKERS]
+Environment: BASELINE_HANDLER=sync (default; FastAPI runs it in its thread pool, so ONNX Runtime
+calls, which release the GIL, overlap) or async (runs on the event loop, one at a time);
+BASELINE_MODEL_FILE to serve another file than the manifest's served variant.
 """
 import json
 import os
@@ -10,13 +13,12 @@ import sys
 
 import numpy as np
 import onnxruntime as ort
-import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from tokenizers import Tokenizer
 
-artifact, port = sys.argv[1], int(sys.argv[2])
+artifact = os.environ.setdefault("BASELINE_ARTIFACT", sys.argv[1] if len(sys.argv) > 1 else "")
 manifest = json.load(open(os.path.join(artifact, "distillery.json")))
-model_file = sys.argv[3] if len(sys.argv) > 3 else manifest["variants"][manifest["servedVariant"]]["file"]
+model_file = os.environ.get("BASELINE_MODEL_FILE") or manifest["variants"][manifest["servedVariant"]]["file"]
 config = json.load(open(os.path.join(artifact, "config.json")))
 labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
 tokenizer = Tokenizer.from_file(os.path.join(artifact, "tokenizer.json"))
@@ -32,11 +34,9 @@ def ready():
     return {"ready": True}
 
 
-@app.post("/v2/models/{model}/infer")
-async def infer(model: str, request: Request):
+def predict(model, body):
     if model != name:
         raise HTTPException(404, f"model {model} not served")
-    body = await request.json()
     texts = body["inputs"][0]["data"]
     encodings = tokenizer.encode_batch(texts)
     ids = np.array([e.ids for e in encodings], dtype=np.int64)
@@ -56,5 +56,19 @@ async def infer(model: str, request: Request):
     }
 
 
+if os.environ.get("BASELINE_HANDLER", "sync") == "async":
+    @app.post("/v2/models/{model}/infer")
+    async def infer(model: str, request: Request):
+        return predict(model, await request.json())
+else:
+    @app.post("/v2/models/{model}/infer")
+    def infer(model: str, body: dict):
+        return predict(model, body)
+
+
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    import uvicorn
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    workers = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    uvicorn.run("baseline_server:app", host="127.0.0.1", port=int(sys.argv[2]), workers=workers, log_level="warning")

@@ -91,6 +91,9 @@ pub struct LevelReport {
     pub p99_ms: f64,
     /// Slowest.
     pub max_ms: f64,
+    /// 99th percentile counted from when each request was actually sent rather than scheduled:
+    /// in an open loop, the difference is time the client itself fell behind.
+    pub p99_sent_ms: f64,
 }
 
 /// The `q`-quantile (0..=1) of sorted `values` by nearest rank; 0 when empty.
@@ -106,6 +109,8 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 #[derive(Default)]
 struct Tally {
     latencies_ms: Vec<f64>,
+    /// Latencies from the actual send (differ from `latencies_ms` only in an open loop).
+    sent_ms: Vec<f64>,
     rejected: usize,
     errors: usize,
 }
@@ -113,12 +118,14 @@ struct Tally {
 impl Tally {
     fn merge(&mut self, other: Tally) {
         self.latencies_ms.extend(other.latencies_ms);
+        self.sent_ms.extend(other.sent_ms);
         self.rejected += other.rejected;
         self.errors += other.errors;
     }
 
     fn report(mut self, target: &str, concurrency: usize, offered_rate: Option<f64>, seconds: f64) -> LevelReport {
         self.latencies_ms.sort_by(f64::total_cmp);
+        self.sent_ms.sort_by(f64::total_cmp);
         let l = &self.latencies_ms;
         LevelReport {
             target: target.into(),
@@ -133,6 +140,7 @@ impl Tally {
             p95_ms: percentile(l, 0.95),
             p99_ms: percentile(l, 0.99),
             max_ms: l.last().copied().unwrap_or(0.0),
+            p99_sent_ms: percentile(&self.sent_ms, 0.99),
         }
     }
 }
@@ -184,12 +192,16 @@ async fn request(connection: &mut Option<Connection>, target: &Target, body: Byt
     if connection.is_none() {
         *connection = Connection::open(&target.authority).await.ok();
     }
+    let sent = Instant::now();
     let status = match connection.as_mut() {
         Some(c) => c.send(&target.authority, "POST", &target.path, body).await,
         None => None,
     };
     match status {
-        Some(s) if (200..300).contains(&s) => tally.latencies_ms.push(since.elapsed().as_secs_f64() * 1e3),
+        Some(s) if (200..300).contains(&s) => {
+            tally.latencies_ms.push(since.elapsed().as_secs_f64() * 1e3);
+            tally.sent_ms.push(sent.elapsed().as_secs_f64() * 1e3);
+        }
         Some(429) => tally.rejected += 1,
         Some(_) => tally.errors += 1,
         None => {
@@ -197,6 +209,15 @@ async fn request(connection: &mut Option<Connection>, target: &Target, body: Byt
             *connection = None;
         }
     }
+}
+
+/// Every client's tally, merged.
+async fn gather(clients: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut tally = Tally::default();
+    for c in clients {
+        tally.merge(c.await.expect("a load client panicked"));
+    }
+    tally
 }
 
 /// Waits until `url`'s `/v2/health/ready` answers 200, for at most `timeout`.
@@ -247,10 +268,7 @@ pub async fn closed_loop(
             })
         })
         .collect();
-    let mut tally = Tally::default();
-    for c in clients {
-        tally.merge(c.await.expect("a load client panicked"));
-    }
+    let tally = gather(clients).await;
     Ok(tally.report(&target.name, concurrency, None, duration.as_secs_f64()))
 }
 
@@ -285,10 +303,7 @@ pub async fn open_loop(
             })
         })
         .collect();
-    let mut tally = Tally::default();
-    for c in clients {
-        tally.merge(c.await.expect("a load client panicked"));
-    }
+    let tally = gather(clients).await;
     Ok(tally.report(&target.name, connections, Some(rate), duration.as_secs_f64()))
 }
 
@@ -296,12 +311,12 @@ pub async fn open_loop(
 /// the same load (throughput: the first's over the other's — how many times faster the first is).
 pub fn table(reports: &[LevelReport]) -> String {
     let mut out = format!(
-        "{:<14} {:>6} {:>9} {:>8} {:>7} {:>7} {:>10} {:>9} {:>9} {:>9}\n",
-        "target", "conc", "offered/s", "ok", "429", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms"
+        "{:<14} {:>6} {:>9} {:>8} {:>7} {:>7} {:>10} {:>9} {:>9} {:>9} {:>13}\n",
+        "target", "conc", "offered/s", "ok", "429", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "p99 sent ms"
     );
     for r in reports {
         out += &format!(
-            "{:<14} {:>6} {:>9} {:>8} {:>7} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2}\n",
+            "{:<14} {:>6} {:>9} {:>8} {:>7} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>13.2}\n",
             r.target,
             r.concurrency,
             r.offered_rate.map_or("-".into(), |v| format!("{v:.0}")),
@@ -311,7 +326,8 @@ pub fn table(reports: &[LevelReport]) -> String {
             r.throughput,
             r.p50_ms,
             r.p95_ms,
-            r.p99_ms
+            r.p99_ms,
+            r.p99_sent_ms
         );
     }
     let first = reports.first().map(|r| r.target.clone()).unwrap_or_default();
@@ -348,7 +364,7 @@ mod tests {
 
     #[test]
     fn a_tally_reports_only_successes_in_latency() {
-        let t = Tally { latencies_ms: vec![3.0, 1.0, 2.0], rejected: 5, errors: 1 };
+        let t = Tally { latencies_ms: vec![3.0, 1.0, 2.0], sent_ms: vec![1.0, 1.0, 1.0], rejected: 5, errors: 1 };
         let r = t.report("x", 4, None, 2.0);
         assert_eq!((r.ok, r.rejected, r.errors), (3, 5, 1));
         assert!((r.throughput - 1.5).abs() < 1e-12);
@@ -379,6 +395,7 @@ mod tests {
             p95_ms: 1.0,
             p99_ms: p99,
             max_ms: p99,
+            p99_sent_ms: p99,
         };
         let t = table(&[r("ours", 300.0, 5.0), r("python", 100.0, 20.0)]);
         assert!(t.contains("ours / python: 3.00× the throughput, 1.00× the p50, 0.25× the p99"), "{t}");

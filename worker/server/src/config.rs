@@ -48,7 +48,7 @@ pub struct Config {
     pub max_batch_tokens: u32,
     /// Most texts waiting for a model thread; beyond it requests get 429 with Retry-After. It is
     /// also the most texts one request may hold (more: 413).
-    #[arg(long, env = "DISTILLERY_MAX_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "DISTILLERY_MAX_QUEUE", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue: u32,
     /// Model threads, each with its own ONNX Runtime session; default: the CPUs available
     /// divided by `--threads`.

@@ -249,6 +249,12 @@ async fn infer(
 
 async fn run_infer(shared: &Shared, name: &str, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let model = shared.model(name)?;
+    // Refuse before any parsing or tokenizing when nothing more fits: under overload a 429 must
+    // cost next to nothing, or rejecting eats the capacity the admitted requests need.
+    let queued = shared.queue.depth();
+    if queued >= shared.queue.capacity() {
+        return Err(ApiError::Overloaded(queued));
+    }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::TooLarge(format!("request body too large: {}", rejection.body_text()))

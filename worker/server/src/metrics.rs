@@ -70,7 +70,7 @@ impl Metrics {
         registry.register("model_info", "The served model: name, variant, sha256 of its ONNX file", model_info.clone());
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests answered, by endpoint and HTTP status", requests.clone());
-        let request_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let request_duration = Histogram::new(exponential_buckets(0.0005, 1.5, 24));
         registry.register(
             "request_duration_seconds",
             "Inference request latency from arrival to response",
