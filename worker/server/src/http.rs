@@ -98,6 +98,8 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     /// What token-id requests must respect.
     pub limits: Limits,
+    /// Tokens a text keeps after truncation.
+    pub max_sequence_length: usize,
 }
 
 /// State shared by the handlers and the server's lifecycle.
@@ -220,7 +222,8 @@ async fn model_metadata(State(shared): State<Arc<Shared>>, Path(name): Path<Stri
             "variant": model.variant,
             "sha256": model.digest,
             "labels": model.labels,
-            "max_sequence_length": model.limits.max_positions,
+            "max_sequence_length": model.max_sequence_length,
+            "max_positions": model.limits.max_positions,
         }
     }))
     .into_response())

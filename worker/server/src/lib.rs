@@ -148,6 +148,7 @@ pub async fn serve(
         hidden_size: artifact.hidden_size,
         tokenizer: artifact.tokenizer,
         limits: Limits { vocab_size: artifact.vocab_size, max_positions: artifact.max_positions },
+        max_sequence_length: artifact.max_sequence_length,
     };
     tracing::info!(
         model = %name,
