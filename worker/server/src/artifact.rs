@@ -133,9 +133,9 @@ pub fn pick_variant(
             "the {name} model was not written ({why}); serve `auto` or `fp32` instead"
         )));
     };
-    if file != default_file && file.contains('/') {
+    if file.contains('/') || file.contains('\\') || file.starts_with('.') {
         return Err(ArtifactError::Variant(format!(
-            "variant {name} names file {file:?} outside the artifact directory"
+            "the manifest's {name} variant names {file:?}, which is not a file of the artifact directory (usually {default_file})"
         )));
     }
     Ok((name, file, variant.sha256.clone()))
@@ -232,6 +232,14 @@ mod tests {
         assert_eq!(pick_variant(&m, VariantChoice::Auto).unwrap().0, "fp32");
         let err = pick_variant(&m, VariantChoice::Int8).unwrap_err().to_string();
         assert!(err.contains("not written") && err.contains("3.00 points"), "{err}");
+    }
+
+    #[test]
+    fn a_variant_file_outside_the_artifact_is_refused() {
+        for file in ["../elsewhere.onnx", "/etc/passwd", "sub/model.onnx", ".."] {
+            let err = pick_variant(&manifest(Some("int8"), Some(file)), VariantChoice::Auto).unwrap_err().to_string();
+            assert!(err.contains("not a file of the artifact directory"), "{file}: {err}");
+        }
     }
 
     #[test]
