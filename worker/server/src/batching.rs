@@ -107,6 +107,13 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    /// How many of the queued jobs make the next batch ([`batch_len`]).
+    fn batch_len(&self, limits: &BatchLimits) -> usize {
+        batch_len(self.jobs.iter().map(|j| (j.sequences.len(), j.longest())), limits)
+    }
+}
+
 /// The bounded queue between HTTP handlers and model threads.
 pub struct Queue {
     state: Mutex<State>,
@@ -174,16 +181,14 @@ impl Queue {
             }
             state = self.arrived.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        let sizes = |s: &State| s.jobs.iter().map(|j| (j.sequences.len(), j.longest())).collect::<Vec<_>>();
         if !limits.max_delay.is_zero() {
             let deadline = state.jobs[0].enqueued + limits.max_delay;
             loop {
-                let sizes = sizes(&state);
-                let n = batch_len(sizes.iter().copied(), limits);
-                let taken: usize = sizes[..n].iter().map(|s| s.0).sum();
                 let now = Instant::now();
-                // Full, or nothing more could join it, or waited long enough.
-                if taken >= limits.max_batch_size || n < sizes.len() || now >= deadline || state.closed {
+                // Something is left out (the batch is full or over budget), everything queued
+                // already fills it, or the oldest has waited long enough.
+                let n = state.batch_len(limits);
+                if n < state.jobs.len() || state.queued >= limits.max_batch_size || now >= deadline || state.closed {
                     break;
                 }
                 state = self.arrived.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
@@ -194,7 +199,7 @@ impl Queue {
                 }
             }
         }
-        let n = batch_len(sizes(&state), limits);
+        let n = state.batch_len(limits);
         let batch: Vec<Job> = state.jobs.drain(..n).collect();
         state.queued -= batch.iter().map(|j| j.sequences.len()).sum::<usize>();
         let depth = state.queued;
