@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use distillery_crds::DistillationJob;
+use distillery_crds::common::{Compression, DataFormat};
+use distillery_crds::distillation::TransferSet;
 
 use candle_core::Device;
 use distillery_crds::cache::cache_dir;
@@ -356,10 +358,16 @@ pub fn variant_table(fp32: &OnnxVariant, int8: &OnnxVariant) -> String {
     out
 }
 
-/// Texts from a file, one per non-empty line.
+/// Texts from a file, one per non-empty line (gzip or bzip2 by its name), read as a transfer
+/// set is.
 fn read_texts(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let texts: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    let spec = TransferSet {
+        uri: format!("file://{}", path.display()),
+        format: DataFormat::Text,
+        compression: Compression::Auto,
+        text_field: String::new(),
+    };
+    let texts = crate::data::read_transfer(path, &spec).map_err(|e| e.to_string())?;
     if texts.is_empty() {
         return Err(format!("{}: no texts (one per line)", path.display()));
     }
@@ -387,12 +395,12 @@ fn predict(
     library: Option<&Path>,
 ) -> Result<String, String> {
     onnx::runtime::init(library).map_err(|e| e.to_string())?;
-    let served = ServedArtifact::load(artifact, variant).map_err(|e| e.to_string())?;
+    let (served, bytes) = ServedArtifact::load(artifact, variant).map_err(|e| e.to_string())?;
     let texts = texts_for(Some(artifact), texts)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ids = distillery_server::tokenize::encode_all(&served.tokenizer, &refs).map_err(|e| e.to_string())?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut model = onnx::runtime::OnnxModel::new(&served.model, threads).map_err(|e| e.to_string())?;
+    let mut model = onnx::runtime::OnnxModel::new(&bytes, threads).map_err(|e| e.to_string())?;
     let logits = model.logits(&ids, batch_size).map_err(|e| e.to_string())?;
     let lines: Vec<String> = texts
         .iter()

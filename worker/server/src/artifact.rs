@@ -10,6 +10,7 @@ use distillery_crds::manifest::{ArtifactManifest, FP32_MODEL, INT8_MODEL, MANIFE
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use crate::protocol::Limits;
 use crate::tokenize::load_tokenizer;
 
 /// Which ONNX file to serve.
@@ -55,17 +56,12 @@ pub enum ArtifactError {
     },
 }
 
-/// An artifact loaded for serving.
+/// An artifact loaded for serving: everything about the model but its bytes, which
+/// [`ServedArtifact::load`] returns beside it (the sessions keep their own copy).
 pub struct ServedArtifact {
-    /// The artifact directory.
-    pub dir: PathBuf,
-    /// The manifest.
-    pub manifest: ArtifactManifest,
     /// The variant served (`fp32` or `int8`).
     pub variant: String,
-    /// The served ONNX model's bytes (verified).
-    pub model: Vec<u8>,
-    /// Its sha256.
+    /// sha256 of the served ONNX file.
     pub digest: String,
     /// The tokenizer, truncating to [`ServedArtifact::max_sequence_length`] and never padding.
     pub tokenizer: Tokenizer,
@@ -143,8 +139,8 @@ pub fn pick_variant(
 
 impl ServedArtifact {
     /// Loads the artifact at `dir`: manifest, the `choice` variant (its sha256 checked against the
-    /// manifest), tokenizer and `config.json`.
-    pub fn load(dir: &Path, choice: VariantChoice) -> Result<Self, ArtifactError> {
+    /// manifest), tokenizer and `config.json`. Returns it with the served ONNX model's bytes.
+    pub fn load(dir: &Path, choice: VariantChoice) -> Result<(Self, Vec<u8>), ArtifactError> {
         let manifest_path = dir.join(MANIFEST_FILE);
         if !dir.is_dir() {
             return Err(file_error(dir, "no such artifact directory"));
@@ -174,19 +170,14 @@ impl ServedArtifact {
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = load_tokenizer(&tokenizer_path, max_sequence_length.min(max_positions))
             .map_err(|e| file_error(&tokenizer_path, e.message))?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            manifest,
-            variant,
-            model,
-            digest,
-            tokenizer,
-            labels,
-            max_sequence_length,
-            vocab_size,
-            max_positions,
-            hidden_size,
-        })
+        let artifact =
+            Self { variant, digest, tokenizer, labels, max_sequence_length, vocab_size, max_positions, hidden_size };
+        Ok((artifact, model))
+    }
+
+    /// What a token-id request must respect.
+    pub fn limits(&self) -> Limits {
+        Limits { vocab_size: self.vocab_size, max_positions: self.max_positions }
     }
 }
 

@@ -26,9 +26,10 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tokenizers::Tokenizer;
 
+use crate::artifact::ServedArtifact;
 use crate::batching::{Job, PushError, Queue};
 use crate::metrics::Metrics;
-use crate::protocol::{InferResponse, Inputs, Limits, OUTPUT_NAMES, output_tensors, parse_infer};
+use crate::protocol::{InferResponse, Inputs, OUTPUT_NAMES, output_tensors, parse_infer};
 use crate::tokenize::encode_all;
 
 /// Seconds a client is told to wait after a 429 or 503.
@@ -84,30 +85,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A model loaded and warmed up, as the handlers see it.
-pub struct Model {
-    /// `fp32` or `int8`.
-    pub variant: String,
-    /// sha256 of the served ONNX file.
-    pub digest: String,
-    /// Class names in logit order.
-    pub labels: Vec<String>,
-    /// Width of the pooled embedding.
-    pub hidden_size: usize,
-    /// Tokenizer (truncating, never padding).
-    pub tokenizer: Tokenizer,
-    /// What token-id requests must respect.
-    pub limits: Limits,
-    /// Tokens a text keeps after truncation.
-    pub max_sequence_length: usize,
-}
-
 /// State shared by the handlers and the server's lifecycle.
 pub struct Shared {
     /// The model's name in the protocol.
     pub name: String,
     /// Set once the model is loaded and warmed up.
-    pub model: OnceLock<Model>,
+    pub model: OnceLock<ServedArtifact>,
     /// The batching queue.
     pub queue: Arc<Queue>,
     /// Metrics.
@@ -121,7 +104,7 @@ impl Shared {
         self.model.get().is_some() && !self.draining.load(Ordering::Relaxed)
     }
 
-    fn model(&self, name: &str) -> Result<&Model, ApiError> {
+    fn model(&self, name: &str) -> Result<&ServedArtifact, ApiError> {
         if name != self.name {
             return Err(ApiError::NotFound(format!(
                 "model {name:?} is not served here; this server serves {:?}",
@@ -134,7 +117,7 @@ impl Shared {
         self.model.get().ok_or_else(|| ApiError::Unavailable(format!("model {:?} is still loading", self.name)))
     }
 
-    fn version(model: &Model) -> &str {
+    fn version(model: &ServedArtifact) -> &str {
         &model.digest[..model.digest.len().min(12)]
     }
 }
@@ -223,7 +206,7 @@ async fn model_metadata(State(shared): State<Arc<Shared>>, Path(name): Path<Stri
             "sha256": model.digest,
             "labels": model.labels,
             "max_sequence_length": model.max_sequence_length,
-            "max_positions": model.limits.max_positions,
+            "max_positions": model.max_positions,
         }
     }))
     .into_response())
@@ -264,7 +247,7 @@ async fn run_infer(shared: &Shared, name: &str, body: Result<Bytes, BytesRejecti
         }
         _ => ApiError::BadRequest(rejection.body_text()),
     })?;
-    let request = parse_infer(&body, model.limits).map_err(|e| ApiError::BadRequest(e.0))?;
+    let request = parse_infer(&body, model.limits()).map_err(|e| ApiError::BadRequest(e.0))?;
     let texts = request.inputs.len();
     if texts > shared.queue.capacity() {
         return Err(ApiError::TooLarge(format!(

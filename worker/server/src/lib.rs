@@ -30,9 +30,8 @@ use crate::artifact::{ArtifactError, ServedArtifact};
 use crate::batching::Queue;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::http::{Model, Shared};
+use crate::http::Shared;
 use crate::metrics::{Metrics, ModelLabels};
-use crate::protocol::Limits;
 use crate::session::{OnnxSession, SessionError};
 
 /// Why the server stopped with an error. Every one ends the process with a non-zero status.
@@ -62,7 +61,7 @@ pub fn model_name(config: &Config) -> Result<String, ArtifactError> {
 /// Loads the artifact and one warmed-up session per model thread.
 fn load(config: &Config, environment: &Environment) -> Result<(ServedArtifact, Vec<OnnxSession>), ServeError> {
     let dir = artifact::resolve(&config.model)?;
-    let artifact = ServedArtifact::load(&dir, config.variant)?;
+    let (artifact, model) = ServedArtifact::load(&dir, config.variant)?;
     let limits = config.batch_limits();
     // A warm-up batch as long and as wide as a real one: ONNX Runtime plans its buffers on the
     // first runs, which would otherwise be the first clients' latency.
@@ -72,7 +71,7 @@ fn load(config: &Config, environment: &Environment) -> Result<(ServedArtifact, V
         .collect();
     let mut sessions = Vec::new();
     for _ in 0..config.model_threads() {
-        let mut session = OnnxSession::new(environment, &artifact.model, config.threads as usize)?;
+        let mut session = OnnxSession::new(environment, &model, config.threads as usize)?;
         for batch in [&warm[..1], &warm[..]] {
             let refs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
             session.run(&refs)?;
@@ -141,24 +140,15 @@ pub async fn serve(
         digest: artifact.digest.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
     });
-    let model = Model {
-        variant: artifact.variant,
-        digest: artifact.digest,
-        labels: artifact.labels,
-        hidden_size: artifact.hidden_size,
-        tokenizer: artifact.tokenizer,
-        limits: Limits { vocab_size: artifact.vocab_size, max_positions: artifact.max_positions },
-        max_sequence_length: artifact.max_sequence_length,
-    };
     tracing::info!(
         model = %name,
-        variant = %model.variant,
-        sha256 = %model.digest,
+        variant = %artifact.variant,
+        sha256 = %artifact.digest,
         model_threads = threads,
         intra_op_threads = config.threads,
         "model loaded and warmed up: ready"
     );
-    shared.model.set(model).ok();
+    shared.model.set(artifact).ok();
     metrics.ready.set(1);
 
     let drain = Duration::from_secs(config.drain_timeout_seconds);
