@@ -82,6 +82,11 @@ pub struct EvalDataset {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub samples: Option<u32>,
+    /// For a `file://` dataset in a cluster: the PersistentVolumeClaim mounted (read-only) at the
+    /// path's first segment (e.g. `/data` for `file:///data/golden.csv`) in the pods that read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub volume_claim: Option<String>,
 }
 
 pub(crate) fn default_text_field() -> String {

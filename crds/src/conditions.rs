@@ -23,6 +23,9 @@ pub mod types {
     pub const ANALYSIS_PASSING: &str = "AnalysisPassing";
     /// The ModelDeployment rolled back a canary.
     pub const ROLLED_BACK: &str = "RolledBack";
+    /// The ModelDeployment's model is resolved: the artifact exists and its served file's
+    /// digest is known.
+    pub const MODEL_READY: &str = "ModelReady";
 }
 
 /// Condition reasons (CamelCase, as the API conventions ask).
@@ -61,6 +64,39 @@ pub mod reasons {
     pub const ACCURACY_DRIFT: &str = "AccuracyDrift";
     /// Canary analysis found latency or errors above their threshold.
     pub const SERVING_DEGRADED: &str = "ServingDegraded";
+    /// The referenced DistillationJob has not succeeded yet.
+    pub const WAITING_FOR_DISTILLATION: &str = "WaitingForDistillation";
+    /// The artifact is being read to learn its served file's digest.
+    pub const RESOLVING: &str = "Resolving";
+    /// The artifact is resolved.
+    pub const RESOLVED: &str = "Resolved";
+    /// The artifact cannot be served (missing, unreadable, or a file whose sha256 differs from
+    /// its manifest).
+    pub const ARTIFACT_INVALID: &str = "ArtifactInvalid";
+    /// Every track's replicas are ready.
+    pub const REPLICAS_READY: &str = "ReplicasReady";
+    /// Some replicas are not ready.
+    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
+    /// The canary's pods did not become ready within the deadline.
+    pub const CANARY_NOT_READY: &str = "CanaryNotReady";
+    /// The spec names the stable model again (a revert): the canary was stopped.
+    pub const REVERTED: &str = "Reverted";
+    /// The rollout was aborted by the `distillery.dev/abort` annotation.
+    pub const ABORTED: &str = "Aborted";
+    /// The last analysis passed.
+    pub const ANALYSIS_PASSED: &str = "AnalysisPassed";
+    /// The last analysis failed.
+    pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+    /// The last analysis proved neither pass nor fail.
+    pub const ANALYSIS_INCONCLUSIVE: &str = "AnalysisInconclusive";
+    /// The last analysis could not measure.
+    pub const ANALYSIS_ERROR: &str = "AnalysisError";
+    /// No analysis is running (no canary).
+    pub const NO_CANARY: &str = "NoCanary";
+    /// The rollout is paused for a person.
+    pub const PAUSED: &str = "Paused";
+    /// A rejected model is still named by the spec and is not tried again.
+    pub const MODEL_REJECTED: &str = "ModelRejected";
 }
 
 /// Sets the condition of `type_` in `conditions` and returns whether anything changed.

@@ -79,6 +79,7 @@ fn default_true() -> bool {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.distillationJobRef) != has(self.uri)").message("set exactly one of model.distillationJobRef or model.uri"))]
+#[x_kube(validation = Rule::new("!has(self.distillationJobRef) || !has(self.volumeClaim)").message("model.volumeClaim is taken from the DistillationJob's output.volumeClaim; leave it unset with distillationJobRef").field_path(".volumeClaim"))]
 pub struct ModelSource {
     /// A DistillationJob in this namespace; its `status.result.artifactUri` is served once it has
     /// succeeded.
@@ -91,6 +92,12 @@ pub struct ModelSource {
     /// Which ONNX file to serve: `fp32`, `int8`, or `auto` (what the artifact's manifest says).
     #[serde(default)]
     pub variant: ModelVariant,
+    /// For a `file://` uri in a cluster: the PersistentVolumeClaim holding the artifact, mounted
+    /// read-only at the path's first segment (e.g. `/artifacts`) in the server pods. With
+    /// `distillationJobRef` the job's `output.volumeClaim` is used and this must be unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub volume_claim: Option<String>,
 }
 
 /// Inference server settings.
@@ -282,6 +289,16 @@ fn default_failure_limit() -> u32 {
     2
 }
 
+/// Annotation that promotes the running canary at once, skipping the remaining steps and
+/// analyses. Cleared by the operator when done.
+pub const PROMOTE_ANNOTATION: &str = "distillery.dev/promote";
+/// Annotation that aborts the running canary (weight 0, canary scaled to 0, phase RolledBack)
+/// as if its analysis had failed. Cleared by the operator when done.
+pub const ABORT_ANNOTATION: &str = "distillery.dev/abort";
+/// Annotation that retries a rejected model (or resumes a Paused rollout) once. Cleared by the
+/// operator when done.
+pub const RETRY_ANNOTATION: &str = "distillery.dev/retry";
+
 /// Observed state, written by the operator.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -292,7 +309,10 @@ pub struct ModelDeploymentStatus {
     /// Summary of the rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RolloutPhase>,
-    /// Accepted, Available, Progressing, AnalysisPassing, RolledBack.
+    /// Where the rollout stands, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Accepted, ModelReady, Available, Progressing, AnalysisPassing, RolledBack.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -305,12 +325,22 @@ pub struct ModelDeploymentStatus {
     /// Index of the canary step in progress (0-based).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_step: Option<u32>,
-    /// The most recent canary analysis.
+    /// When the current step started (its weight was first reached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started: Option<Time>,
+    /// The most recent canary analysis, with the evidence gathered over the whole rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_analysis: Option<AnalysisResult>,
-    /// The model the last rollback rejected, and why. Cleared when the spec names a new model.
+    /// The model the last rollback rejected, and why. A rejected model is not tried again while
+    /// the spec still names it (unless `distillery.dev/retry` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_model: Option<RejectedModel>,
+    /// The model the spec names, once resolved (its served file's digest read from the artifact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_model: Option<ResolvedModel>,
+    /// Highest model revision handed out so far; the next new model gets this plus one.
+    #[serde(default)]
+    pub last_revision: i64,
 }
 
 /// Where a ModelDeployment stands.
@@ -322,10 +352,28 @@ pub enum RolloutPhase {
     Healthy,
     /// The rollout waits for a person (analysis failed without autoRollback).
     Paused,
-    /// Replicas are not ready or the model cannot load.
+    /// Replicas are not ready, the model cannot be resolved or loaded, or the spec is invalid.
     Degraded,
     /// The last canary was rolled back; stable serves everything. `rejectedModel` says why.
     RolledBack,
+}
+
+/// A resolved model: an artifact, the variant served from it and that file's sha256.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedModel {
+    /// Artifact location (as the pods see it).
+    pub model_uri: String,
+    /// The served variant (`fp32` or `int8`; `auto` resolved).
+    pub variant: String,
+    /// sha256 of the served ONNX file: what identifies the model.
+    pub model_digest: String,
+    /// The claim holding a `file://` artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim: Option<String>,
+    /// What the model was resolved from (the spec's uri and variant, or the DistillationJob and
+    /// its result): a resolution is reused only while this stays the same.
+    pub source: String,
 }
 
 /// One track (stable or canary).
@@ -342,43 +390,153 @@ pub struct TrackStatus {
     /// Served variant (`fp32` or `int8`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
-    /// Percent of traffic on this track.
+    /// The claim holding a `file://` artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim: Option<String>,
+    /// Percent of traffic on this track, as achieved (with `replica-ratio`: the track's share of
+    /// the ready replicas behind the Service).
     pub weight: i32,
+    /// Server pods this track asks for.
+    #[serde(default)]
+    pub replicas: i32,
     /// Ready server pods.
     #[serde(default)]
     pub ready_replicas: i32,
 }
 
-/// Figures of one canary analysis.
+/// How an analysis run ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AnalysisVerdict {
+    /// Every check was proven to hold at the stated confidence: the step may be promoted.
+    Passed,
+    /// A check was proven to fail: counts toward `failureLimit`.
+    Failed,
+    /// The evidence so far proves neither: never promotes; the next run adds evidence.
+    Inconclusive,
+    /// A measurement could not be made (golden set unreadable, a track unreachable): counted
+    /// apart, never promotes, never rolls back.
+    Error,
+}
+
+/// Runs of the current rollout by verdict.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerdictCounts {
+    /// Passed runs.
+    #[serde(default)]
+    pub passed: u32,
+    /// Failed runs.
+    #[serde(default)]
+    pub failed: u32,
+    /// Inconclusive runs.
+    #[serde(default)]
+    pub inconclusive: u32,
+    /// Runs whose measurement could not be made.
+    #[serde(default)]
+    pub error: u32,
+}
+
+/// Golden-set evidence gathered over a rollout: both tracks answered the same labelled inputs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GoldenEvidence {
+    /// Golden inputs both tracks answered.
+    pub samples: u64,
+    /// Inputs whose label the stable track predicted.
+    pub stable_correct: u64,
+    /// Inputs whose label the canary predicted.
+    pub canary_correct: u64,
+    /// Discordant pairs stable got right and canary wrong (b).
+    pub stable_only: u64,
+    /// Discordant pairs canary got right and stable wrong (c).
+    pub canary_only: u64,
+    /// Inputs on which both tracks predicted the same label.
+    pub agreed: u64,
+    /// Inputs with a label (accuracy is judged only on these).
+    pub labelled: u64,
+}
+
+/// Figures of the most recent canary analysis. Golden-set figures cover every run of this
+/// rollout (evidence accumulates); live-traffic figures cover the last interval.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisResult {
     /// When it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<Time>,
-    /// Golden inputs evaluated.
+    /// Revision of the canary it judged.
+    #[serde(default)]
+    pub canary_revision: i64,
+    /// Number of this run within the rollout (1-based).
+    #[serde(default)]
+    pub run: u32,
+    /// When this run's window started (its live-traffic figures cover the window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<Time>,
+    /// When the first Failed analysis of this rollout was due (the start of time-to-safety).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_failure_due: Option<Time>,
+    /// How it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<AnalysisVerdict>,
+    /// One-sided confidence of every bound below (e.g. 0.99).
+    #[serde(default)]
+    pub confidence: f64,
+    /// Golden inputs evaluated over the rollout.
     pub samples: u32,
+    /// The golden-set counts over the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<GoldenEvidence>,
     /// Stable accuracy on the golden set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_accuracy: Option<f64>,
     /// Canary accuracy on the golden set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_accuracy: Option<f64>,
+    /// Upper confidence bound of stable accuracy minus canary accuracy (paired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_drop_upper: Option<f64>,
+    /// Lower confidence bound of stable accuracy minus canary accuracy (paired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_drop_lower: Option<f64>,
     /// Fraction of golden inputs on which both tracks predict the same label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agreement: Option<f64>,
-    /// Canary p99 latency in milliseconds.
+    /// Lower confidence bound of the agreement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement_lower: Option<f64>,
+    /// Live requests the canary answered over the last interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_requests: Option<u64>,
+    /// Live requests the stable track answered over the last interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_requests: Option<u64>,
+    /// Canary p99 latency in milliseconds over the last interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_latency_ms: Option<f64>,
-    /// Canary server-error rate.
+    /// Stable p99 latency in milliseconds over the last interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_p99_latency_ms: Option<f64>,
+    /// Canary server-error rate over the last interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<f64>,
-    /// Whether every threshold held.
+    /// p-value of a chi-square test that canary and stable predict the classes in the same
+    /// proportions on the live traffic each received (small: the class mix shifted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_mix_p_value: Option<f64>,
+    /// Whether the verdict was Passed.
     pub passed: bool,
-    /// Failed analyses in a row so far.
+    /// Runs of this rollout by verdict.
+    #[serde(default)]
+    pub runs: VerdictCounts,
+    /// Failed runs so far in this rollout (rollback at `failureLimit`).
     #[serde(default)]
     pub consecutive_failures: u32,
-    /// Which thresholds failed, in words.
+    /// Every check with its figures and outcome, in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub checks: Vec<String>,
+    /// The checks that failed (or measurements that could not be made), in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -394,6 +552,10 @@ pub struct RejectedModel {
     pub model_digest: Option<String>,
     /// Why it was rejected (the failed thresholds with their figures).
     pub reason: String,
+    /// The checks that failed, each with its figures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub failed_checks: Vec<String>,
     /// When it was rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<Time>,

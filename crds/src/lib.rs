@@ -8,6 +8,7 @@
 //! With the `validation` feature, [`validation`] checks whole objects against the generated schema
 //! and its CEL rules, the way the API server does at admission — for places with no API server.
 
+pub mod analysis;
 pub mod benchmark;
 pub mod cache;
 pub mod common;

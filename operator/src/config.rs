@@ -59,8 +59,13 @@ pub struct RunArgs {
     #[arg(long, env = "DISTILLERY_WORKER_IMAGE", default_value = "ghcr.io/distillery-dev/distillery-worker:0.1.0")]
     pub worker_image: String,
     /// Image the ModelDeployment server pods run, unless a resource names its own.
-    #[arg(long, env = "DISTILLERY_SERVER_IMAGE", default_value = "ghcr.io/distillery-dev/distillery-server:0.1.0")]
+    #[arg(long, env = "DISTILLERY_SERVER_IMAGE", default_value = crate::context::DEFAULT_SERVER_IMAGE)]
     pub server_image: String,
+    /// Seconds a ModelDeployment's canary pods may take to become ready at a step before the
+    /// canary is rolled back (reason CanaryNotReady).
+    #[arg(long, env = "DISTILLERY_CANARY_READY_DEADLINE_SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub canary_ready_deadline_seconds: u64,
     /// Reconciles in flight at once per controller. Higher reconciles a large backlog faster at
     /// the cost of more connections and memory (8: 500 DistillationJobs in ~30 MiB).
     #[arg(long, env = "DISTILLERY_CONCURRENCY", default_value_t = crate::context::DEFAULT_CONCURRENCY,

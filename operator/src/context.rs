@@ -9,6 +9,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use crate::distillation::build::WorkerSettings;
 use crate::metrics::Metrics;
+use crate::modeldeployment::build::ServingSettings;
 
 /// Shared state of the controllers.
 pub struct Context {
@@ -30,6 +31,10 @@ pub struct Context {
     pub accounts_ready: Mutex<HashSet<String>>,
     /// How many objects a controller reconciles at once.
     pub concurrency: u16,
+    /// How ModelDeployments' servers and analysis Jobs are built.
+    pub serving: ServingSettings,
+    /// How long a canary's pods may take to become ready before it is rolled back.
+    pub canary_ready_deadline: Duration,
 }
 
 impl Context {
@@ -42,9 +47,13 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.to_string()) };
+        let serving =
+            ServingSettings { server_image: DEFAULT_SERVER_IMAGE.into(), worker_image: worker.default_image.clone() };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            serving,
+            canary_ready_deadline: crate::modeldeployment::rollout::DEFAULT_CANARY_READY_DEADLINE,
             worker,
             worker_cluster_role,
             field_manager: FIELD_MANAGER.into(),
@@ -58,6 +67,9 @@ impl Context {
 
 /// Reconciles in flight at once per controller, unless configured otherwise.
 pub const DEFAULT_CONCURRENCY: u16 = 8;
+
+/// Server image of ModelDeployments, unless configured otherwise.
+pub const DEFAULT_SERVER_IMAGE: &str = "ghcr.io/distillery-dev/distillery-server:0.1.0";
 
 /// The operator's field manager.
 pub const FIELD_MANAGER: &str = "distillery-operator";

@@ -14,6 +14,10 @@ pub enum Error {
     /// inconsistency clears itself).
     #[error("the object has no {0}")]
     MissingField(&'static str),
+    /// A child could not be built from a spec that passed validation: a bug in the operator,
+    /// retried with backoff so that it shows in metrics and logs rather than in a hot loop.
+    #[error("cannot build a child object: {0}")]
+    Build(String),
 }
 
 impl Error {
@@ -25,6 +29,7 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "kube-api",
             Error::Kube(_) => "kube-transport",
             Error::MissingField(_) => "missing-field",
+            Error::Build(_) => "build",
         }
     }
 }

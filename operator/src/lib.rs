@@ -12,6 +12,10 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod modeldeployment;
+pub mod names;
+pub mod objects;
+pub mod pipeline;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -114,9 +118,17 @@ async fn lead_and_reconcile(client: kube::Client, args: RunArgs, shared: Shared,
     shared.metrics.leader.set(1);
     let metrics = shared.metrics.clone();
     let settings = distillation::build::WorkerSettings { default_image: args.worker_image.clone() };
-    let ctx =
-        Arc::new(context::Context::new(client, settings, args.worker_cluster_role.clone(), &args.identity, metrics));
-    let controller = distillation::run(ctx, stop.clone().wait());
+    let mut ctx = context::Context::new(client, settings, args.worker_cluster_role.clone(), &args.identity, metrics);
+    ctx.serving.server_image = args.server_image.clone();
+    ctx.canary_ready_deadline = Duration::from_secs(args.canary_ready_deadline_seconds);
+    ctx.concurrency = args.concurrency;
+    let ctx = Arc::new(ctx);
+    let controller = async {
+        tokio::join!(
+            distillation::run(ctx.clone(), stop.clone().wait()),
+            modeldeployment::run(ctx.clone(), stop.clone().wait())
+        );
+    };
     let result = match &elector {
         None => {
             controller.await;

@@ -30,6 +30,20 @@ pub struct ErrorLabels {
     pub category: String,
 }
 
+/// Labels of a finished rollout.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `promoted`, `rolled-back`, `reverted`, `aborted` or `paused`.
+    pub outcome: String,
+}
+
+/// Labels of an analysis run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    /// `Passed`, `Failed`, `Inconclusive` or `Error`.
+    pub verdict: String,
+}
+
 /// All operator metrics, registered in one registry.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -42,6 +56,12 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     /// 1 while this replica holds the leader lease (or leader election is off).
     pub leader: Gauge,
+    /// ModelDeployment rollouts that ended, by outcome.
+    pub rollouts: Family<OutcomeLabels, Counter>,
+    /// Canary analysis runs judged, by verdict.
+    pub analysis_runs: Family<VerdictLabels, Counter>,
+    /// Seconds from the first failed analysis's due time to the canary's weight 0.
+    pub time_to_safety: Histogram,
 }
 
 impl Metrics {
@@ -61,7 +81,26 @@ impl Metrics {
         registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica is the leader", leader.clone());
-        Self { registry, reconciles, reconcile_errors, reconcile_duration, leader }
+        let rollouts = Family::<OutcomeLabels, Counter>::default();
+        registry.register("rollouts", "ModelDeployment rollouts that ended, by outcome", rollouts.clone());
+        let analysis_runs = Family::<VerdictLabels, Counter>::default();
+        registry.register("analysis_runs", "Canary analysis runs judged, by verdict", analysis_runs.clone());
+        let time_to_safety = Histogram::new([1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0].into_iter());
+        registry.register(
+            "time_to_safety_seconds",
+            "Seconds from a bad canary's first failed analysis being due to its traffic weight reaching 0",
+            time_to_safety.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            leader,
+            rollouts,
+            analysis_runs,
+            time_to_safety,
+        }
     }
 
     /// Counts a reconcile of `controller`.

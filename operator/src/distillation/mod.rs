@@ -9,7 +9,7 @@ pub mod build;
 pub mod observe;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use distillery_crds::conditions::{reasons, types};
 use distillery_crds::distillation::JobPhase;
@@ -21,19 +21,29 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
 
 use crate::context::Context;
 use crate::error::Error;
+use crate::pipeline::{self, Reconciled, publish};
 use build::{JOB_LABEL, MANAGED_BY, WORKER_SERVICE_ACCOUNT, desired_job, job_name, template_hash};
 use observe::{Observed, desired_status, invalid_status, operator_part};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "distillationjob";
+
+impl Reconciled for DistillationJob {
+    type Status = DistillationJobStatus;
+    const CONTROLLER: &'static str = CONTROLLER;
+
+    fn operator_status(&self) -> DistillationJobStatus {
+        operator_part(self)
+    }
+}
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
@@ -53,7 +63,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             Some(ObjectRef::<DistillationJob>::new(&name).within(pod.namespace().as_deref()?))
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, pipeline::error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile ended with an error");
@@ -62,26 +72,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         .await;
 }
 
-fn key(dj: &DistillationJob) -> String {
-    format!("{}/{}", dj.namespace().unwrap_or_default(), dj.name_any())
-}
-
 async fn reconcile(dj: Arc<DistillationJob>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    ctx.metrics.reconcile_started(CONTROLLER);
-    let result = reconcile_inner(&dj, &ctx).await;
-    ctx.metrics.reconcile_finished(CONTROLLER, started.elapsed());
-    if result.is_ok() {
-        ctx.backoff.reset(&key(&dj));
-    }
-    result
-}
-
-fn error_policy(dj: Arc<DistillationJob>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(CONTROLLER, error.category());
-    let delay = ctx.backoff.next(&key(&dj));
-    tracing::warn!(distillationjob = %key(&dj), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    pipeline::instrumented(dj.as_ref(), &ctx, reconcile_inner(&dj, &ctx)).await
 }
 
 async fn reconcile_inner(dj: &DistillationJob, ctx: &Context) -> Result<Action, Error> {
@@ -96,7 +88,7 @@ async fn reconcile_inner(dj: &DistillationJob, ctx: &Context) -> Result<Action, 
         Ok(job) => job,
         Err(invalid) => {
             let status = invalid_status(dj, &invalid, &now);
-            write_status(ctx, dj, status, &namespace).await?;
+            write_status(ctx, dj, status).await?;
             return Ok(Action::await_change());
         }
     };
@@ -141,7 +133,7 @@ async fn reconcile_inner(dj: &DistillationJob, ctx: &Context) -> Result<Action, 
         Observed { job: live.as_ref(), pods: &pod_list, spec_changed_after_start: spec_changed, job_name: &job_name };
     let status = desired_status(dj, &observed, &now);
     let phase = status.phase;
-    write_status(ctx, dj, status, &namespace).await?;
+    write_status(ctx, dj, status).await?;
     Ok(match phase {
         Some(JobPhase::Succeeded | JobPhase::Failed) => Action::await_change(),
         // Watches bring every change; a slow resync guards against a missed one.
@@ -151,25 +143,10 @@ async fn reconcile_inner(dj: &DistillationJob, ctx: &Context) -> Result<Action, 
 
 /// Applies the operator's status fields when they differ from the stored ones, and records an
 /// Event when the phase changes.
-async fn write_status(
-    ctx: &Context,
-    dj: &DistillationJob,
-    status: DistillationJobStatus,
-    namespace: &str,
-) -> Result<(), Error> {
-    let before = operator_part(dj);
-    if status == before {
-        return Ok(());
-    }
-    let api: Api<DistillationJob> = Api::namespaced(ctx.client.clone(), namespace);
-    let body = json!({
-        "apiVersion": "distillery.dev/v1alpha1",
-        "kind": "DistillationJob",
-        "metadata": {"name": dj.name_any()},
-        "status": status,
-    });
-    api.patch_status(&dj.name_any(), &PatchParams::apply(&ctx.field_manager), &Patch::Apply(&body)).await?;
-    if status.phase != before.phase
+async fn write_status(ctx: &Context, dj: &DistillationJob, status: DistillationJobStatus) -> Result<(), Error> {
+    let before = dj.status.as_ref().and_then(|s| s.phase);
+    if pipeline::write_status(ctx, dj, &status).await?
+        && status.phase != before
         && let Some(phase) = status.phase
     {
         let (kind, reason, note) = transition_event(&status, phase);
@@ -193,20 +170,6 @@ fn transition_event(status: &DistillationJobStatus, phase: JobPhase) -> (EventTy
             let reason = if accepted { "Failed" } else { "InvalidSpec" };
             (EventType::Warning, reason, message(types::FAILED))
         }
-    }
-}
-
-/// Records an Event on `dj`; a failure to record is logged, never fatal.
-async fn publish(ctx: &Context, dj: &DistillationJob, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &dj.object_ref(&())).await {
-        tracing::warn!(distillationjob = %key(dj), error = %e, "cannot record an Event");
     }
 }
 

@@ -230,6 +230,10 @@ fn prepare(
         ("PATH".to_string(), std::env::var("PATH").unwrap_or_default()),
         ("HOME".to_string(), dir.display().to_string()),
         ("KUBECONFIG".to_string(), config.kubeconfig.display().to_string()),
+        // Pods share the host's network here, each on its own loopback address: what a network
+        // namespace gives a real pod (its own 0.0.0.0), the server gets by binding that address.
+        // The container's own env still wins.
+        ("DISTILLERY_ADDRESS".to_string(), pod_ip.to_string()),
     ];
     // The worker and server images set ORT_DYLIB_PATH to the ONNX Runtime they ship
     // (docker/*.Dockerfile); here that is the library the setup fetched.
@@ -320,7 +324,12 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
             Some(get) => {
                 let port = match &get.port {
                     k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => *p as u16,
-                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(_) => 0,
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => container
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|p| p.name.as_deref() == Some(name.as_str()))
+                        .map_or(0, |p| p.container_port as u16),
                 };
                 let path = get.path.clone().unwrap_or_else(|| "/".into());
                 let wait = child.wait();

@@ -1,0 +1,74 @@
+//! Small pieces every controller's `build` and `observe` use on Kubernetes objects: where a
+//! `file://` URI's claim is mounted, a container's termination message, a Job's terminal
+//! condition, and JSON without nulls.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::Value;
+
+/// The mount path of the claim holding a `file://` URI: its first path segment (`/models` for
+/// `file:///models/x`). `None` for other URIs or a file directly under `/`.
+pub fn claim_mount_path(uri: &str) -> Option<String> {
+    let path = uri.strip_prefix("file://")?;
+    let rest = path.strip_prefix('/')?;
+    let (first, tail) = rest.split_once('/')?;
+    (!first.is_empty() && !tail.is_empty()).then(|| format!("/{first}"))
+}
+
+/// The container path of a `file://` URI (`/models/x` for `file:///models/x`).
+pub fn container_path(uri: &str) -> Option<&str> {
+    uri.strip_prefix("file://").filter(|p| p.starts_with('/'))
+}
+
+/// How `container` of `pod` ended, if it did: its exit code and termination message.
+pub fn terminated(pod: &Pod, container: &str) -> Option<(i32, String)> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let state = statuses.iter().find(|c| c.name == container)?.state.as_ref()?.terminated.as_ref()?;
+    Some((state.exit_code, state.message.clone().unwrap_or_default()))
+}
+
+/// How a Job ended: `Some(true)` complete, `Some(false)` failed, `None` still running.
+pub fn job_outcome(job: &Job) -> Option<bool> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    let is = |t: &str| conditions.iter().any(|c| c.type_ == t && c.status == "True");
+    if is("Complete") {
+        Some(true)
+    } else if is("Failed") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// `value` with every `null` member removed, so that a typed object built with `json!` applies
+/// only the fields it sets.
+pub fn strip_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn mount_paths_and_container_paths() {
+        assert_eq!(claim_mount_path("file:///artifacts/small/g1").as_deref(), Some("/artifacts"));
+        assert_eq!(claim_mount_path("file:///golden.csv"), None);
+        assert_eq!(claim_mount_path("s3://bucket/x"), None);
+        assert_eq!(container_path("file:///artifacts/small"), Some("/artifacts/small"));
+        assert_eq!(container_path("s3://b/k"), None);
+    }
+
+    #[test]
+    fn nulls_are_stripped_at_every_depth() {
+        let v = strip_nulls(json!({"a": null, "b": {"c": null, "d": 1}, "e": [{"f": null}]}));
+        assert_eq!(v, json!({"b": {"d": 1}, "e": [{}]}));
+    }
+}

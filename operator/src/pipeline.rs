@@ -1,0 +1,118 @@
+//! What every controller's pipeline shares: reconcile bookkeeping (metrics, per-object backoff,
+//! error categories), server-side apply of children and of the status fields the operator owns
+//! (under one field manager, and only when they differ), and Events.
+//!
+//! A controller module keeps what is its own — reading what it needs, the pure `build` and
+//! decision logic, and its status — and calls these for the I/O every controller does the same
+//! way.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::NamespaceResourceScope;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::context::Context;
+use crate::error::Error;
+
+/// A custom resource one of the operator's controllers reconciles.
+pub trait Reconciled:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    /// The status fields the operator owns (everything but what workers report themselves).
+    type Status: Serialize + PartialEq + Send + Sync;
+
+    /// Name of the controller in metrics and logs.
+    const CONTROLLER: &'static str;
+
+    /// The operator's part of the stored status, to compare a newly computed one with.
+    fn operator_status(&self) -> Self::Status;
+}
+
+/// `namespace/name`, the key of backoff and logs.
+pub fn key<K: ResourceExt>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Runs one reconcile of `obj` with its metrics, and forgets its backoff when it succeeds.
+pub async fn instrumented<K: Reconciled>(
+    obj: &K,
+    ctx: &Context,
+    reconcile: impl Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconcile_started(K::CONTROLLER);
+    let result = reconcile.await;
+    ctx.metrics.reconcile_finished(K::CONTROLLER, started.elapsed());
+    if result.is_ok() {
+        ctx.backoff.reset(&key(obj));
+    }
+    result
+}
+
+/// The error policy of every controller: count the error by category and retry with the
+/// object's own exponential backoff.
+pub fn error_policy<K: Reconciled>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(K::CONTROLLER, error.category());
+    let delay = ctx.backoff.next(&key(obj.as_ref()));
+    tracing::warn!(controller = K::CONTROLLER, object = %key(obj.as_ref()), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Server-side applies `desired` (a child the operator owns) under the operator's field manager
+/// and returns what the server stored.
+pub async fn apply<C>(ctx: &Context, namespace: &str, name: &str, desired: &(impl Serialize + Debug)) -> Result<C, Error>
+where
+    C: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
+{
+    let api: Api<C> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(api.patch(name, &PatchParams::apply(&ctx.field_manager), &Patch::Apply(desired)).await?)
+}
+
+/// Applies the operator's status fields of `obj` when they differ from the stored ones; returns
+/// whether anything was written. A reconcile that computes the stored status writes nothing, so
+/// it cannot wake itself up.
+pub async fn write_status<K: Reconciled>(ctx: &Context, obj: &K, status: &K::Status) -> Result<bool, Error> {
+    if *status == obj.operator_status() {
+        return Ok(false);
+    }
+    let namespace = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"name": obj.name_any()},
+        "status": status,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(&ctx.field_manager), &Patch::Apply(&body)).await?;
+    Ok(true)
+}
+
+/// Records an Event on `obj`; a failure to record is logged, never fatal.
+pub async fn publish<K: Reconciled>(ctx: &Context, obj: &K, type_: EventType, reason: &str, note: impl Into<String>) {
+    let note: String = note.into();
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(controller = K::CONTROLLER, object = %key(obj), error = %e, "cannot record an Event");
+    }
+}

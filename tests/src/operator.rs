@@ -1,0 +1,52 @@
+//! The operator binary as a child process of a test, against the in-process API server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::cluster::workspace_binary;
+
+/// The operator as a child process, killed when dropped.
+pub struct OperatorProcess(Child);
+
+impl OperatorProcess {
+    /// Starts `distillery-operator run` against `kubeconfig` with the test images and `extra`
+    /// flags, logging to `log`. `DISTILLERY_OPERATOR_BIN` runs another build (e.g. release).
+    pub fn start(kubeconfig: &Path, log: &Path, extra: &[&str]) -> Self {
+        let log = std::fs::File::create(log).expect("the operator's log file");
+        let binary = std::env::var_os("DISTILLERY_OPERATOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_binary("distillery-operator"));
+        let child = Command::new(binary)
+            .args(["run", "--http-address", "127.0.0.1", "--http-port", "0"])
+            .args(["--worker-image", "ghcr.io/distillery-dev/distillery-worker:test"])
+            .args(["--server-image", "ghcr.io/distillery-dev/distillery-server:test"])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("DISTILLERY_LOG_LEVEL", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the operator binary starts");
+        Self(child)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().expect("kill runs");
+        self.0.wait().expect("the operator exits")
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn resident_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).expect("/proc status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number of KiB")
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
