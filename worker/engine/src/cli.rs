@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use distillery_crds::DistillationJob;
-use distillery_crds::common::{Compression, DataFormat};
+use distillery_crds::analysis::{AnalysisRun, Thresholds, judge};
+use distillery_crds::common::{Compression, DataFormat, EvalDataset};
+use distillery_crds::deployment::AnalysisSpec;
 use distillery_crds::distillation::TransferSet;
 
 use candle_core::Device;
@@ -15,7 +17,7 @@ use distillery_crds::manifest::{FP32_MODEL, OnnxVariant};
 use distillery_server::artifact::{ServedArtifact, VariantChoice};
 
 use crate::progress::{self, Event};
-use crate::{cluster, distill, loadgen, onnx, spec};
+use crate::{analyze, cluster, distill, inspect, loadgen, onnx, spec};
 
 /// Distillery's worker: knowledge distillation, export, quantization, evaluation and load tests.
 #[derive(Parser, Debug)]
@@ -142,6 +144,77 @@ pub enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Which ONNX file a server would serve from an artifact, checked against its manifest: one
+    /// JSON line `{"modelUri", "variant", "modelDigest", "manifestDigest"}` (what the operator
+    /// reads from the termination message). Exits 1 with the reason when a server would refuse
+    /// the artifact.
+    Inspect {
+        /// The artifact: a `file://` URI or a local path.
+        #[arg(short = 'a', long)]
+        artifact: String,
+        /// Which ONNX file: `auto` (the manifest's served variant), `fp32` or `int8`.
+        #[arg(long, value_enum, default_value_t = VariantChoice::Auto)]
+        variant: VariantChoice,
+        /// Write the JSON (or the error) here too: the container's termination-message path.
+        #[arg(long, env = "DISTILLERY_TERMINATION_MESSAGE")]
+        termination_message: Option<PathBuf>,
+    },
+    /// One canary-analysis run: live traffic of both tracks from their pods' `/metrics` over a
+    /// window, then a golden slice sent to both. Prints the measurements as one JSON line (an
+    /// AnalysisRun) and the verdict on them to stderr. A measurement that cannot be made is
+    /// recorded in `errors` and still exits 0; only bad arguments exit 1.
+    Analyze {
+        /// The stable track's base URL, e.g. `http://10.0.0.7:8080`.
+        #[arg(long)]
+        stable: Option<String>,
+        /// The canary track's base URL.
+        #[arg(long)]
+        canary: Option<String>,
+        /// The model name both tracks serve (`/v2/models/{name}/infer`).
+        #[arg(long)]
+        model_name: Option<String>,
+        /// The golden set: an EvalDataset as JSON (`uri`, `format`, `compression`, `textField`,
+        /// `labelField`, `samples`, `volumeClaim`).
+        #[arg(long, requires_all = ["stable", "canary", "model_name"])]
+        golden_dataset: Option<String>,
+        /// 0-based index of this run in the rollout: run K answers the `samples` golden rows from
+        /// K·samples on (of the rows shuffled with seed 0, wrapping around).
+        #[arg(long, default_value_t = 0)]
+        run: u64,
+        /// The stable pods' `/metrics` URLs, comma-separated.
+        #[arg(long, value_delimiter = ',', requires = "canary_metrics")]
+        stable_metrics: Vec<String>,
+        /// The canary pods' `/metrics` URLs, comma-separated.
+        #[arg(long, value_delimiter = ',', requires = "stable_metrics")]
+        canary_metrics: Vec<String>,
+        /// How long live traffic is watched, e.g. `30s`, `1m`, `250ms`.
+        #[arg(long, default_value = "10s")]
+        window: String,
+        /// Golden texts per request.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        batch_size: u32,
+        /// Golden requests in flight per track.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        in_flight: u32,
+        /// Longest wait for any one HTTP answer.
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+        /// For the verdict printed to stderr: largest drop of canary accuracy below stable's.
+        #[arg(long, default_value_t = AnalysisSpec::default().max_accuracy_drop)]
+        max_accuracy_drop: f64,
+        /// For the verdict: smallest agreement between the tracks on the golden set.
+        #[arg(long, default_value_t = AnalysisSpec::default().min_agreement)]
+        min_agreement: f64,
+        /// For the verdict: largest canary server-error rate.
+        #[arg(long, default_value_t = AnalysisSpec::default().max_error_rate)]
+        max_error_rate: f64,
+        /// For the verdict: largest canary p99 latency in milliseconds (not judged when unset).
+        #[arg(long)]
+        max_p99_latency_ms: Option<f64>,
+        /// Write the JSON (or the error) here too: the container's termination-message path.
+        #[arg(long, env = "DISTILLERY_TERMINATION_MESSAGE")]
+        termination_message: Option<PathBuf>,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -182,6 +255,56 @@ pub fn main() -> ExitCode {
             let load = Load { concurrency, rate, connections, duration_seconds, warmup_seconds };
             finish(bench(&targets, &model, artifact.as_deref(), texts.as_deref(), &load, json.as_deref()))
         }
+        Command::Inspect { artifact, variant, termination_message } => {
+            let result = inspect::inspect(&artifact, variant)
+                .map(|i| serde_json::to_string(&i).expect("the inspection serializes"))
+                .map_err(|e| excerpt_line(&e.to_string()));
+            conclude(result, termination_message.as_deref())
+        }
+        Command::Analyze {
+            stable,
+            canary,
+            model_name,
+            golden_dataset,
+            run,
+            stable_metrics,
+            canary_metrics,
+            window,
+            batch_size,
+            in_flight,
+            timeout,
+            max_accuracy_drop,
+            min_agreement,
+            max_error_rate,
+            max_p99_latency_ms,
+            termination_message,
+        } => {
+            let thresholds = Thresholds { max_accuracy_drop, min_agreement, max_p99_latency_ms, max_error_rate };
+            let options = || -> Result<analyze::AnalyzeOptions, analyze::AnalyzeError> {
+                let golden = golden_dataset.as_deref().map(serde_json::from_str::<EvalDataset>).transpose();
+                Ok(analyze::AnalyzeOptions {
+                    stable,
+                    canary,
+                    model_name,
+                    golden: golden.map_err(analyze::AnalyzeError::BadDataset)?,
+                    run,
+                    stable_metrics,
+                    canary_metrics,
+                    window: analyze::parse_duration("--window", &window)?,
+                    batch_size: batch_size as usize,
+                    in_flight: in_flight as usize,
+                    timeout: analyze::parse_duration("--timeout", &timeout)?,
+                })
+            };
+            let result = options()
+                .and_then(|o| analyze::run(&o, &mut |line| eprintln!("distillery-worker: analyze: {line}")))
+                .map(|out| {
+                    report_verdict(&out, &thresholds);
+                    serde_json::to_string(&out).expect("the run serializes")
+                })
+                .map_err(|e| e.to_string());
+            conclude(result, termination_message.as_deref())
+        }
         Command::Distill { file, job, report_status, termination_message, output } => {
             let source = match (file, job) {
                 (Some(path), _) => Source::File(path),
@@ -208,6 +331,46 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Ends a command the way `distill` does: the output (or the error) in the termination message;
+/// the output on stdout and exit 0, or the error on stderr and exit 1.
+fn conclude(result: Result<String, String>, termination_message: Option<&Path>) -> ExitCode {
+    let message = match &result {
+        Ok(out) | Err(out) => out,
+    };
+    if let Some(path) = termination_message
+        && let Err(e) = cluster::write_termination_message(path, message)
+    {
+        eprintln!("distillery-worker: cannot write the termination message to {}: {e}", path.display());
+    }
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("distillery-worker: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A message on one line.
+fn excerpt_line(message: &str) -> String {
+    message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// The verdict on one run alone, for a person: every check, the errors, and the verdict.
+fn report_verdict(run: &AnalysisRun, thresholds: &Thresholds) {
+    let judged = judge(run.golden.as_ref(), run.live.as_ref(), &run.errors, thresholds);
+    for check in &judged.checks {
+        eprintln!("distillery-worker: analyze: {check}");
+    }
+    for error in &run.errors {
+        eprintln!("distillery-worker: analyze: error: {error}");
+    }
+    eprintln!("distillery-worker: analyze: verdict {:?} (this run's evidence alone)", judged.verdict);
 }
 
 /// The device training runs on: the first CUDA GPU when built with `cuda` and the spec asks for a

@@ -10,9 +10,12 @@
 //! quantizes it to int8 and decides, behind an accuracy and speed gate, which variant is served
 //! (also on their own: `distillery-worker export` and `quantize`). [`loadgen`] drives inference
 //! servers (`distillery-worker bench`), and `distillery-worker predict` gives a served model's
-//! offline predictions to compare a server with.
+//! offline predictions to compare a server with. For the operator's rollouts, [`inspect`] says
+//! which file a server would serve from an artifact and its sha256, and [`analyze`] runs one
+//! canary analysis between two served tracks.
 
 pub mod align;
+pub mod analyze;
 pub mod baseline;
 pub mod batch;
 pub mod checkpoint;
@@ -24,6 +27,7 @@ pub mod distill;
 pub mod fused;
 pub mod init;
 pub mod inputs;
+pub mod inspect;
 pub mod loadgen;
 pub mod loss;
 pub mod model;
