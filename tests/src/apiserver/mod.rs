@@ -103,6 +103,38 @@ impl ApiServer {
         Ok(())
     }
 
+    /// Installs the Gateway API CRDs the simulated gateway implements (Gateway and HTTPRoute,
+    /// `gateway.networking.k8s.io/v1`: see [`gateway_api_crds`]) by server-side apply as
+    /// `kubectl`, as installing the Gateway API bundle does on a real cluster. The server serves
+    /// these kinds from the start (without the CRD objects, so that tests which count CRDs see
+    /// only theirs); this adds the CRD objects, and serves the kinds again after
+    /// [`ApiServer::remove_gateway_api`].
+    pub async fn install_gateway_api(&self) -> Result<(), kube::Error> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client());
+        for crd in gateway_api_crds() {
+            let name = kube::ResourceExt::name_any(&crd);
+            crds.patch(&name, &kube::api::PatchParams::apply("kubectl"), &kube::api::Patch::Apply(&crd)).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the Gateway API away, as deleting its CRDs does on a real cluster: from then on every
+    /// request for Gateways and HTTPRoutes gets 404, discovery no longer lists the group, and the
+    /// objects of those kinds are gone (watches see them DELETED). For tests of a cluster without
+    /// the Gateway API; [`ApiServer::install_gateway_api`] brings it back.
+    pub async fn remove_gateway_api(&self) -> Result<(), kube::Error> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        // Through the CRD objects, so that the server deletes the kinds' objects as it does when a
+        // CRD is deleted.
+        self.install_gateway_api().await?;
+        let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client());
+        for crd in gateway_api_crds() {
+            crds.delete(&kube::ResourceExt::name_any(&crd), &Default::default()).await?;
+        }
+        Ok(())
+    }
+
     /// Writes a kubeconfig for the server (context `harness`, namespace `default`) to `path`.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
         let config = format!(
@@ -140,6 +172,21 @@ impl ApiServer {
     pub fn compact(&self) {
         self.state().compact();
     }
+}
+
+/// The Gateway API's `gateways` and `httproutes` CRDs (standard channel, v1 only), trimmed to the
+/// fields the simulated gateway implements but faithful in names, status subresource, list types
+/// (`spec.rules`, `rules[].backendRefs`, `spec.parentRefs` and `status.parents` are atomic, as in
+/// the real CRDs), defaults (backendRef `weight` 1, `kind` Service, `group` ""; a rule's `matches`
+/// `PathPrefix /`) and bounds (`weight` 0..=1000000, a Service backendRef needs a `port`).
+pub fn gateway_api_crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    let text = include_str!("gateway-api-crds.yaml");
+    crate::parse_documents(text)
+        .expect("the Gateway API CRDs parse")
+        .into_iter()
+        .map(|doc| serde_json::from_value(doc).expect("a CustomResourceDefinition"))
+        .collect()
 }
 
 /// Runs garbage collection after every change, a moment later, as the real collector does.

@@ -1,6 +1,8 @@
 //! The resource types the server knows: the built-in kinds the operator and the simulated cluster
 //! use, and every served version of every registered CustomResourceDefinition. Discovery documents
-//! are generated from here.
+//! are generated from here. The Gateway API kinds (Gateway, HTTPRoute) are served from the start,
+//! from their (trimmed) CRDs as a cluster with the Gateway API installed serves them, without the
+//! CRD objects; `ApiServer::remove_gateway_api` takes them away.
 
 use std::sync::Arc;
 
@@ -121,7 +123,7 @@ impl Default for Registry {
     fn default() -> Self {
         let core =
             |plural: &str, kind: &str, namespaced: bool| ResourceType::builtin("", "v1", plural, kind, namespaced);
-        Self {
+        let mut registry = Self {
             types: vec![
                 core("namespaces", "Namespace", false).with_status().with_short_names(&["ns"]),
                 core("pods", "Pod", true).with_status().with_short_names(&["po"]),
@@ -144,9 +146,6 @@ impl Default for Registry {
                 ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
                 ResourceType::builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true),
                 ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true).with_short_names(&["ev"]),
-                ResourceType::builtin("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", true)
-                    .with_status()
-                    .with_generation(),
                 ResourceType::builtin(
                     "apiextensions.k8s.io",
                     "v1",
@@ -158,7 +157,11 @@ impl Default for Registry {
                 .with_generation()
                 .with_short_names(&["crd", "crds"]),
             ],
+        };
+        for crd in super::gateway_api_crds() {
+            registry.register_crd(crd);
         }
+        registry
     }
 }
 

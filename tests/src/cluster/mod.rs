@@ -1,10 +1,14 @@
 //! A Kubernetes cluster simulated in process, on top of [`crate::apiserver::ApiServer`]: the Job
 //! controller ([`job`]), the Deployment and ReplicaSet controllers ([`deployment`]), a kubelet that
 //! runs pods as local processes of our own binaries, each on its own loopback address
-//! ([`kubelet`]), and a proxy that serves each Service on its loopback clusterIP ([`proxy`]). Both talk to the API server only through the Kubernetes API, like the real
-//! ones. Dropping the [`Cluster`] stops them and kills every process they started.
+//! ([`kubelet`]), a proxy that serves each Service on its loopback clusterIP ([`proxy`]), and a
+//! Gateway API implementation that serves each Gateway on a loopback address of its own and
+//! routes HTTP requests by HTTPRoute ([`gateway`]). All talk to the API server only through the
+//! Kubernetes API, like the real ones. Dropping the [`Cluster`] stops them and kills every process
+//! they started.
 
 pub mod deployment;
+pub mod gateway;
 pub mod job;
 pub mod kubelet;
 pub mod paths;
@@ -12,6 +16,7 @@ pub mod proxy;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::apiserver::ApiServer;
 pub use kubelet::{KubeletConfig, Processes};
@@ -25,9 +30,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the Job controller and the kubelet against `server`. `images` maps image repository
-    /// names to binaries, `claims` PersistentVolumeClaim names to host directories; pods work
-    /// under `root` and reach the server with the kubeconfig written there.
+    /// Starts the controllers, the kubelet, the Service proxy and the gateway against `server`.
+    /// `images` maps image repository names to binaries, `claims` PersistentVolumeClaim names to
+    /// host directories; pods work under `root` and reach the server with the kubeconfig written
+    /// there.
     pub fn start(
         server: &ApiServer,
         images: HashMap<String, PathBuf>,
@@ -44,6 +50,7 @@ impl Cluster {
             tokio::spawn(job::run(server.client())),
             tokio::spawn(deployment::run(server.client())),
             tokio::spawn(proxy::run(server.client())),
+            tokio::spawn(gateway::run(server.client())),
             tokio::spawn(kubelet::run(server.client(), config, processes.clone())),
         ];
         Ok(Self { tasks, processes, pods_root })
@@ -81,4 +88,26 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// How the simulated cluster's own watches retry after an error (a dropped watch, or a kind not
+/// served yet, such as the Gateway API's before its CRDs are installed): every half second, so
+/// that they pick up a kind within moments of its CRD being installed.
+pub(crate) fn retry_backoff() -> RetryEvery {
+    RetryEvery(Duration::from_millis(500))
+}
+
+/// A constant watch backoff (see [`retry_backoff`]).
+pub(crate) struct RetryEvery(Duration);
+
+impl Iterator for RetryEvery {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.0)
+    }
+}
+
+impl kube::runtime::utils::Backoff for RetryEvery {
+    fn reset(&mut self) {}
 }
