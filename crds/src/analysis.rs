@@ -240,7 +240,7 @@ pub fn class_mix_shift(stable: &BTreeMap<String, u64>, canary: &BTreeMap<String,
     let rows = [stable, canary];
     let row_totals: Vec<f64> = rows.iter().map(|r| r.values().sum::<u64>() as f64).collect();
     let total: f64 = row_totals.iter().sum();
-    if classes.len() < 2 || row_totals.iter().any(|&t| t == 0.0) {
+    if classes.len() < 2 || row_totals.contains(&0.0) {
         return None;
     }
     let mut statistic = 0.0;

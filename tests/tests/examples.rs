@@ -10,7 +10,8 @@ fn valid_examples_pass_schema_and_cel() {
     let files = yaml_files(&dir);
     assert!(files.len() >= 3, "expected one example per kind in {}", dir.display());
     let mut kinds = vec![];
-    for file in files.iter().chain(yaml_files(&dir.join("local")).iter()) {
+    let local = [yaml_files(&dir.join("local")), yaml_files(&dir.join("local/playground"))].concat();
+    for file in files.iter().chain(local.iter()) {
         for doc in read_documents(file).unwrap() {
             if let Err(e) = validate_document(&doc) {
                 panic!("{} should be valid but: {e}", file.display());

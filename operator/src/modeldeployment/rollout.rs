@@ -529,14 +529,9 @@ impl<'a> Planner<'a> {
         let ready = self.obs.canary.exists && self.obs.canary.rolled_out && self.obs.canary.ready >= replicas;
         let current = self.plan.status.canary.clone().unwrap_or_else(|| canary.clone());
         if paused {
-            self.keep_canary(&current, current.weight);
-            self.plan.status.message = Some(format!(
-                "paused at step {}/{} (canary weight {}%): analysis failed; annotate distillery.dev/promote, distillery.dev/abort or distillery.dev/retry",
-                step + 1,
-                steps.len(),
-                current.weight
-            ));
-            self.condition(types::PROGRESSING, false, reasons::PAUSED, "paused for a person");
+            // The canary keeps its step's weight and pods; the message and condition written
+            // when it paused stay as they are.
+            self.keep_canary(&current, weight);
             return;
         }
         if let Some(problem) = &self.obs.routing_problem {
@@ -879,5 +874,304 @@ impl<'a> Planner<'a> {
                 stable.weight = 100;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distillery_crds::ModelDeploymentSpec;
+    use distillery_crds::deployment::GoldenEvidence;
+
+    const SPEC: &str = "model: {uri: file:///artifacts/m, volumeClaim: artifacts}\nreplicas: 3\nrollout:\n  steps: [{weight: 10, pause: 10s}, {weight: 50, pause: 10s}, {weight: 100}]\n  analysis: {interval: 10s, failureLimit: 2, maxAccuracyDrop: 0.02, minAgreement: 0.9}\n";
+
+    fn t(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn md(spec: &str, status: Option<ModelDeploymentStatus>) -> ModelDeployment {
+        let spec: ModelDeploymentSpec = serde_norway::from_str(spec).unwrap();
+        let mut md = ModelDeployment::new("reviews", spec);
+        md.metadata.namespace = Some("ml".into());
+        md.metadata.generation = Some(1);
+        md.status = status;
+        md
+    }
+
+    fn model(digest: &str) -> ModelState {
+        ModelState::Resolved(ResolvedModel {
+            model_uri: format!("file:///artifacts/{digest}"),
+            variant: "int8".into(),
+            model_digest: digest.repeat(64 / digest.len()),
+            volume_claim: Some("artifacts".into()),
+            source: digest.into(),
+        })
+    }
+
+    fn ready(n: i32) -> TrackObservation {
+        TrackObservation { exists: true, rolled_out: true, ready: n }
+    }
+
+    fn observed(now: i64, model: ModelState) -> Observed {
+        Observed {
+            now: t(now),
+            model,
+            stable: ready(3),
+            canary: TrackObservation::default(),
+            split_weight: Some(0),
+            routing_problem: None,
+            analysis: AnalysisObservation::None,
+            controls: Controls::default(),
+            canary_ready_deadline: Duration::from_secs(60),
+        }
+    }
+
+    /// Applies `plan`'s status as the API server would store it.
+    fn next(md: &ModelDeployment, plan: &Plan) -> ModelDeployment {
+        let mut md = md.clone();
+        md.status = Some(plan.status.clone());
+        md
+    }
+
+    fn golden(n: u64, b: u64, c: u64) -> GoldenEvidence {
+        GoldenEvidence { samples: n, labelled: n, stable_correct: n * 8 / 10, canary_correct: n * 8 / 10 - b + c, stable_only: b, canary_only: c, agreed: n - b - c }
+    }
+
+    fn done(started: i64, golden: GoldenEvidence) -> AnalysisObservation {
+        AnalysisObservation::Done { started: t(started), due: t(started + 10), run: AnalysisRun { golden: Some(golden), ..Default::default() } }
+    }
+
+    /// A ModelDeployment whose stable serves "a" and whose spec names "b", with the canary's
+    /// pods ready at step 0.
+    fn canary_at_step_0() -> (ModelDeployment, Plan) {
+        let first = md(SPEC, None);
+        let plan = plan(&first, &observed(0, model("a")));
+        let healthy = next(&first, &plan);
+        let plan = super::plan(&healthy, &observed(5, model("b")));
+        let started = next(&healthy, &plan);
+        let mut obs = observed(8, model("b"));
+        obs.canary = ready(1);
+        let plan = super::plan(&started, &obs);
+        (next(&started, &plan), plan)
+    }
+
+    #[test]
+    fn the_first_model_goes_straight_to_stable() {
+        let first = md(SPEC, None);
+        let plan = plan(&first, &observed(0, model("a")));
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Healthy));
+        assert_eq!(plan.status.stable.as_ref().unwrap().revision, 1);
+        assert!(plan.canary.is_none() && plan.status.canary.is_none());
+        assert_eq!(plan.stable.as_ref().unwrap().replicas, 3);
+        assert_eq!(plan.analysis_run, None);
+        // Nothing changes on the next look: the stored status is recomputed exactly.
+        let again = super::plan(&next(&first, &plan), &observed(60, model("a")));
+        assert_eq!(again.status, plan.status);
+        assert!(again.events.is_empty());
+    }
+
+    #[test]
+    fn a_new_model_waits_for_its_pods_before_it_gets_weight_then_is_analysed() {
+        let first = md(SPEC, None);
+        let healthy = next(&first, &plan(&first, &observed(0, model("a"))));
+        let started = plan(&healthy, &observed(5, model("b")));
+        let canary = started.status.canary.as_ref().unwrap();
+        assert_eq!((canary.revision, canary.weight), (2, 0));
+        assert_eq!(started.canary_weight, 0, "no weight before the canary's pods are ready");
+        assert_eq!(started.canary.as_ref().unwrap().replicas, 1, "10% beside 3 stable replicas");
+        assert_eq!(started.analysis_run, None);
+        let (_, at_step) = canary_at_step_0();
+        assert_eq!(at_step.canary_weight, 10);
+        assert_eq!(at_step.status.canary.as_ref().unwrap().weight, 25, "1 of 4 ready pods");
+        assert_eq!(at_step.analysis_run, Some(1));
+        assert!(at_step.events.iter().any(|e| e.reason == "StepStarted"));
+    }
+
+    #[test]
+    fn a_passed_analysis_after_the_pause_moves_to_the_next_step_and_only_a_passed_one() {
+        let (md, _) = canary_at_step_0();
+        let mut obs = observed(20, model("b"));
+        obs.canary = ready(1);
+        obs.split_weight = Some(25);
+        // Inconclusive (few samples): holds the step whatever the time.
+        obs.analysis = done(9, golden(30, 2, 1));
+        let plan = plan(&md, &obs);
+        assert_eq!(plan.status.last_analysis.as_ref().unwrap().verdict, Some(AnalysisVerdict::Inconclusive));
+        assert_eq!(plan.status.current_step, Some(0));
+        assert_eq!(plan.analysis_run, Some(2), "the next run is due");
+        // Passed with enough evidence: the next step.
+        let md = next(&md, &plan);
+        obs.now = t(32);
+        obs.analysis = done(21, golden(5000, 30, 30));
+        let plan = super::plan(&md, &obs);
+        assert_eq!(plan.status.last_analysis.as_ref().unwrap().verdict, Some(AnalysisVerdict::Passed), "{:?}", plan.status.last_analysis);
+        assert_eq!(plan.status.current_step, Some(1));
+        assert_eq!(plan.analysis_run, None, "the next step's analyses wait for its weight");
+        assert_eq!(plan.status.last_analysis.as_ref().unwrap().runs.passed, 1);
+    }
+
+    #[test]
+    fn failure_limit_failed_runs_roll_back_weight_first_and_the_model_is_not_tried_again() {
+        let (md, _) = canary_at_step_0();
+        let mut obs = observed(20, model("b"));
+        obs.canary = ready(1);
+        obs.split_weight = Some(25);
+        obs.analysis = done(9, golden(1000, 200, 10));
+        let first = plan(&md, &obs);
+        assert_eq!(first.status.last_analysis.as_ref().unwrap().verdict, Some(AnalysisVerdict::Failed));
+        assert_eq!(first.status.phase, Some(RolloutPhase::Progressing), "one failure is below the limit");
+        assert_eq!(first.status.last_analysis.as_ref().unwrap().first_failure_due, Some(Time(t(19))));
+        let md = next(&md, &first);
+        obs.now = t(31);
+        obs.analysis = done(20, golden(1000, 200, 10));
+        let rolled = plan(&md, &obs);
+        let status = &rolled.status;
+        assert_eq!(status.phase, Some(RolloutPhase::RolledBack));
+        assert_eq!(rolled.canary_weight, 0, "weight 0 first");
+        assert!(rolled.canary.is_some(), "the canary's pods stay until the split is observed at 0");
+        assert_eq!(rolled.time_to_safety, Some(12.0));
+        assert_eq!(rolled.outcome, Some("rolled-back"));
+        let rejected = status.rejected_model.as_ref().unwrap();
+        assert_eq!(rejected.model_digest.as_deref(), Some("b".repeat(64).as_str()));
+        assert!(rejected.failed_checks.iter().any(|c| c.starts_with("accuracy FAILED")), "{:?}", rejected.failed_checks);
+        assert_eq!(rolled.stable.as_ref().unwrap().model.revision, 1, "stable untouched");
+        // The split is at 0: the pods go. Then nothing changes while the spec names the model.
+        let md = next(&md, &rolled);
+        let mut settled = observed(33, model("b"));
+        settled.canary = ready(1);
+        let gone = plan(&md, &settled);
+        assert!(gone.canary.is_none() && gone.status.canary.is_none());
+        assert_eq!(gone.status.phase, Some(RolloutPhase::RolledBack));
+        let md = next(&md, &gone);
+        let quiet = plan(&md, &observed(400, model("b")));
+        assert_eq!(quiet.status, gone.status, "no write in a loop");
+        assert!(quiet.canary.is_none() && quiet.events.is_empty() && quiet.analysis_run.is_none());
+        // A retry annotation tries it again.
+        let mut retry = observed(401, model("b"));
+        retry.controls.retry = true;
+        let again = plan(&md, &retry);
+        assert!(again.status.canary.is_some() && again.status.rejected_model.is_none());
+        assert_eq!(again.clear, vec![distillery_crds::deployment::RETRY_ANNOTATION]);
+    }
+
+    #[test]
+    fn without_auto_rollback_it_pauses_and_keeps_the_weight() {
+        let (md, _) = canary_at_step_0();
+        let mut md = md;
+        md.spec.auto_rollback = false;
+        let mut obs = observed(20, model("b"));
+        obs.canary = ready(1);
+        obs.split_weight = Some(25);
+        obs.analysis = done(9, golden(1000, 200, 10));
+        let md = next(&md, &plan(&md, &obs));
+        obs.analysis = done(20, golden(1000, 200, 10));
+        obs.now = t(31);
+        let paused = plan(&md, &obs);
+        assert_eq!(paused.status.phase, Some(RolloutPhase::Paused));
+        assert_eq!(paused.canary_weight, 10);
+        assert_eq!(paused.analysis_run, None);
+        assert!(paused.status.rejected_model.is_none());
+        let md = next(&md, &paused);
+        obs.analysis = AnalysisObservation::None;
+        obs.now = t(90);
+        let still = plan(&md, &obs);
+        assert_eq!(still.status, paused.status);
+        assert_eq!(still.canary_weight, 10, "the canary keeps its weight while paused");
+        obs.controls.abort = true;
+        let aborted = plan(&md, &obs);
+        assert_eq!(aborted.status.phase, Some(RolloutPhase::RolledBack));
+        assert_eq!(aborted.canary_weight, 0);
+        assert_eq!(aborted.outcome, Some("aborted"));
+    }
+
+    #[test]
+    fn the_last_step_promotes_stable_first_then_the_canary_goes() {
+        let (md, _) = canary_at_step_0();
+        let mut status = md.status.clone().unwrap();
+        status.current_step = Some(2);
+        status.step_started = Some(Time(t(40)));
+        let md = next(&md, &Plan { status, ..plan(&md, &observed(40, model("b"))) });
+        let mut obs = observed(60, model("b"));
+        obs.canary = ready(3);
+        obs.split_weight = Some(100);
+        obs.analysis = done(45, golden(5000, 30, 30));
+        let promoting = plan(&md, &obs);
+        assert_eq!(promoting.status.stable.as_ref().unwrap().model_digest.as_deref(), Some("b".repeat(64).as_str()));
+        assert_eq!(promoting.canary_weight, 100, "the canary carries all traffic while stable rolls");
+        let md = next(&md, &promoting);
+        // Stable not rolled out yet: the canary keeps everything.
+        let mut rolling = observed(62, model("b"));
+        rolling.canary = ready(3);
+        rolling.split_weight = Some(100);
+        rolling.stable = TrackObservation { exists: true, rolled_out: false, ready: 1 };
+        let waiting = plan(&md, &rolling);
+        assert_eq!(waiting.canary_weight, 100);
+        assert_eq!(waiting.status.phase, Some(RolloutPhase::Progressing));
+        // Rolled out: weight 0, then the canary goes once the split shows it.
+        rolling.stable = ready(3);
+        let promoted = plan(&md, &rolling);
+        assert_eq!(promoted.canary_weight, 0);
+        assert_eq!(promoted.outcome, Some("promoted"));
+        assert!(promoted.canary.is_some());
+        let md = next(&md, &promoted);
+        rolling.split_weight = Some(0);
+        let done = plan(&md, &rolling);
+        assert!(done.canary.is_none() && done.status.canary.is_none());
+        assert_eq!(done.status.phase, Some(RolloutPhase::Healthy));
+    }
+
+    #[test]
+    fn a_revert_to_the_stable_model_stops_the_canary_without_analysis() {
+        let (md, _) = canary_at_step_0();
+        let mut obs = observed(20, model("a"));
+        obs.canary = ready(1);
+        obs.split_weight = Some(25);
+        let reverted = plan(&md, &obs);
+        assert_eq!(reverted.canary_weight, 0);
+        assert_eq!(reverted.analysis_run, None);
+        assert_eq!(reverted.outcome, Some("reverted"));
+        assert_eq!(reverted.status.phase, Some(RolloutPhase::Healthy));
+        assert!(reverted.status.rejected_model.is_none());
+    }
+
+    #[test]
+    fn a_canary_not_ready_within_the_deadline_is_rolled_back() {
+        let first = md(SPEC, None);
+        let healthy = next(&first, &plan(&first, &observed(0, model("a"))));
+        let started = next(&healthy, &plan(&healthy, &observed(5, model("b"))));
+        let mut obs = observed(70, model("b"));
+        obs.canary = TrackObservation { exists: true, rolled_out: false, ready: 0 };
+        let rolled = plan(&started, &obs);
+        assert_eq!(rolled.status.phase, Some(RolloutPhase::RolledBack));
+        let condition = distillery_crds::conditions::find(&rolled.status.conditions, types::ROLLED_BACK).unwrap();
+        assert_eq!(condition.reason, reasons::CANARY_NOT_READY);
+    }
+
+    #[test]
+    fn a_measurement_error_is_counted_apart_and_never_moves_the_rollout() {
+        let (md, _) = canary_at_step_0();
+        let mut obs = observed(30, model("b"));
+        obs.canary = ready(1);
+        obs.split_weight = Some(25);
+        obs.analysis = AnalysisObservation::Done {
+            started: t(9),
+            due: t(19),
+            run: AnalysisRun { errors: vec!["golden set unreadable".into()], ..Default::default() },
+        };
+        let plan = plan(&md, &obs);
+        let analysis = plan.status.last_analysis.as_ref().unwrap();
+        assert_eq!(analysis.verdict, Some(AnalysisVerdict::Error));
+        assert_eq!((analysis.runs.error, analysis.runs.failed), (1, 0));
+        assert_eq!(plan.status.current_step, Some(0));
+    }
+
+    #[test]
+    fn durations_parse_like_the_schema_allows() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5m"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5x"), None);
+        assert_eq!(parse_duration(""), None);
     }
 }
