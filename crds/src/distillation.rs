@@ -665,7 +665,11 @@ fn default_gpu_resource() -> String {
 #[x_kube(validation = Rule::new("!has(self.s3) || self.uri.startsWith('s3://')").message("output.s3 applies only to an s3:// output.uri").field_path(".s3"))]
 pub struct OutputSpec {
     /// Artifact location: a directory `file:///artifacts/my-student` (a mounted volume) or a
-    /// prefix `s3://bucket/my-student`.
+    /// prefix `s3://bucket/my-student`. Artifacts are immutable, so each run writes a new one under
+    /// it, at `<uri>/g<metadata.generation>-<first 8 hex digits of metadata.uid>` (e.g.
+    /// `file:///artifacts/my-student/g2-7f3a09c1`), which `status.result.artifactUri` names: a
+    /// retried pod resumes in the same directory; a changed spec or a recreated object writes a
+    /// new one, never over an artifact that may be serving.
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
     /// S3 endpoint and credentials (by Secret reference only).

@@ -129,6 +129,15 @@ fn small_job(name: &str) -> Value {
     })
 }
 
+/// The directory a run of `dj` writes under its `output.uri`, as the CRD documents it:
+/// `g<metadata.generation>-<first 8 hex digits of metadata.uid>`.
+fn run_id(dj: &DistillationJob) -> String {
+    let uid = dj.metadata.uid.as_deref().expect("metadata.uid");
+    let hex: String = uid.chars().filter(char::is_ascii_hexdigit).take(8).collect();
+    assert_eq!(hex.len(), 8, "{uid}");
+    format!("g{}-{hex}", dj.metadata.generation.expect("metadata.generation"))
+}
+
 async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>, harness: &Harness) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -205,10 +214,18 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
     let progress = saw_progress.expect("status.progress showed training steps while the worker ran");
     assert!(progress.total_steps.unwrap() >= progress.step.unwrap());
 
+    let run = run_id(&done);
     let status = done.status.unwrap();
     let result = status.result.expect("status.result");
-    assert_eq!(result.artifact_uri, "file:///artifacts/small", "the container's path, not the host's");
-    let manifest = h.artifacts.join(name).join("distillery.json");
+    assert_eq!(
+        result.artifact_uri,
+        format!("file:///artifacts/small/{run}"),
+        "the container's path, not the host's, in a directory of this run's own"
+    );
+    let artifact = h.artifacts.join(name).join(&run);
+    let written: Vec<_> = std::fs::read_dir(h.artifacts.join(name)).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(written, [run.as_str()], "nothing is written beside the run's directory");
+    let manifest = artifact.join("distillery.json");
     let digest = distillery_worker_digest(&manifest);
     assert_eq!(result.artifact_digest, digest, "the digest is the manifest's sha256");
     let accuracy = result.student.accuracy.unwrap();
@@ -220,7 +237,7 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
     let served = result.served_variant.as_deref().expect("status.result.servedVariant");
     assert_eq!(served, if int8.passed_gate { "int8" } else { "fp32" });
     assert!(!result.served_variant_reason.as_deref().unwrap_or_default().is_empty());
-    assert!(h.artifacts.join(name).join("model.onnx").is_file());
+    assert!(artifact.join("model.onnx").is_file());
     let complete = distillery_crds::conditions::find(&status.conditions, "Complete").unwrap();
     assert_eq!(complete.status, "True");
     let jobs: Api<Job> = Api::default_namespaced(h.server.client());
@@ -281,10 +298,11 @@ async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_ma
     let name = "resumed";
     let mut job = small_job(name);
     job["spec"]["training"]["epochs"] = json!(3);
-    djs.patch(name, &PatchParams::apply("kubectl"), &Patch::Apply(&job)).await.unwrap();
+    let applied = djs.patch(name, &PatchParams::apply("kubectl"), &Patch::Apply(&job)).await.unwrap();
+    let run = run_id(&applied);
 
     // Wait for the student's first checkpoint, then kill the operator and the worker's pod.
-    let checkpoints = h.artifacts.join(name).join("checkpoints/student");
+    let checkpoints = h.artifacts.join(name).join(&run).join("checkpoints/student");
     wait_for(
         "a student checkpoint",
         Duration::from_secs(600),
@@ -322,7 +340,11 @@ async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_ma
     assert_eq!(resumed.len(), 1, "the second worker resumed the student from its checkpoint\n{}", h.diagnostics());
     assert!(resumed[0]["step"].as_u64().unwrap() >= 5);
     let status = done.status.unwrap();
-    assert_eq!(status.result.unwrap().artifact_uri, format!("file:///artifacts/{name}"));
+    assert_eq!(
+        status.result.unwrap().artifact_uri,
+        format!("file:///artifacts/{name}/{run}"),
+        "the retried pod wrote where the first one checkpointed"
+    );
     assert!(distillery_crds::conditions::is_true(&status.conditions, "Complete"));
 }
 

@@ -509,3 +509,87 @@ fn an_artifact_that_cannot_be_served_stops_the_server_with_a_clear_error() {
     assert_eq!(no_ort.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&no_ort.stderr).contains("scripts/setup.sh"));
 }
+
+/// The HTTP status of `GET path`, or `None` when nothing answers.
+fn try_status(address: &str, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok();
+    String::from_utf8_lossy(&raw).split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_server_told_which_digest_to_serve_serves_it_and_refuses_any_other_before_turning_ready() {
+    let dir = artifact();
+    let m = manifest(dir);
+    let served = m["servedVariant"].as_str().unwrap().to_string();
+    let digest = m["variants"][&served]["sha256"].as_str().unwrap().to_string();
+    let file = dir.join(m["variants"][&served]["file"].as_str().unwrap());
+
+    // The digest the rollout resolved, with or without its prefix: served as usual.
+    for (variant, expected) in
+        [("auto", format!("sha256:{digest}")), ("fp32", m["variants"]["fp32"]["sha256"].as_str().unwrap().to_string())]
+    {
+        let server = Server::start(dir, &["--variant", variant, "--expect-digest", &expected]);
+        let meta = server.get("/v2/models/small").json();
+        assert_eq!(meta["parameters"]["sha256"].as_str(), Some(expected.trim_start_matches("sha256:")));
+        let r = server.infer("small", &text_request(&["a gorgeous, moving film"], &["label"]));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    // Another digest — the artifact at this location is not what the rollout resolved: exit 1
+    // with a message naming the file, the variant and both digests, and never ready.
+    let other = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"another model"));
+    let mut child = Command::new(workspace_binary("distillery-server"))
+        .arg("--model")
+        .arg(dir)
+        .args(["--port", "0", "--address", "127.0.0.1", "--expect-digest", &other])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let mut address = None;
+    while address.is_none() && stderr.read_line(&mut log).unwrap() > 0 {
+        address = log.lines().last().and_then(|l| l.split("listening on http://").nth(1)).map(|a| a.trim().to_string());
+    }
+    let address = address.unwrap_or_else(|| panic!("the server did not listen:\n{log}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if try_status(&address, "/v2/health/ready") == Some(200) {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("a server told to serve another digest turned ready");
+        }
+        assert!(Instant::now() < deadline, "the server neither exited nor turned ready within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    stderr.read_to_string(&mut log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let refusal = format!(
+        "refusing to serve {} (the {served} variant): its sha256 is {digest} but this server must serve {other}",
+        file.display()
+    );
+    assert!(log.contains(&refusal), "{refusal}\nnot in:\n{log}");
+    assert!(log.contains("artifacts are immutable"), "{log}");
+    assert!(!log.contains("warmed up") && !log.contains("panicked"), "{log}");
+
+    // A malformed digest is refused by the command line, before anything is loaded.
+    for bad in ["sha256:abc", &digest.to_uppercase()] {
+        let out = Command::new(workspace_binary("distillery-server"))
+            .arg("--model")
+            .arg(dir)
+            .args(["--port", "0", "--expect-digest", bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--expect-digest") && stderr.contains("64 lower-case hex digits"), "{stderr}");
+        assert!(!stderr.contains("listening"), "{stderr}");
+    }
+}

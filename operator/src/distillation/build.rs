@@ -4,6 +4,11 @@
 //! The Job carries the whole DistillationJob (spec and identity) in the worker's environment, so
 //! a retried pod sees exactly what the first one saw; its pod template is immutable once created,
 //! which the `distillery.dev/template-hash` annotation lets the reconciler detect.
+//!
+//! Artifacts are immutable once written (a ModelDeployment may be serving one), so every run
+//! writes a new location: the worker is told to write to `<spec.output.uri>/<run id>` ([`run_id`]:
+//! the same for every retry of one run, so a retried pod resumes from its checkpoints there; new
+//! for a changed spec or a recreated object).
 
 use std::collections::BTreeMap;
 
@@ -81,6 +86,21 @@ pub fn job_name(dj_name: &str) -> String {
     let hash = hex::encode(&Sha256::digest(dj_name.as_bytes())[..4]);
     let keep = dj_name[..54.min(dj_name.len())].trim_end_matches(['-', '.']);
     format!("{keep}-{hash}")
+}
+
+/// The run id of a DistillationJob's current spec: `g<metadata.generation>-<uid8>`, `uid8` being
+/// the first 8 letters and digits of `metadata.uid` (for the UUIDs the API server assigns, its
+/// first 8 hex digits), e.g. `g3-7f3a09c1`. Stable across the retries of one run (same object,
+/// same spec); a changed spec raises the generation and a recreated object has another uid, so
+/// neither writes where an earlier run did.
+pub fn run_id(generation: i64, uid: &str) -> String {
+    let uid: String = uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    format!("g{generation}-{}", uid.to_ascii_lowercase())
+}
+
+/// Where a run writes its artifact: `<output_uri>/<run_id>`.
+pub fn run_output_uri(output_uri: &str, run_id: &str) -> String {
+    format!("{}/{run_id}", output_uri.trim_end_matches('/'))
 }
 
 /// One PersistentVolumeClaim mount of the worker pod.
@@ -161,6 +181,7 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
     let name = dj.metadata.name.as_deref().ok_or(SpecError::MissingMetadata("name"))?;
     let namespace = dj.metadata.namespace.as_deref().ok_or(SpecError::MissingMetadata("namespace"))?;
     let uid = dj.metadata.uid.as_deref().ok_or(SpecError::MissingMetadata("uid"))?;
+    let generation = dj.metadata.generation.ok_or(SpecError::MissingMetadata("generation"))?;
     let spec = &dj.spec;
     let mounts = mounts(dj)?;
 
@@ -206,6 +227,7 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
                     {"name": "DISTILLERY_CACHE", "value": CACHE_PATH},
                     {"name": "DISTILLERY_REPORT_STATUS", "value": "true"},
                     {"name": "DISTILLERY_TERMINATION_MESSAGE", "value": TERMINATION_MESSAGE_PATH},
+                    {"name": "DISTILLERY_OUTPUT", "value": run_output_uri(&spec.output.uri, &run_id(generation, uid))},
                 ],
                 "resources": {"requests": requests, "limits": limits},
                 "volumeMounts": volume_mounts,
@@ -308,6 +330,9 @@ mod tests {
         let env = c.env.as_ref().unwrap();
         let document: Value = serde_json::from_str(env[0].value.as_deref().unwrap()).unwrap();
         assert_eq!(document["metadata"]["name"], "minilm-reviews");
+        assert_eq!(document["spec"]["output"]["uri"], "file:///artifacts/minilm-reviews", "the spec as written");
+        let output = env.iter().find(|e| e.name == "DISTILLERY_OUTPUT").unwrap();
+        assert_eq!(output.value.as_deref(), Some("file:///artifacts/minilm-reviews/g1-uid1"));
         assert_eq!(document["spec"]["training"]["epochs"], 4);
         assert_eq!(pod.tolerations.as_ref().unwrap()[0].key.as_deref(), Some("nvidia.com/gpu"));
         assert_eq!(template_hash(&job).map(str::len), Some(64));
@@ -325,6 +350,34 @@ mod tests {
         let mut changed = dj.clone();
         changed.spec.training.seed = 1;
         assert_ne!(template_hash(&a), template_hash(&desired_job(&changed, &settings()).unwrap()));
+    }
+
+    fn output_of(dj: &DistillationJob) -> String {
+        let job = desired_job(dj, &settings()).unwrap();
+        let env = job.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+        env.into_iter().find(|e| e.name == "DISTILLERY_OUTPUT").unwrap().value.unwrap()
+    }
+
+    #[test]
+    fn a_run_id_is_stable_for_one_run_and_new_for_a_new_spec_or_object() {
+        let uid = "0a1b2c3d-5eed-4000-8000-000000000007";
+        assert_eq!(run_id(4, uid), "g4-0a1b2c3d");
+        assert_eq!(run_id(4, uid), run_id(4, uid), "a retry of the same run");
+        assert_ne!(run_id(4, uid), run_id(5, uid), "a changed spec");
+        assert_ne!(run_id(4, uid), run_id(4, "ffff0000-5eed-4000-8000-000000000007"), "a recreated object");
+        assert_eq!(run_output_uri("file:///artifacts/x/", "g1-0a1b2c3d"), "file:///artifacts/x/g1-0a1b2c3d");
+        assert_eq!(run_output_uri("s3://bucket/x", "g1-0a1b2c3d"), "s3://bucket/x/g1-0a1b2c3d");
+
+        // The Job tells the worker: the same for the same object and generation (what a retried
+        // pod sees), another for the next generation; an object without one is not run.
+        let mut dj = example();
+        dj.metadata.uid = Some(uid.into());
+        assert_eq!(output_of(&dj), "file:///artifacts/minilm-reviews/g1-0a1b2c3d");
+        assert_eq!(output_of(&dj), output_of(&dj.clone()));
+        dj.metadata.generation = Some(2);
+        assert_eq!(output_of(&dj), "file:///artifacts/minilm-reviews/g2-0a1b2c3d");
+        dj.metadata.generation = None;
+        assert_eq!(desired_job(&dj, &settings()).unwrap_err(), SpecError::MissingMetadata("generation"));
     }
 
     #[test]

@@ -46,9 +46,10 @@ pub enum Command {
         /// container's termination-message path.
         #[arg(long, env = "DISTILLERY_TERMINATION_MESSAGE")]
         termination_message: Option<PathBuf>,
-        /// Write the artifact here instead of the spec's `output.uri`.
+        /// Write the artifact here instead of the spec's `output.uri`: a directory or a URI (the
+        /// operator passes `<output.uri>/<run id>`, a new location for every run).
         #[arg(long, env = "DISTILLERY_OUTPUT")]
-        output: Option<PathBuf>,
+        output: Option<String>,
     },
     /// Build `model.onnx` in an artifact directory from its `model.safetensors`, and check it
     /// against candle on the held-out split in ONNX Runtime (max |Δlogit| ≤ 1e-4, same labels).
@@ -393,7 +394,7 @@ enum Source {
 /// How `distill` runs besides the spec.
 struct RunOptions {
     report_status: bool,
-    output: Option<PathBuf>,
+    output: Option<String>,
 }
 
 /// Runs the job; returns the JSON summary for the termination message.
@@ -403,7 +404,10 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, String> {
         Source::Inline(text) => spec::parse(text, Path::new("$DISTILLERY_JOB")),
     }
     .map_err(|e| e.to_string())?;
-    let output = distill::output_dir(&job, options.output.as_deref()).map_err(|e| format!("spec.output.uri: {e}"))?;
+    let (output, uri) = distill::output_location(&job, options.output.as_deref()).map_err(|e| {
+        let field = if options.output.is_some() { "--output" } else { "spec.output.uri" };
+        format!("{field}: {e}")
+    })?;
     let device = device(&job)?;
     let name = job.metadata.name.as_deref().unwrap_or("(unnamed)");
     let mut reporter = progress::for_stderr();
@@ -433,10 +437,6 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, String> {
     );
     println!("artifact: {}", outcome.output.display());
     drop(reporter);
-    let uri = match &options.output {
-        Some(dir) => format!("file://{}", dir.display()),
-        None => job.spec.output.uri.clone(),
-    };
     let summary =
         cluster::summary(&outcome, &uri).map_err(|e| format!("cannot read the manifest just written: {e}"))?;
     Ok(serde_json::to_string(&summary).expect("the summary serializes"))

@@ -22,7 +22,7 @@ use crate::onnx::artifact::{self as onnx_artifact, EvalSet};
 use crate::prepare::{self, PrepareError, PreparedTeacher};
 use crate::progress::{Event, Reporter};
 use crate::runner::{self, Checkpointing, RunError, RunSummary};
-use crate::store::{StoreError, local_path, sha256, sha256_file};
+use crate::store::{StoreError, local_path, sha256, sha256_file, write_atomically};
 use crate::student::{self, Student, StudentError};
 use crate::train::{Examples, FitSettings, Objective, accuracy, logits};
 
@@ -56,6 +56,16 @@ pub enum DistillError {
     /// The ONNX export or int8 quantization failed.
     #[error(transparent)]
     Onnx(Box<OnnxError>),
+    /// The output already holds a complete artifact of another spec, which may be serving.
+    #[error(
+        "output {path} {why}: artifacts are immutable once written (a server may be serving this one), so this job will not write over it; choose a new spec.output.uri (or --output) for this spec"
+    )]
+    Immutable {
+        /// The output directory.
+        path: String,
+        /// What it holds.
+        why: String,
+    },
     /// The artifact could not be written.
     #[error("output {path}: {source}")]
     Io {
@@ -146,6 +156,48 @@ fn check_supported(job: &DistillationJob) -> Result<(), DistillError> {
     Ok(())
 }
 
+/// sha256 of the canonical JSON of `job`'s spec: the manifest's `lineage.specHash`.
+pub fn spec_hash(job: &DistillationJob) -> String {
+    sha256(serde_json::to_string(&job.spec).expect("specs serialize").as_bytes())
+}
+
+/// Refuses to write into `output` when it already holds a complete artifact (its manifest) made
+/// from a spec other than the one hashing to `spec_hash`: artifacts are immutable once written.
+/// An empty or missing directory, an interrupted run's (checkpoints, no manifest) and the same
+/// spec's artifact (a rerun, which replaces it) are fine. The same spec is the manifest's
+/// `lineage.specHash`, or the artifact's `job.json` hashed as this worker hashes specs (so a
+/// rerun is not refused because the spec's serialized form gained a defaulted field).
+pub fn check_output(output: &Path, spec_hash: &str) -> Result<(), DistillError> {
+    let manifest_path = output.join(MANIFEST_FILE);
+    let bytes = match std::fs::read(&manifest_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(&manifest_path)(e)),
+    };
+    let path = output.display().to_string();
+    let manifest: ArtifactManifest = serde_json::from_slice(&bytes).map_err(|e| DistillError::Immutable {
+        path: path.clone(),
+        why: format!("holds a {MANIFEST_FILE} this worker cannot read ({e}), so it cannot tell which spec made it"),
+    })?;
+    let existing = &manifest.lineage.spec_hash;
+    if existing == spec_hash {
+        return Ok(());
+    }
+    let recorded = std::fs::read(output.join(onnx_artifact::JOB_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<DistillationJob>(&b).ok())
+        .map(|job| self::spec_hash(&job));
+    if recorded.as_deref() == Some(spec_hash) {
+        return Ok(());
+    }
+    Err(DistillError::Immutable {
+        path,
+        why: format!(
+            "already holds a complete artifact made from another spec (its lineage.specHash is {existing}, this job's is {spec_hash})"
+        ),
+    })
+}
+
 /// Runs `job`, writing the artifact into `output`.
 pub fn run(
     job: &DistillationJob,
@@ -155,6 +207,10 @@ pub fn run(
     reporter: &mut dyn Reporter,
 ) -> Result<Outcome, DistillError> {
     check_supported(job)?;
+    // Checked before the hours of work, and again before writing (another run may have finished
+    // there meanwhile).
+    let spec_hash = spec_hash(job);
+    check_output(output, &spec_hash)?;
     let stage = |reporter: &mut dyn Reporter, stage: &str, message: String| {
         reporter.report(&Event::Stage { stage: stage.into(), message });
     };
@@ -199,7 +255,6 @@ pub fn run(
         .map_err(io(&tokenizer_path))
         .and_then(|t| serde_json::from_str(&t).map_err(|e| io(&tokenizer_path)(std::io::Error::other(e))))?;
 
-    let spec_hash = sha256(serde_json::to_string(&job.spec).expect("specs serialize").as_bytes());
     let run_key = |name: &str| sha256(format!("{spec_hash}/{}/{name}", teacher.preparation.key).as_bytes());
     let mut teacher_logits = vec![vec![]; inputs.ids.len()];
     let mut teacher_pooled = vec![vec![]; inputs.ids.len()];
@@ -308,6 +363,7 @@ pub fn run(
 
     let (_, student, _, student_accuracy) = &trained[0];
     stage(reporter, "artifact", format!("writing {}", output.display()));
+    check_output(output, &spec_hash)?;
     std::fs::create_dir_all(output).map_err(io(output))?;
     let files = write_model_files(output, student, &inputs, job)?;
     let teacher_params = teacher.parameters();
@@ -368,7 +424,7 @@ pub fn run(
         served_variant_reason: None,
     };
     let manifest_path = output.join(MANIFEST_FILE);
-    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))
+    write_atomically(&manifest_path, &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))
         .map_err(io(&manifest_path))?;
     if checkpoints.exists() {
         std::fs::remove_dir_all(&checkpoints).map_err(io(&checkpoints))?;
@@ -573,10 +629,89 @@ pub fn table(rows: &[ModelRow]) -> String {
     out
 }
 
-/// Where `job`'s artifact goes: `--output` when given, else the spec's `output.uri`.
-pub fn output_dir(job: &DistillationJob, output: Option<&Path>) -> Result<PathBuf, StoreError> {
+/// Where `job`'s artifact goes, as a local directory and the URI the summary reports: `--output`
+/// when given — a directory, or a URI (the operator passes `<spec.output.uri>/<run id>`) — else
+/// the spec's `output.uri`.
+pub fn output_location(job: &DistillationJob, output: Option<&str>) -> Result<(PathBuf, String), StoreError> {
     match output {
-        Some(p) => Ok(p.to_path_buf()),
-        None => local_path(&job.spec.output.uri),
+        Some(uri) if uri.contains("://") => Ok((local_path(uri)?, uri.to_string())),
+        Some(dir) => Ok((PathBuf::from(dir), format!("file://{dir}"))),
+        None => Ok((local_path(&job.spec.output.uri)?, job.spec.output.uri.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_job() -> DistillationJob {
+        crate::spec::parse(include_str!("../tests/fixtures/small.yaml"), Path::new("small.yaml")).unwrap()
+    }
+
+    /// A complete artifact in `dir` made from `job`, its manifest recording `spec_hash`.
+    fn write_artifact(dir: &Path, job: &DistillationJob, spec_hash: &str) {
+        let mut manifest = ArtifactManifest::default();
+        manifest.lineage.spec_hash = spec_hash.into();
+        std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&manifest).unwrap()).unwrap();
+        std::fs::write(dir.join(onnx_artifact::JOB_FILE), serde_json::to_vec(job).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn an_artifact_of_another_spec_is_never_written_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = small_job();
+        let mut other = job.clone();
+        other.spec.training.seed += 1;
+        let (ours, theirs) = (spec_hash(&job), spec_hash(&other));
+        assert_ne!(ours, theirs);
+        // Nothing there yet, or only an interrupted run's checkpoints: fine.
+        assert!(check_output(&dir.path().join("new"), &ours).is_ok());
+        std::fs::create_dir_all(dir.path().join("checkpoints/student")).unwrap();
+        assert!(check_output(dir.path(), &ours).is_ok());
+        // The same spec's artifact: a rerun replaces it.
+        write_artifact(dir.path(), &job, &ours);
+        assert!(check_output(dir.path(), &ours).is_ok());
+        // Another spec's: refused, saying why and what to do.
+        let err = check_output(dir.path(), &theirs).unwrap_err();
+        assert_eq!(err.policy(), ErrorPolicy::WaitForSpecChange);
+        let message = err.to_string();
+        for part in ["another spec", &ours, &theirs, "artifacts are immutable", "choose a new spec.output.uri"] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+    }
+
+    #[test]
+    fn the_same_spec_hashed_by_an_older_worker_is_recognised_by_its_job_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = small_job();
+        write_artifact(dir.path(), &job, "a-hash-of-another-serialization");
+        assert!(check_output(dir.path(), &spec_hash(&job)).is_ok());
+        let mut other = job.clone();
+        other.spec.training.seed += 1;
+        assert!(matches!(check_output(dir.path(), &spec_hash(&other)), Err(DistillError::Immutable { .. })));
+    }
+
+    #[test]
+    fn an_unreadable_manifest_is_not_written_over() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MANIFEST_FILE), b"{not json").unwrap();
+        let message = check_output(dir.path(), &spec_hash(&small_job())).unwrap_err().to_string();
+        assert!(message.contains("cannot tell which spec made it"), "{message}");
+    }
+
+    #[test]
+    fn the_output_is_the_flag_a_uri_in_it_or_the_spec() {
+        let job = small_job();
+        let (dir, uri) = output_location(&job, Some("file:///artifacts/small/g2-0a1b2c3d")).unwrap();
+        assert_eq!(
+            (dir, uri.as_str()),
+            (PathBuf::from("/artifacts/small/g2-0a1b2c3d"), "file:///artifacts/small/g2-0a1b2c3d")
+        );
+        let (dir, uri) = output_location(&job, Some("/tmp/out")).unwrap();
+        assert_eq!((dir, uri.as_str()), (PathBuf::from("/tmp/out"), "file:///tmp/out"));
+        let (dir, uri) = output_location(&job, None).unwrap();
+        assert_eq!(uri, job.spec.output.uri);
+        assert_eq!(dir, local_path(&job.spec.output.uri).unwrap());
+        assert!(output_location(&job, Some("s3://bucket/x/g1-0a1b2c3d")).is_err());
     }
 }

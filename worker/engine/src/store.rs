@@ -1,7 +1,7 @@
 //! The artifact store: model, dataset and artifact URIs resolved to local paths. `file://` is the
 //! embedded default (a mounted volume in a pod, a directory locally).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why a URI cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +33,28 @@ pub fn local_path(uri: &str) -> Result<PathBuf, StoreError> {
 
 pub use distillery_crds::manifest::{sha256, sha256_file};
 
+/// Writes `bytes` to `path` through a temporary file in the same directory renamed over it, so a
+/// reader (or a worker killed mid-write) sees the old content or the new, never half of it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let staging = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&staging, bytes)?;
+    std::fs::rename(&staging, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_and_leaves_no_staging_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("distillery.json");
+        std::fs::write(&path, b"old").unwrap();
+        write_atomically(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn file_digest_matches_the_digest_of_its_bytes() {

@@ -1,5 +1,6 @@
 //! Reading the artifact a server serves: the manifest (`distillery.json`), the ONNX variant it
-//! names (verified against its sha256), the tokenizer and the classifier's labels.
+//! names (verified against its sha256, and against the digest the server was told to serve), the
+//! tokenizer and the classifier's labels.
 //!
 //! Only `file://` URIs and plain paths are read today; [`resolve`] is the seam where another
 //! store (`s3://`) would download the directory first.
@@ -54,6 +55,21 @@ pub enum ArtifactError {
         /// The file's digest.
         actual: String,
     },
+    /// The served file is not the one this server was told to serve (`--expect-digest`): the
+    /// artifact at this location was replaced after the rollout resolved it.
+    #[error(
+        "refusing to serve {path} (the {variant} variant): its sha256 is {actual} but this server must serve {expected} (--expect-digest) — the artifact at this location changed since the rollout resolved it; artifacts are immutable: write a new model to a new location"
+    )]
+    Unexpected {
+        /// The served file.
+        path: PathBuf,
+        /// The variant chosen.
+        variant: String,
+        /// The digest this server must serve.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
 }
 
 /// An artifact loaded for serving: everything about the model but its bytes, which
@@ -95,6 +111,20 @@ fn file_error(path: &Path, message: impl std::fmt::Display) -> ArtifactError {
 fn read_json(path: &Path) -> Result<Value, ArtifactError> {
     let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
     serde_json::from_str(&text).map_err(|e| file_error(path, format!("not valid JSON: {e}")))
+}
+
+/// Refuses a served file whose sha256 (`actual`, already verified against the manifest) is not
+/// the one this server must serve, when it was told one (`--expect-digest`). Pure.
+pub fn check_expected(path: &Path, variant: &str, expected: Option<&str>, actual: &str) -> Result<(), ArtifactError> {
+    match expected {
+        Some(expected) if expected != actual => Err(ArtifactError::Unexpected {
+            path: path.to_path_buf(),
+            variant: variant.into(),
+            expected: expected.into(),
+            actual: actual.into(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The file to serve for `choice`, from the manifest: `(variant, file name, expected sha256)`.
@@ -141,6 +171,16 @@ impl ServedArtifact {
     /// Loads the artifact at `dir`: manifest, the `choice` variant (its sha256 checked against the
     /// manifest), tokenizer and `config.json`. Returns it with the served ONNX model's bytes.
     pub fn load(dir: &Path, choice: VariantChoice) -> Result<(Self, Vec<u8>), ArtifactError> {
+        Self::load_expecting(dir, choice, None)
+    }
+
+    /// [`ServedArtifact::load`], and the served file's sha256 must then be `expect_digest` when
+    /// given (`--expect-digest`): what a server does before it turns ready.
+    pub fn load_expecting(
+        dir: &Path,
+        choice: VariantChoice,
+        expect_digest: Option<&str>,
+    ) -> Result<(Self, Vec<u8>), ArtifactError> {
         let manifest_path = dir.join(MANIFEST_FILE);
         if !dir.is_dir() {
             return Err(file_error(dir, "no such artifact directory"));
@@ -154,6 +194,7 @@ impl ServedArtifact {
         if digest != expected {
             return Err(ArtifactError::Digest { path: model_path, expected, actual: digest });
         }
+        check_expected(&model_path, &variant, expect_digest, &digest)?;
         let config_path = dir.join("config.json");
         let config = read_json(&config_path)?;
         let field = |pointer: &str| {
@@ -246,6 +287,19 @@ mod tests {
         assert_eq!(resolve("file:///artifacts/a").unwrap(), PathBuf::from("/artifacts/a"));
         assert_eq!(resolve("rel/dir").unwrap(), PathBuf::from("rel/dir"));
         assert!(matches!(resolve("s3://bucket/a"), Err(ArtifactError::UnsupportedUri(_))));
+    }
+
+    #[test]
+    fn a_file_other_than_the_expected_one_is_refused_naming_both_digests() {
+        let path = Path::new("/artifacts/x/model.int8.onnx");
+        assert!(check_expected(path, "int8", None, "aa").is_ok());
+        assert!(check_expected(path, "int8", Some("aa"), "aa").is_ok());
+        let err = check_expected(path, "int8", Some("bb"), "aa").unwrap_err().to_string();
+        for part in ["refusing to serve /artifacts/x/model.int8.onnx", "int8 variant", "sha256 is aa", "must serve bb"]
+        {
+            assert!(err.contains(part), "{part}: {err}");
+        }
+        assert!(err.contains("artifacts are immutable"), "{err}");
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub struct Config {
     /// `fp32` or `int8`.
     #[arg(long, env = "DISTILLERY_MODEL_VARIANT", value_enum, default_value_t = VariantChoice::Auto)]
     pub variant: VariantChoice,
+    /// The sha256 the served ONNX file must have (64 lower-case hex digits, `sha256:` prefix
+    /// optional): what the rollout resolved for this pod. Checked once the variant is chosen and
+    /// its file verified against the manifest; any other file stops the server with exit 1
+    /// before it turns ready. Artifacts are immutable: one changed at the same location is
+    /// refused, never served.
+    #[arg(long, env = "DISTILLERY_EXPECT_DIGEST", value_parser = parse_digest)]
+    pub expect_digest: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "DISTILLERY_ADDRESS", default_value = "0.0.0.0")]
     pub address: IpAddr,
@@ -69,6 +76,17 @@ pub struct Config {
     pub log_level: String,
 }
 
+/// An `--expect-digest` value: 64 lower-case hex digits, optionally prefixed by `sha256:`;
+/// returns the hex digits alone.
+pub fn parse_digest(value: &str) -> Result<String, String> {
+    let hex = value.strip_prefix("sha256:").unwrap_or(value);
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(hex.to_string())
+    } else {
+        Err("expected a sha256 digest: 64 lower-case hex digits, optionally prefixed by `sha256:`".into())
+    }
+}
+
 impl Config {
     /// The batching limits.
     pub fn batch_limits(&self) -> BatchLimits {
@@ -85,5 +103,37 @@ impl Config {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             (cpus / self.threads as usize).max(1)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn an_expected_digest_is_taken_with_or_without_its_prefix() {
+        for value in [DIGEST.to_string(), format!("sha256:{DIGEST}")] {
+            let config =
+                Config::try_parse_from(["distillery-server", "--model", "m", "--expect-digest", &value]).unwrap();
+            assert_eq!(config.expect_digest.as_deref(), Some(DIGEST));
+        }
+        let config = Config::try_parse_from(["distillery-server", "--model", "m"]).unwrap();
+        assert_eq!(config.expect_digest, None);
+    }
+
+    #[test]
+    fn a_malformed_expected_digest_is_refused_at_start_up() {
+        let upper = DIGEST.to_uppercase();
+        let short = &DIGEST[..63];
+        let other_algorithm = format!("sha512:{DIGEST}");
+        let not_hex = "z".repeat(64);
+        for value in [upper.as_str(), short, &other_algorithm, "", "sha256:", &not_hex] {
+            let err = Config::try_parse_from(["distillery-server", "--model", "m", "--expect-digest", value])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--expect-digest") && err.contains("64 lower-case hex digits"), "{value:?}: {err}");
+        }
     }
 }

@@ -61,7 +61,7 @@ pub fn model_name(config: &Config) -> Result<String, ArtifactError> {
 /// Loads the artifact and one warmed-up session per model thread.
 fn load(config: &Config, environment: &Environment) -> Result<(ServedArtifact, Vec<OnnxSession>), ServeError> {
     let dir = artifact::resolve(&config.model)?;
-    let (artifact, model) = ServedArtifact::load(&dir, config.variant)?;
+    let (artifact, model) = ServedArtifact::load_expecting(&dir, config.variant, config.expect_digest.as_deref())?;
     let limits = config.batch_limits();
     // A warm-up batch as long and as wide as a real one: ONNX Runtime plans its buffers on the
     // first runs, which would otherwise be the first clients' latency.

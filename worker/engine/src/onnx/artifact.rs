@@ -379,5 +379,5 @@ fn update_manifest(dir: &Path, change: impl FnOnce(&mut ArtifactManifest)) -> Re
         }
     }
     let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
-    std::fs::write(&path, json).map_err(|e| artifact_error(&path, e))
+    crate::store::write_atomically(&path, &json).map_err(|e| artifact_error(&path, e))
 }
