@@ -85,7 +85,7 @@ impl Metrics {
         registry.register("rollouts", "ModelDeployment rollouts that ended, by outcome", rollouts.clone());
         let analysis_runs = Family::<VerdictLabels, Counter>::default();
         registry.register("analysis_runs", "Canary analysis runs judged, by verdict", analysis_runs.clone());
-        let time_to_safety = Histogram::new([1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0].into_iter());
+        let time_to_safety = Histogram::new([1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0]);
         registry.register(
             "time_to_safety_seconds",
             "Seconds from a bad canary's first failed analysis being due to its traffic weight reaching 0",

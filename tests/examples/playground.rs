@@ -14,6 +14,8 @@
 //! ```
 //!
 //! Everything stops with Ctrl-C (or SIGTERM); the artifacts stay in the cache.
+//! `DISTILLERY_PLAYGROUND_DIR` puts the playground's own files (artifacts, pods, kubeconfig,
+//! operator log) elsewhere than `$DISTILLERY_CACHE/playground`.
 
 use std::collections::HashMap;
 
@@ -24,7 +26,7 @@ use distillery_tests::operator::OperatorProcess;
 #[tokio::main]
 async fn main() {
     let cache = distillery_tests::cache_dir();
-    let root = cache.join("playground");
+    let root = std::env::var_os("DISTILLERY_PLAYGROUND_DIR").map_or_else(|| cache.join("playground"), Into::into);
     let artifacts = root.join("artifacts");
     std::fs::create_dir_all(&artifacts).expect("create the playground's directories");
     for needed in ["teacher/all-minilm-l6-v2", "data/rotten_tomatoes_corpus_full.csv.bz2"] {
@@ -56,7 +58,8 @@ async fn main() {
         log.display(),
         cluster.pods_root.display()
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},

@@ -349,21 +349,31 @@ async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_ma
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_hundred_distillation_jobs_each_get_their_job() {
-    const COUNT: usize = 500;
-    // No kubelet: the Jobs are suspended, nothing runs.
+async fn a_thousand_distillation_jobs_and_two_hundred_model_deployments_settle() {
+    const COUNT: usize = 1000;
+    const MDEPS: usize = 200;
+    // No kubelet: the Jobs are suspended, nothing runs; each ModelDeployment waits for its
+    // (suspended) DistillationJob, settled with ModelReady=False.
     let (server, root, kubeconfig) = harness_without_kubelet().await;
     let log = root.path().join("operator.log");
     let operator = Operator::start(&kubeconfig, &log);
     let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
     for i in 0..COUNT {
-        let name = format!("job-{i:03}");
+        let name = format!("job-{i:04}");
         let mut job = small_job(&name);
         job["spec"]["suspend"] = json!(true);
         djs.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&job)).await.unwrap();
     }
+    let mdeps: Api<distillery_crds::ModelDeployment> = Api::default_namespaced(server.client());
+    for i in 0..MDEPS {
+        let name = format!("serve-{i:03}");
+        let md = json!({"apiVersion": "distillery.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"model": {"distillationJobRef": {"name": format!("job-{i:04}")}}}});
+        mdeps.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&md)).await.unwrap();
+    }
     let jobs: Api<Job> = Api::default_namespaced(server.client());
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let made = jobs.list(&ListParams::default()).await.unwrap().items.len();
         let suspended = djs
@@ -376,18 +386,40 @@ async fn five_hundred_distillation_jobs_each_get_their_job() {
                 d.status.as_ref().and_then(|s| s.phase).is_some_and(|p| serde_json::to_value(p).unwrap() == "Suspended")
             })
             .count();
-        if made == COUNT && suspended == COUNT {
+        let waiting = mdeps
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|m| {
+                m.status.as_ref().is_some_and(|s| {
+                    distillery_crds::conditions::find(&s.conditions, "ModelReady")
+                        .is_some_and(|c| c.status == "False" && c.reason == "DistillationJobSuspended")
+                })
+            })
+            .count();
+        if made == COUNT && suspended == COUNT && waiting == MDEPS {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{made} Jobs, {suspended} Suspended of {COUNT}\n{}",
+            "{made} Jobs, {suspended} Suspended of {COUNT}, {waiting} of {MDEPS} ModelDeployments waiting\n{}",
             std::fs::read_to_string(&log).unwrap()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Settled: nothing more is written.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = server.state().writes().len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let writes = server.state().writes().len() - before;
+    assert_eq!(writes, 0, "writes after settling");
     // Reported, not asserted: memory depends on the build (CI runs a debug build).
-    eprintln!("operator resident memory with {COUNT} DistillationJobs and their Jobs: {} KiB", operator.resident_kib());
+    eprintln!(
+        "operator resident memory with {COUNT} DistillationJobs (and their Jobs) and {MDEPS} settled ModelDeployments: {} KiB",
+        operator.resident_kib()
+    );
 }
 
 async fn harness_without_kubelet() -> (ApiServer, tempfile::TempDir, PathBuf) {

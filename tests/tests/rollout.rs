@@ -48,7 +48,8 @@ fn write_data() -> Data {
     let dir = scratch().join("data");
     std::fs::create_dir_all(&dir).unwrap();
     let corpus = distillery_tests::cache_dir().join("data/rotten_tomatoes_corpus_full.csv.bz2");
-    let file = std::fs::File::open(&corpus).unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", corpus.display()));
+    let file =
+        std::fs::File::open(&corpus).unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", corpus.display()));
     let mut reader = csv::Reader::from_reader(bzip2::read::BzDecoder::new(file));
     let headers = reader.headers().unwrap().clone();
     let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
@@ -88,7 +89,8 @@ fn job_spec(dataset_uri: &str, seed: u64, max_examples: u32, output_uri: &str, c
         json!({"uri": format!("file://{}", distillery_tests::cache_dir().join("teacher/all-minilm-l6-v2").display())})
     };
     let mut teacher = teacher;
-    teacher["head"] = json!({"mode": "fine-tune", "trainableLayers": 1, "epochs": 1, "learningRate": 0.0001, "batchSize": 16});
+    teacher["head"] =
+        json!({"mode": "fine-tune", "trainableLayers": 1, "epochs": 1, "learningRate": 0.0001, "batchSize": 16});
     let mut dataset = json!({"uri": dataset_uri, "labelField": "category", "groupField": "movie_name",
         "labels": ["fresh", "rotten"], "validationSplit": {"fraction": 0.2, "byGroup": true, "seed": 0},
         "maxSequenceLength": 48, "maxExamples": max_examples});
@@ -164,9 +166,13 @@ impl Models {
     /// The served file's digest of `model` (the manifest's served variant).
     fn digest(&self, model: &str) -> String {
         let manifest: Value =
-            serde_json::from_str(&std::fs::read_to_string(self.dir.join(model).join("distillery.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(self.dir.join(model).join("distillery.json")).unwrap())
+                .unwrap();
         let variant = manifest["servedVariant"].as_str().unwrap_or("fp32").to_string();
-        manifest["variants"][&variant]["sha256"].as_str().unwrap_or_else(|| panic!("no sha256 for {variant}: {manifest}")).to_string()
+        manifest["variants"][&variant]["sha256"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no sha256 for {variant}: {manifest}"))
+            .to_string()
     }
 }
 
@@ -207,14 +213,22 @@ impl Harness {
         ]);
         let cluster = Cluster::start(&server, images, claims, &root.path().join("cluster")).unwrap();
         server.install_crds("kubectl").await.unwrap();
-        let operator = OperatorProcess::start(&root.path().join("cluster/kubeconfig"), &root.path().join("operator.log"), OPERATOR_FLAGS);
+        let operator = OperatorProcess::start(
+            &root.path().join("cluster/kubeconfig"),
+            &root.path().join("operator.log"),
+            OPERATOR_FLAGS,
+        );
         Self { server, cluster, root, operator: Some(operator) }
     }
 
     fn diagnostics(&self) -> String {
         let log = std::fs::read_to_string(self.root.path().join("operator.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(60).collect();
-        format!("operator log (last lines):\n{}\npods:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"), self.cluster.logs())
+        format!(
+            "operator log (last lines):\n{}\npods:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            self.cluster.logs()
+        )
     }
 
     fn mdeps(&self) -> Api<ModelDeployment> {
@@ -232,7 +246,13 @@ impl Harness {
 
     /// Waits until `check` on the status returns something; panics with diagnostics on timeout
     /// and whenever `forbid` says the status went somewhere it must not.
-    async fn wait_status<T>(&self, name: &str, what: &str, timeout: Duration, mut check: impl FnMut(&Value) -> Option<T>) -> T {
+    async fn wait_status<T>(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Value) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status(name).await;
@@ -360,9 +380,11 @@ async fn call(address: &str, request: &str) -> Answer {
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.map_err(|e| format!("read: {e}"))?;
         let text = String::from_utf8_lossy(&response).to_string();
-        let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(format!("no status: {text:?}"))?;
+        let status: u16 =
+            text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(format!("no status: {text:?}"))?;
         let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let version = serde_json::from_str::<Value>(body).ok().and_then(|v| v["model_version"].as_str().map(String::from));
+        let version =
+            serde_json::from_str::<Value>(body).ok().and_then(|v| v["model_version"].as_str().map(String::from));
         Ok::<_, String>((status, version.unwrap_or_default()))
     };
     match tokio::time::timeout(Duration::from_secs(10), attempt).await {
@@ -394,8 +416,13 @@ fn watch_status(h: &Harness, name: &str) -> (Timeline, tokio::task::JoinHandle<(
     (timeline, task)
 }
 
-fn failures(answers: &[Answer]) -> Vec<&Answer> {
-    answers.iter().filter(|a| a.status != 200).collect()
+/// The answers that were not a 200, each with its status or connection error.
+fn failures(answers: &[Answer]) -> Vec<String> {
+    answers
+        .iter()
+        .filter(|a| a.status != 200)
+        .map(|a| format!("{} {}", a.status, a.error.as_deref().unwrap_or_default()))
+        .collect()
 }
 
 /// For every canary weight held at least 3 s, the share of answers the canary served, measured
@@ -473,7 +500,13 @@ async fn a_good_canary_steps_up_with_passing_analyses_and_is_promoted_without_a_
 
     // Zero failed requests over the whole rollout.
     let failed = failures(&answers);
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), answers.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
     // The canary's share of answers matched the weight achieved at each step.
     let measured = shares(&timeline, &answers, &version(&good_digest));
     eprintln!("canary weight achieved vs share of answers: {measured:?}");
@@ -484,7 +517,10 @@ async fn a_good_canary_steps_up_with_passing_analyses_and_is_promoted_without_a_
             continue;
         }
         let share = 100.0 * *canary as f64 / *n as f64;
-        assert!((share - *weight as f64).abs() <= SHARE_TOLERANCE, "weight {weight}%: canary served {share:.1}% of {n} answers");
+        assert!(
+            (share - *weight as f64).abs() <= SHARE_TOLERANCE,
+            "weight {weight}%: canary served {share:.1}% of {n} answers"
+        );
     }
     // Promoted: stable serves the new digest; the canary is gone; analyses were recorded.
     assert!(promoted.get("canary").is_none_or(Value::is_null), "{promoted:#}");
@@ -521,7 +557,12 @@ async fn roll_out_bad(h: &Harness, name: &str, bad: &str, interval: &str) -> (Va
     let mut first_failure_seen: Option<(Instant, Value)> = None;
     let status = loop {
         let status = h.status(name).await;
-        assert_ne!(status["stable"]["modelDigest"], bad_digest.as_str(), "the bad model reached stable: {status:#}\n{}", h.diagnostics());
+        assert_ne!(
+            status["stable"]["modelDigest"],
+            bad_digest.as_str(),
+            "the bad model reached stable: {status:#}\n{}",
+            h.diagnostics()
+        );
         if first_failure_seen.is_none() && status["lastAnalysis"]["verdict"] == "Failed" {
             first_failure_seen = Some((Instant::now(), status["lastAnalysis"].clone()));
         }
@@ -532,7 +573,10 @@ async fn roll_out_bad(h: &Harness, name: &str, bad: &str, interval: &str) -> (Va
                 weight_zero_at = Some(Instant::now());
             }
         }
-        if status["phase"] == "RolledBack" && status.get("canary").is_none_or(Value::is_null) && weight_zero_at.is_some() {
+        if status["phase"] == "RolledBack"
+            && status.get("canary").is_none_or(Value::is_null)
+            && weight_zero_at.is_some()
+        {
             break status;
         }
         assert!(Instant::now() < deadline, "no rollback of {bad}; status: {status:#}\n{}", h.diagnostics());
@@ -585,11 +629,20 @@ async fn a_grossly_bad_canary_is_rolled_back_quickly_then_left_alone() {
     eprintln!("time to safety (gross canary, interval 10s, failureLimit 2): {:.1}s", safety.as_secs_f64());
     assert!(safety < Duration::from_secs(60), "time to safety {safety:?}");
     let failed = failures(&answers);
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), answers.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
     let rejected = &status["rejectedModel"];
     assert_eq!(rejected["modelDigest"], bad.as_str(), "{status:#}");
     let checks: Vec<&str> = rejected["failedChecks"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert!(checks.iter().any(|c| c.starts_with("accuracy FAILED")), "the failed checks name accuracy with figures: {checks:?}");
+    assert!(
+        checks.iter().any(|c| c.starts_with("accuracy FAILED")),
+        "the failed checks name accuracy with figures: {checks:?}"
+    );
     assert!(checks.iter().any(|c| c.starts_with("agreement FAILED")), "{checks:?}");
     assert_eq!(status["stable"]["modelDigest"], models().digest("base").as_str());
     let rolled_back = distillery_crds::conditions::find(
@@ -608,13 +661,21 @@ async fn a_grossly_bad_canary_is_rolled_back_quickly_then_left_alone() {
     let writes: Vec<_> = h.server.state().writes()[before..].to_vec();
     assert!(writes.is_empty(), "writes during the quiet period: {writes:?}");
     let deployments: Api<Deployment> = Api::default_namespaced(h.server.client());
-    assert!(deployments.get_opt(&format!("{name}-canary")).await.unwrap().is_none(), "the rejected model is not tried again");
+    assert!(
+        deployments.get_opt(&format!("{name}-canary")).await.unwrap().is_none(),
+        "the rejected model is not tried again"
+    );
     // The operator recorded the same figure (its own clock: within a second or two of ours).
-    let recorded = operator_metric(&h, "distillery_operator_time_to_safety_seconds_sum").expect("the operator's metric");
+    let recorded =
+        operator_metric(&h, "distillery_operator_time_to_safety_seconds_sum").expect("the operator's metric");
     let count = operator_metric(&h, "distillery_operator_time_to_safety_seconds_count").unwrap_or(0.0);
     eprintln!("the operator's time_to_safety_seconds: sum {recorded:.2} over {count} rollbacks");
     assert_eq!(count, 1.0);
-    assert!((recorded - safety.as_secs_f64()).abs() < 2.5, "operator {recorded:.2}s vs measured {:.2}s", safety.as_secs_f64());
+    assert!(
+        (recorded - safety.as_secs_f64()).abs() < 2.5,
+        "operator {recorded:.2}s vs measured {:.2}s",
+        safety.as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,8 +686,14 @@ async fn a_subtly_worse_canary_is_rolled_back_too() {
     let analysis = &status["lastAnalysis"];
     eprintln!(
         "subtle canary rolled back after {} runs ({} samples): stable {:?} vs canary {:?}, drop bounds [{:?}, {:?}], agreement {:?}; time to safety {:.1}s",
-        analysis["run"], analysis["samples"], analysis["stableAccuracy"], analysis["canaryAccuracy"],
-        analysis["accuracyDropLower"], analysis["accuracyDropUpper"], analysis["agreement"], safety.as_secs_f64()
+        analysis["run"],
+        analysis["samples"],
+        analysis["stableAccuracy"],
+        analysis["canaryAccuracy"],
+        analysis["accuracyDropLower"],
+        analysis["accuracyDropUpper"],
+        analysis["agreement"],
+        safety.as_secs_f64()
     );
     assert!(failures(&answers).is_empty(), "failed requests during the subtle rollout");
     assert_eq!(status["rejectedModel"]["modelDigest"], models().digest("subtle").as_str());
@@ -642,9 +709,11 @@ async fn a_gitops_revert_stops_the_canary_without_analysis() {
     h.wait_status(name, "Healthy", Duration::from_secs(120), |s| (s["phase"] == "Healthy").then_some(())).await;
     let background = Background::start(h.service_address(name).await, name);
     let mut good = mdep(name, "good", "3s");
-    good["spec"]["rollout"]["steps"] = json!([{"weight": 10, "pause": "3s"}, {"weight": 50, "pause": "60s"}, {"weight": 100}]);
+    good["spec"]["rollout"]["steps"] =
+        json!([{"weight": 10, "pause": "3s"}, {"weight": 50, "pause": "60s"}, {"weight": 100}]);
     h.apply(&good).await;
-    h.wait_status(name, "the canary at 50%", Duration::from_secs(120), |s| (s["canary"]["weight"] == 50).then_some(())).await;
+    h.wait_status(name, "the canary at 50%", Duration::from_secs(120), |s| (s["canary"]["weight"] == 50).then_some(()))
+        .await;
     let runs_before = h.status(name).await["lastAnalysis"]["run"].as_u64().unwrap_or(0);
     h.apply(&mdep(name, "base", "3s")).await;
     let status = h
@@ -656,12 +725,19 @@ async fn a_gitops_revert_stops_the_canary_without_analysis() {
     assert!(failures(&answers).is_empty(), "failed requests during the revert");
     assert_eq!(status["stable"]["modelDigest"], models().digest("base").as_str());
     assert!(status.get("rejectedModel").is_none_or(Value::is_null), "a revert rejects nothing: {status:#}");
-    assert!(status.get("lastAnalysis").is_none_or(|a| a.is_null() || a["run"].as_u64().unwrap_or(0) <= runs_before + 1));
+    assert!(
+        status.get("lastAnalysis").is_none_or(|a| a.is_null() || a["run"].as_u64().unwrap_or(0) <= runs_before + 1)
+    );
     let deployments: Api<Deployment> = Api::default_namespaced(h.server.client());
     assert!(deployments.get_opt(&format!("{name}-canary")).await.unwrap().is_none());
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::default_namespaced(h.server.client());
-    let analysis_jobs = jobs.list(&ListParams::default().labels("distillery.dev/purpose=analysis")).await.unwrap().items;
-    assert!(analysis_jobs.is_empty(), "no analysis after the revert: {:?}", analysis_jobs.iter().map(kube::ResourceExt::name_any).collect::<Vec<_>>());
+    let analysis_jobs =
+        jobs.list(&ListParams::default().labels("distillery.dev/purpose=analysis")).await.unwrap().items;
+    assert!(
+        analysis_jobs.is_empty(),
+        "no analysis after the revert: {:?}",
+        analysis_jobs.iter().map(kube::ResourceExt::name_any).collect::<Vec<_>>()
+    );
 }
 
 async fn annotate(h: &Harness, name: &str, key: &str) {
@@ -695,7 +771,11 @@ async fn without_auto_rollback_a_failing_canary_pauses_for_abort_retry_and_promo
     assert_eq!(paused["stable"]["modelDigest"], models().digest("base").as_str(), "stable serves throughout");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let still = h.status(name).await;
-    assert_eq!((&still["phase"], &still["canary"]["weight"]), (&json!("Paused"), &weight), "nothing moves while paused");
+    assert_eq!(
+        (&still["phase"], &still["canary"]["weight"]),
+        (&json!("Paused"), &weight),
+        "nothing moves while paused"
+    );
 
     // Abort: weight 0, the canary's pods go, the model is rejected; the annotation is cleared.
     annotate(&h, name, "distillery.dev/abort").await;
@@ -705,7 +785,10 @@ async fn without_auto_rollback_a_failing_canary_pauses_for_abort_retry_and_promo
         })
         .await;
     assert!(aborted["rejectedModel"]["reason"].as_str().unwrap().contains("abort"), "{aborted:#}");
-    assert!(!annotations(&h.mdeps().get(name).await.unwrap()).contains_key("distillery.dev/abort"), "abort is cleared when done");
+    assert!(
+        !annotations(&h.mdeps().get(name).await.unwrap()).contains_key("distillery.dev/abort"),
+        "abort is cleared when done"
+    );
 
     // Retry: the rejected model goes out again, fails again, pauses again; promote makes it stable.
     annotate(&h, name, "distillery.dev/retry").await;
@@ -715,7 +798,8 @@ async fn without_auto_rollback_a_failing_canary_pauses_for_abort_retry_and_promo
     .await;
     annotate(&h, name, "distillery.dev/promote").await;
     h.wait_status(name, "the promotion", Duration::from_secs(120), |s| {
-        (s["phase"] == "Healthy" && s["stable"]["modelDigest"] == models().digest("gross").as_str()
+        (s["phase"] == "Healthy"
+            && s["stable"]["modelDigest"] == models().digest("gross").as_str()
             && s.get("canary").is_none_or(Value::is_null))
         .then_some(())
     })
@@ -725,12 +809,20 @@ async fn without_auto_rollback_a_failing_canary_pauses_for_abort_retry_and_promo
         assert!(!annotations(&md).contains_key(key), "{key} is cleared when done");
     }
     let answers = background.finish().await;
-    assert!(failures(&answers).is_empty(), "failed requests: {:?}", &failures(&answers)[..failures(&answers).len().min(5)]);
+    assert!(
+        failures(&answers).is_empty(),
+        "failed requests: {:?}",
+        &failures(&answers)[..failures(&answers).len().min(5)]
+    );
 }
 
 fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
     status["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
-        (c["status"].as_str().unwrap_or_default().into(), c["reason"].as_str().unwrap_or_default().into(), c["message"].as_str().unwrap_or_default().into())
+        (
+            c["status"].as_str().unwrap_or_default().into(),
+            c["reason"].as_str().unwrap_or_default().into(),
+            c["message"].as_str().unwrap_or_default().into(),
+        )
     })
 }
 
@@ -786,7 +878,8 @@ async fn unready_or_invalid_inputs_get_a_condition_and_an_event_and_no_hot_loop(
                 std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
             }
         }
-        let manifest: Value = serde_json::from_str(&std::fs::read_to_string(copy.join("distillery.json")).unwrap()).unwrap();
+        let manifest: Value =
+            serde_json::from_str(&std::fs::read_to_string(copy.join("distillery.json")).unwrap()).unwrap();
         let served = manifest["servedVariant"].as_str().unwrap_or("fp32");
         let file = copy.join(manifest["variants"][served]["file"].as_str().unwrap());
         let mut bytes = std::fs::read(&file).unwrap();
@@ -831,10 +924,14 @@ async fn unready_or_invalid_inputs_get_a_condition_and_an_event_and_no_hot_loop(
     h.apply(&routed).await;
     let status = h
         .wait_status("routed", "a condition naming the route", Duration::from_secs(120), |s| {
-            (s["phase"] == "Healthy" && condition(s, "Progressing").is_some_and(|c| c.2.contains("no-such-route"))).then(|| s.clone())
+            (s["phase"] == "Healthy" && condition(s, "Progressing").is_some_and(|c| c.2.contains("no-such-route")))
+                .then(|| s.clone())
         })
         .await;
-    assert!(events_for(&h, "routed").await.iter().any(|(r, n)| r == "RoutingUnavailable" && n.contains("no-such-route")), "{status:#}");
+    assert!(
+        events_for(&h, "routed").await.iter().any(|(r, n)| r == "RoutingUnavailable" && n.contains("no-such-route")),
+        "{status:#}"
+    );
 
     // Settled: only the golden-set rollout keeps analysing (its Jobs); the others write nothing.
     h.mdeps().delete("golden", &Default::default()).await.unwrap();
@@ -851,9 +948,11 @@ async fn a_restarted_operator_continues_the_rollout_at_the_same_step() {
     h.apply(&mdep(name, "base", "3s")).await;
     h.wait_status(name, "Healthy", Duration::from_secs(120), |s| (s["phase"] == "Healthy").then_some(())).await;
     let mut good = mdep(name, "good", "3s");
-    good["spec"]["rollout"]["steps"] = json!([{"weight": 10, "pause": "3s"}, {"weight": 50, "pause": "8s"}, {"weight": 100, "pause": "3s"}]);
+    good["spec"]["rollout"]["steps"] =
+        json!([{"weight": 10, "pause": "3s"}, {"weight": 50, "pause": "8s"}, {"weight": 100, "pause": "3s"}]);
     h.apply(&good).await;
-    let at = h.wait_status(name, "step 2", Duration::from_secs(120), |s| (s["currentStep"] == 1).then(|| s.clone())).await;
+    let at =
+        h.wait_status(name, "step 2", Duration::from_secs(120), |s| (s["currentStep"] == 1).then(|| s.clone())).await;
     let revision = at["canary"]["revision"].clone();
     drop(h.operator.take());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -862,20 +961,23 @@ async fn a_restarted_operator_continues_the_rollout_at_the_same_step() {
         &h.root.path().join("operator-2.log"),
         OPERATOR_FLAGS,
     ));
-    let after = h.wait_status(name, "the new operator's first status", Duration::from_secs(30), |s| {
-        s["currentStep"].as_u64().filter(|step| *step >= 1).map(|_| s.clone())
-    })
-    .await;
+    let after = h
+        .wait_status(name, "the new operator's first status", Duration::from_secs(30), |s| {
+            s["currentStep"].as_u64().filter(|step| *step >= 1).map(|_| s.clone())
+        })
+        .await;
     assert_eq!(after["canary"]["revision"], revision, "same canary, not a new rollout: {after:#}");
     h.wait_status(name, "the promotion", Duration::from_secs(180), |s| {
         (s["phase"] == "Healthy" && s["stable"]["modelDigest"] == models().digest("good").as_str()).then_some(())
     })
     .await;
     let deployments: Api<Deployment> = Api::default_namespaced(h.server.client());
-    let names: Vec<String> = deployments.list(&ListParams::default()).await.unwrap().items.iter().map(kube::ResourceExt::name_any).collect();
+    let names: Vec<String> =
+        deployments.list(&ListParams::default()).await.unwrap().items.iter().map(kube::ResourceExt::name_any).collect();
     assert_eq!(names, [format!("{name}-stable")], "one Deployment per track, the canary's gone");
     let services: Api<Service> = Api::default_namespaced(h.server.client());
-    let mut names: Vec<String> = services.list(&ListParams::default()).await.unwrap().items.iter().map(kube::ResourceExt::name_any).collect();
+    let mut names: Vec<String> =
+        services.list(&ListParams::default()).await.unwrap().items.iter().map(kube::ResourceExt::name_any).collect();
     names.sort();
     assert_eq!(names, [name.to_string(), format!("{name}-canary"), format!("{name}-stable")]);
 }
@@ -934,15 +1036,23 @@ async fn a_good_canary_behind_a_gateway_gets_exact_weights_from_the_httproute() 
     let good = models().digest("good");
     h.wait_status(name, "the promotion", Duration::from_secs(240), |s| {
         assert_ne!(s["phase"], "RolledBack", "the good canary was rolled back: {s:#}");
-        (s["phase"] == "Healthy" && s["stable"]["modelDigest"] == good.as_str() && s.get("canary").is_none_or(Value::is_null))
-            .then_some(())
+        (s["phase"] == "Healthy"
+            && s["stable"]["modelDigest"] == good.as_str()
+            && s.get("canary").is_none_or(Value::is_null))
+        .then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     poller.abort();
     let answers = background.finish().await;
     let failed = failures(&answers);
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), answers.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
     let measured = shares(&timeline.lock().unwrap(), &answers, &version(&good));
     eprintln!("gateway-api: canary weight vs share of answers: {measured:?}");
     let weights: Vec<i64> = measured.iter().map(|(w, _, _)| *w).collect();
@@ -950,7 +1060,10 @@ async fn a_good_canary_behind_a_gateway_gets_exact_weights_from_the_httproute() 
     for (weight, n, canary) in &measured {
         if *n >= 40 {
             let share = 100.0 * *canary as f64 / *n as f64;
-            assert!((share - *weight as f64).abs() <= SHARE_TOLERANCE, "weight {weight}%: canary served {share:.1}% of {n}");
+            assert!(
+                (share - *weight as f64).abs() <= SHARE_TOLERANCE,
+                "weight {weight}%: canary served {share:.1}% of {n}"
+            );
         }
     }
     // The user's own fields of the route were kept.

@@ -22,8 +22,7 @@ use distillery_crds::ModelDeployment;
 use distillery_crds::analysis::{AnalysisRun, CONFIDENCE, Thresholds, judge};
 use distillery_crds::conditions::{reasons, set_condition, types};
 use distillery_crds::deployment::{
-    AnalysisResult, AnalysisVerdict, ModelDeploymentStatus, RejectedModel, ResolvedModel, RolloutPhase,
-    TrackStatus,
+    AnalysisResult, AnalysisVerdict, ModelDeploymentStatus, RejectedModel, ResolvedModel, RolloutPhase, TrackStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -213,7 +212,13 @@ fn short(digest: &Option<String>) -> String {
 }
 
 fn describe(track: &TrackStatus) -> String {
-    format!("revision {} ({}, {}, sha256 {})", track.revision, track.model_uri, track.variant.as_deref().unwrap_or("auto"), short(&track.model_digest))
+    format!(
+        "revision {} ({}, {}, sha256 {})",
+        track.revision,
+        track.model_uri,
+        track.variant.as_deref().unwrap_or("auto"),
+        short(&track.model_digest)
+    )
 }
 
 fn track_from(model: &ResolvedModel, revision: i64) -> TrackStatus {
@@ -283,17 +288,21 @@ impl<'a> Planner<'a> {
         let model = match &self.obs.model {
             ModelState::Resolved(m) => {
                 let m = m.clone();
-                let message = format!("{} ({}, sha256 {})", m.model_uri, m.variant, short(&Some(m.model_digest.clone())));
+                let message =
+                    format!("{} ({}, sha256 {})", m.model_uri, m.variant, short(&Some(m.model_digest.clone())));
                 self.condition(types::MODEL_READY, true, reasons::RESOLVED, message);
                 self.plan.status.resolved_model = Some(m.clone());
                 Some(m)
             }
             ModelState::Waiting { reason, message } | ModelState::Invalid { reason, message } => {
-                let before = distillery_crds::conditions::find(&self.plan.status.conditions, types::MODEL_READY).cloned();
+                let before =
+                    distillery_crds::conditions::find(&self.plan.status.conditions, types::MODEL_READY).cloned();
                 self.condition(types::MODEL_READY, false, reason, message.clone());
-                let changed = before.is_none_or(|c| c.status != "False" || c.reason != *reason || c.message != *message);
+                let changed =
+                    before.is_none_or(|c| c.status != "False" || c.reason != *reason || c.message != *message);
                 if changed {
-                    let warning = matches!(self.obs.model, ModelState::Invalid { .. }) || reason == reasons::REFERENCE_NOT_FOUND;
+                    let warning =
+                        matches!(self.obs.model, ModelState::Invalid { .. }) || reason == reasons::REFERENCE_NOT_FOUND;
                     let reason = match reason.as_str() {
                         reasons::REFERENCE_NOT_FOUND => "ReferenceNotFound",
                         reasons::ARTIFACT_INVALID => "ArtifactInvalid",
@@ -360,7 +369,11 @@ impl<'a> Planner<'a> {
                 == Some(model.model_digest.as_str());
             if rejected_here {
                 self.plan.status.rejected_model = None;
-                self.event(false, "Retry", format!("retrying the rejected model sha256 {}", short(&Some(model.model_digest.clone()))));
+                self.event(
+                    false,
+                    "Retry",
+                    format!("retrying the rejected model sha256 {}", short(&Some(model.model_digest.clone()))),
+                );
             } else if self.plan.status.phase == Some(RolloutPhase::Paused) {
                 self.plan.status.last_analysis = None;
                 self.plan.status.step_started = Some(self.now.clone());
@@ -435,7 +448,12 @@ impl<'a> Planner<'a> {
             self.condition(types::ANALYSIS_PASSING, true, reasons::NO_CANARY, "no canary to analyse");
         }
         if phase == RolloutPhase::Progressing && self.plan.status.canary.is_none() {
-            self.condition(types::PROGRESSING, true, reasons::REPLICAS_NOT_READY, format!("stable rolling out: {message}"));
+            self.condition(
+                types::PROGRESSING,
+                true,
+                reasons::REPLICAS_NOT_READY,
+                format!("stable rolling out: {message}"),
+            );
         }
         self.plan.status.phase = Some(phase);
         if self.plan.status.canary.is_none() {
@@ -456,12 +474,24 @@ impl<'a> Planner<'a> {
                 return;
             }
             if canary.weight > 0 || self.plan.status.current_step.is_some() {
-                self.event(false, "Reverted", format!("the spec names the stable model again: canary {} stopped without analysis", describe(&canary)));
+                self.event(
+                    false,
+                    "Reverted",
+                    format!(
+                        "the spec names the stable model again: canary {} stopped without analysis",
+                        describe(&canary)
+                    ),
+                );
                 self.plan.outcome = Some("reverted");
                 self.plan.status.current_step = None;
                 self.plan.status.step_started = None;
                 self.plan.status.last_analysis = None;
-                self.condition(types::PROGRESSING, false, reasons::REVERTED, "the spec names the stable model; the canary was stopped");
+                self.condition(
+                    types::PROGRESSING,
+                    false,
+                    reasons::REVERTED,
+                    "the spec names the stable model; the canary was stopped",
+                );
             }
             self.wind_down_canary();
         }
@@ -494,7 +524,11 @@ impl<'a> Planner<'a> {
         self.plan.status.last_revision = revision;
         let canary = track_from(model, revision);
         if let Some(previous) = previous {
-            self.event(false, "CanaryReplaced", format!("the spec names another model: canary {} replaced", describe(previous)));
+            self.event(
+                false,
+                "CanaryReplaced",
+                format!("the spec names another model: canary {} replaced", describe(previous)),
+            );
         }
         self.event(false, "CanaryStarted", format!("new model {} goes out as a canary", describe(&canary)));
         self.plan.status.canary = Some(canary.clone());
@@ -521,7 +555,11 @@ impl<'a> Planner<'a> {
         }
         if controls.promote {
             self.plan.clear.push(distillery_crds::deployment::PROMOTE_ANNOTATION);
-            self.event(false, "PromoteRequested", "promoted by the distillery.dev/promote annotation, remaining steps skipped");
+            self.event(
+                false,
+                "PromoteRequested",
+                "promoted by the distillery.dev/promote annotation, remaining steps skipped",
+            );
             self.promote(canary);
             return;
         }
@@ -576,7 +614,11 @@ impl<'a> Planner<'a> {
         self.update_weights(method, weight, replicas);
         let achieved = self.achieved(method, weight, replicas);
         if achieved > current.weight {
-            self.event(false, "StepStarted", format!("step {}/{}: canary weight {weight}% (achieved {achieved}%)", step + 1, steps.len()));
+            self.event(
+                false,
+                "StepStarted",
+                format!("step {}/{}: canary weight {weight}% (achieved {achieved}%)", step + 1, steps.len()),
+            );
         }
         let next_run = self.plan.status.last_analysis.as_ref().map_or(0, |a| a.run) + 1;
         self.plan.analysis_run = Some(next_run);
@@ -587,7 +629,10 @@ impl<'a> Planner<'a> {
             let limit = self.md.spec.rollout.analysis.failure_limit;
             if judged.verdict == Some(AnalysisVerdict::Failed) && failed >= limit {
                 let checks = judged.checks.iter().filter(|c| c.contains("FAILED")).cloned().collect::<Vec<_>>();
-                let reason = if checks.iter().any(|c| c.starts_with("accuracy") || c.starts_with("agreement") || c.starts_with("class-mix")) {
+                let reason = if checks
+                    .iter()
+                    .any(|c| c.starts_with("accuracy") || c.starts_with("agreement") || c.starts_with("class-mix"))
+                {
                     reasons::ACCURACY_DRIFT
                 } else {
                     reasons::SERVING_DEGRADED
@@ -617,7 +662,16 @@ impl<'a> Planner<'a> {
                 self.plan.analysis_run = None;
                 self.plan.status.current_step = Some(step as u32 + 1);
                 self.plan.status.step_started = Some(self.now.clone());
-                self.event(false, "StepPassed", format!("step {}/{} held {}s with analysis passing; next step", step + 1, steps.len(), held.as_secs()));
+                self.event(
+                    false,
+                    "StepPassed",
+                    format!(
+                        "step {}/{} held {}s with analysis passing; next step",
+                        step + 1,
+                        steps.len(),
+                        held.as_secs()
+                    ),
+                );
                 self.requeue_within(Duration::from_millis(200));
                 self.progressing(step + 1, steps.len(), weight, "stepping up");
             }
@@ -666,7 +720,10 @@ impl<'a> Planner<'a> {
         let revision = self.plan.status.canary.as_ref().map_or(0, |c| c.revision);
         let achieved = self.plan.status.canary.as_ref().map_or(0, |c| c.weight);
         self.plan.status.phase = Some(RolloutPhase::Progressing);
-        let message = format!("canary revision {revision} at step {}/{steps} (weight {weight}%, achieved {achieved}%): {what}", step + 1);
+        let message = format!(
+            "canary revision {revision} at step {}/{steps} (weight {weight}%, achieved {achieved}%): {what}",
+            step + 1
+        );
         self.condition(types::PROGRESSING, true, reasons::CANARY_STEP, message.clone());
         self.plan.status.message = Some(message);
     }
@@ -681,9 +738,11 @@ impl<'a> Planner<'a> {
                 return None;
             }
             AnalysisObservation::Done { started, due, run } => (*started, *due, run.clone()),
-            AnalysisObservation::Failed { started, due, message } => {
-                (*started, *due, AnalysisRun { errors: vec![format!("the analysis Job failed: {message}")], ..Default::default() })
-            }
+            AnalysisObservation::Failed { started, due, message } => (
+                *started,
+                *due,
+                AnalysisRun { errors: vec![format!("the analysis Job failed: {message}")], ..Default::default() },
+            ),
         };
         let _ = step_started;
         let previous = self.plan.status.last_analysis.clone().filter(|a| a.canary_revision == canary.revision);
@@ -700,17 +759,26 @@ impl<'a> Planner<'a> {
             AnalysisVerdict::Inconclusive => runs.inconclusive += 1,
             AnalysisVerdict::Error => runs.error += 1,
         }
-        let first_failure_due = previous.as_ref().and_then(|a| a.first_failure_due.clone()).or_else(|| {
-            (judgement.verdict == AnalysisVerdict::Failed).then_some(Time(due))
-        });
+        let first_failure_due = previous
+            .as_ref()
+            .and_then(|a| a.first_failure_due.clone())
+            .or_else(|| (judgement.verdict == AnalysisVerdict::Failed).then_some(Time(due)));
         let mut checks: Vec<String> = judgement.checks.iter().map(ToString::to_string).collect();
         checks.extend(measured.errors.iter().map(|e| format!("measurement error: {e}")));
         let failed = judgement.failed();
         let message = match judgement.verdict {
             AnalysisVerdict::Passed => "every check holds".to_string(),
             AnalysisVerdict::Failed => failed.join("; "),
-            AnalysisVerdict::Inconclusive => "not enough evidence yet: ".to_string()
-                + &judgement.checks.iter().filter(|c| c.outcome == distillery_crds::analysis::Outcome::Inconclusive).map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            AnalysisVerdict::Inconclusive => {
+                "not enough evidence yet: ".to_string()
+                    + &judgement
+                        .checks
+                        .iter()
+                        .filter(|c| c.outcome == distillery_crds::analysis::Outcome::Inconclusive)
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+            }
             AnalysisVerdict::Error => measured.errors.join("; "),
         };
         let live = measured.live.as_ref();
@@ -773,9 +841,19 @@ impl<'a> Planner<'a> {
         self.plan.canary = Some(TrackPlan { model: current.clone(), replicas });
         self.plan.canary_weight = 100;
         self.plan.analysis_run = None;
-        self.event(false, "Promoting", format!("canary {} promoted: stable takes the new model while the canary carries all traffic", describe(canary)));
+        self.event(
+            false,
+            "Promoting",
+            format!(
+                "canary {} promoted: stable takes the new model while the canary carries all traffic",
+                describe(canary)
+            ),
+        );
         self.plan.status.phase = Some(RolloutPhase::Progressing);
-        let message = format!("promoting revision {}: stable rolls to the new model while the canary serves all traffic", canary.revision);
+        let message = format!(
+            "promoting revision {}: stable rolls to the new model while the canary serves all traffic",
+            canary.revision
+        );
         self.condition(types::PROGRESSING, true, reasons::PROMOTED, message.clone());
         self.plan.status.message = Some(message);
         self.requeue_within(SETTLE);
@@ -786,10 +864,16 @@ impl<'a> Planner<'a> {
         if !(obs.rolled_out && obs.ready >= self.replicas()) {
             // Stable rolls to the new model while the canary still carries all traffic.
             let method = self.md.spec.rollout.traffic_routing.method;
-            self.plan.canary = Some(TrackPlan { model: canary.clone(), replicas: canary_replicas(method, 100, self.replicas()) });
+            self.plan.canary =
+                Some(TrackPlan { model: canary.clone(), replicas: canary_replicas(method, 100, self.replicas()) });
             self.plan.canary_weight = 100;
             self.plan.status.phase = Some(RolloutPhase::Progressing);
-            let message = format!("promoting revision {}: {} of {} stable replicas on the new model", stable.revision, obs.ready, self.replicas());
+            let message = format!(
+                "promoting revision {}: {} of {} stable replicas on the new model",
+                stable.revision,
+                obs.ready,
+                self.replicas()
+            );
             self.condition(types::PROGRESSING, true, reasons::PROMOTED, message.clone());
             self.plan.status.message = Some(message);
             self.requeue_within(SETTLE);
@@ -838,7 +922,11 @@ impl<'a> Planner<'a> {
         self.plan.outcome = Some("paused");
         self.plan.status.phase = Some(RolloutPhase::Paused);
         self.plan.analysis_run = None;
-        self.event(true, "Paused", format!("canary {} paused at step {} (autoRollback is false): {message}", describe(canary), step + 1));
+        self.event(
+            true,
+            "Paused",
+            format!("canary {} paused at step {} (autoRollback is false): {message}", describe(canary), step + 1),
+        );
         self.condition(types::PROGRESSING, false, reasons::PAUSED, message.clone());
         self.plan.status.message = Some(format!(
             "paused: {message}; the canary keeps its weight; annotate distillery.dev/promote, distillery.dev/abort or distillery.dev/retry"
@@ -869,10 +957,10 @@ impl<'a> Planner<'a> {
             stable.replicas = track.replicas;
             stable.ready_replicas = self.obs.stable.ready;
         }
-        if self.plan.status.canary.is_none() {
-            if let Some(stable) = self.plan.status.stable.as_mut() {
-                stable.weight = 100;
-            }
+        if self.plan.status.canary.is_none()
+            && let Some(stable) = self.plan.status.stable.as_mut()
+        {
+            stable.weight = 100;
         }
     }
 }
@@ -934,11 +1022,23 @@ mod tests {
     }
 
     fn golden(n: u64, b: u64, c: u64) -> GoldenEvidence {
-        GoldenEvidence { samples: n, labelled: n, stable_correct: n * 8 / 10, canary_correct: n * 8 / 10 - b + c, stable_only: b, canary_only: c, agreed: n - b - c }
+        GoldenEvidence {
+            samples: n,
+            labelled: n,
+            stable_correct: n * 8 / 10,
+            canary_correct: n * 8 / 10 - b + c,
+            stable_only: b,
+            canary_only: c,
+            agreed: n - b - c,
+        }
     }
 
     fn done(started: i64, golden: GoldenEvidence) -> AnalysisObservation {
-        AnalysisObservation::Done { started: t(started), due: t(started + 10), run: AnalysisRun { golden: Some(golden), ..Default::default() } }
+        AnalysisObservation::Done {
+            started: t(started),
+            due: t(started + 10),
+            run: AnalysisRun { golden: Some(golden), ..Default::default() },
+        }
     }
 
     /// A ModelDeployment whose stable serves "a" and whose spec names "b", with the canary's
@@ -1004,7 +1104,12 @@ mod tests {
         obs.now = t(32);
         obs.analysis = done(21, golden(5000, 30, 30));
         let plan = super::plan(&md, &obs);
-        assert_eq!(plan.status.last_analysis.as_ref().unwrap().verdict, Some(AnalysisVerdict::Passed), "{:?}", plan.status.last_analysis);
+        assert_eq!(
+            plan.status.last_analysis.as_ref().unwrap().verdict,
+            Some(AnalysisVerdict::Passed),
+            "{:?}",
+            plan.status.last_analysis
+        );
         assert_eq!(plan.status.current_step, Some(1));
         assert_eq!(plan.analysis_run, None, "the next step's analyses wait for its weight");
         assert_eq!(plan.status.last_analysis.as_ref().unwrap().runs.passed, 1);
@@ -1033,7 +1138,11 @@ mod tests {
         assert_eq!(rolled.outcome, Some("rolled-back"));
         let rejected = status.rejected_model.as_ref().unwrap();
         assert_eq!(rejected.model_digest.as_deref(), Some("b".repeat(64).as_str()));
-        assert!(rejected.failed_checks.iter().any(|c| c.starts_with("accuracy FAILED")), "{:?}", rejected.failed_checks);
+        assert!(
+            rejected.failed_checks.iter().any(|c| c.starts_with("accuracy FAILED")),
+            "{:?}",
+            rejected.failed_checks
+        );
         assert_eq!(rolled.stable.as_ref().unwrap().model.revision, 1, "stable untouched");
         // The split is at 0: the pods go. Then nothing changes while the spec names the model.
         let md = next(&md, &rolled);
