@@ -236,7 +236,8 @@ pub fn wilson_bounds(k: u64, n: u64, z: f64) -> Option<Bounds> {
 /// p-value and the total variation distance between the two mixes, or `None` when the test is
 /// not valid (fewer than two classes seen, or an expected count below 5).
 pub fn class_mix_shift(stable: &BTreeMap<String, u64>, canary: &BTreeMap<String, u64>) -> Option<(f64, f64)> {
-    let classes: Vec<&String> = stable.keys().chain(canary.keys()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let classes: Vec<&String> =
+        stable.keys().chain(canary.keys()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     let rows = [stable, canary];
     let row_totals: Vec<f64> = rows.iter().map(|r| r.values().sum::<u64>() as f64).collect();
     let total: f64 = row_totals.iter().sum();
@@ -481,7 +482,9 @@ mod tests {
     #[test]
     fn chi_square_survival_matches_tables() {
         // Critical values from any chi-square table.
-        for (x, df, p) in [(3.841, 1.0, 0.05), (6.635, 1.0, 0.01), (5.991, 2.0, 0.05), (9.210, 2.0, 0.01), (18.307, 10.0, 0.05)] {
+        for (x, df, p) in
+            [(3.841, 1.0, 0.05), (6.635, 1.0, 0.01), (5.991, 2.0, 0.05), (9.210, 2.0, 0.01), (18.307, 10.0, 0.05)]
+        {
             let got = chi_square_survival(x, df);
             assert!((got - p).abs() < 2e-4, "P(chi2_{df} > {x}) = {got}, want {p}");
         }
@@ -540,7 +543,11 @@ mod tests {
             p99_ms: Some(p99),
             predictions: BTreeMap::from([("fresh".to_string(), a), ("rotten".to_string(), b)]),
         };
-        let fine = LiveTraffic { stable: track(900, 0, 10.0, 450, 450), canary: track(100, 0, 12.0, 52, 48), window_seconds: 10.0 };
+        let fine = LiveTraffic {
+            stable: track(900, 0, 10.0, 450, 450),
+            canary: track(100, 0, 12.0, 52, 48),
+            window_seconds: 10.0,
+        };
         assert_eq!(judge(None, Some(&fine), &[], &t).verdict, AnalysisVerdict::Passed);
         let errors = LiveTraffic { canary: track(100, 20, 12.0, 40, 40), ..fine.clone() };
         let judged = judge(None, Some(&errors), &[], &t);

@@ -75,7 +75,12 @@ pub fn error_policy<K: Reconciled>(obj: Arc<K>, error: &Error, ctx: Arc<Context>
 
 /// Server-side applies `desired` (a child the operator owns) under the operator's field manager
 /// and returns what the server stored.
-pub async fn apply<C>(ctx: &Context, namespace: &str, name: &str, desired: &(impl Serialize + Debug)) -> Result<C, Error>
+pub async fn apply<C>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    desired: &(impl Serialize + Debug),
+) -> Result<C, Error>
 where
     C: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
 {

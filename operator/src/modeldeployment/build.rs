@@ -96,7 +96,9 @@ pub enum SpecError {
     #[error("metadata.{0} is missing")]
     MissingMetadata(&'static str),
     /// A `file://` location no pod could read.
-    #[error("{field}: {uri:?} is a file:// path but {claim_field} is unset; the pods cannot read it without the claim that holds it")]
+    #[error(
+        "{field}: {uri:?} is a file:// path but {claim_field} is unset; the pods cannot read it without the claim that holds it"
+    )]
     NoClaim {
         /// The URI's field.
         field: &'static str,
@@ -106,7 +108,9 @@ pub enum SpecError {
         claim_field: &'static str,
     },
     /// A `file://` location whose first path segment cannot be a mount point.
-    #[error("{field}: {uri:?} must be a file:// path under a top-level directory (e.g. file:///artifacts/model), where its claim is mounted")]
+    #[error(
+        "{field}: {uri:?} must be a file:// path under a top-level directory (e.g. file:///artifacts/model), where its claim is mounted"
+    )]
     BadPath {
         /// The URI's field.
         field: &'static str,
@@ -140,7 +144,12 @@ pub fn validate(md: &ModelDeployment) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn check_location(field: &'static str, uri: &str, claim: Option<&str>, claim_field: &'static str) -> Result<(), SpecError> {
+fn check_location(
+    field: &'static str,
+    uri: &str,
+    claim: Option<&str>,
+    claim_field: &'static str,
+) -> Result<(), SpecError> {
     if uri.starts_with("s3://") {
         return Err(SpecError::S3NotSupported { field, uri: uri.to_string() });
     }
@@ -421,7 +430,8 @@ pub fn resolve_job_name(md_name: &str, source: &str) -> String {
 /// (`distillery-worker inspect`) in its termination message.
 pub fn resolve_job(md: &ModelDeployment, model: &ModelToResolve, settings: &ServingSettings) -> Result<Job, SpecError> {
     let (name, _, _) = identity(md)?;
-    let path = container_path(&model.uri).ok_or(SpecError::BadPath { field: "spec.model.uri", uri: model.uri.clone() })?;
+    let path =
+        container_path(&model.uri).ok_or(SpecError::BadPath { field: "spec.model.uri", uri: model.uri.clone() })?;
     let args = vec![
         "inspect".to_string(),
         "--artifact".into(),
@@ -493,8 +503,10 @@ pub fn analysis_job(
             claims.push((claim.clone(), golden.uri.clone()));
         }
     }
-    let deadline = crate::modeldeployment::rollout::parse_duration(&analysis.interval).map_or(600, |d| d.as_secs() + 300);
-    let mut job = worker_job(md, &analysis_job_name(&name, revision, run), "analysis", args, &claims, deadline as i64, settings)?;
+    let deadline =
+        crate::modeldeployment::rollout::parse_duration(&analysis.interval).map_or(600, |d| d.as_secs() + 300);
+    let mut job =
+        worker_job(md, &analysis_job_name(&name, revision, run), "analysis", args, &claims, deadline as i64, settings)?;
     let labels = job.metadata.labels.get_or_insert_default();
     labels.insert(REVISION_LABEL.into(), revision.to_string());
     Ok(job)
@@ -526,7 +538,9 @@ fn worker_job(
     let mut mounts = vec![];
     for (i, (claim, uri)) in claims.iter().enumerate() {
         let path = claim_mount_path(uri).ok_or(SpecError::BadPath { field: "uri", uri: uri.clone() })?;
-        volumes.push(json!({"name": format!("data-{i}"), "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}));
+        volumes.push(
+            json!({"name": format!("data-{i}"), "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
+        );
         mounts.push(json!({"name": format!("data-{i}"), "mountPath": path, "readOnly": true}));
     }
     let job = json!({
@@ -584,7 +598,10 @@ mod tests {
     }
 
     fn settings() -> ServingSettings {
-        ServingSettings { server_image: "example/distillery-server:1".into(), worker_image: "example/distillery-worker:1".into() }
+        ServingSettings {
+            server_image: "example/distillery-server:1".into(),
+            worker_image: "example/distillery-worker:1".into(),
+        }
     }
 
     const SPEC: &str = "model: {uri: file:///artifacts/small, volumeClaim: artifacts}\nreplicas: 3\nserver: {threads: 2, resources: {limits: {memory: 1Gi}}}\n";
@@ -625,7 +642,8 @@ mod tests {
     #[test]
     fn services_split_traffic_by_selector() {
         let md = md(SPEC);
-        let sel = |s: Selection| serde_json::to_value(main_service(&md, s).unwrap()).unwrap()["spec"]["selector"].clone();
+        let sel =
+            |s: Selection| serde_json::to_value(main_service(&md, s).unwrap()).unwrap()["spec"]["selector"].clone();
         assert_eq!(sel(Selection::Both).get(TRACK_LABEL), None);
         assert_eq!(sel(Selection::StableOnly)[TRACK_LABEL], "stable");
         assert_eq!(sel(Selection::CanaryOnly)[TRACK_LABEL], "canary");

@@ -26,7 +26,9 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -153,11 +155,13 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     let split_weight = match &route {
         Some(Ok(route)) => build::observed_route_weight(route, &names),
         Some(Err(_)) => Some(0),
-        None => apis.services.get_opt(&names.main).await?.as_ref().and_then(build::observed_selection).map(|s| match s {
-            Selection::StableOnly => 0,
-            Selection::Both => 50,
-            Selection::CanaryOnly => 100,
-        }),
+        None => {
+            apis.services.get_opt(&names.main).await?.as_ref().and_then(build::observed_selection).map(|s| match s {
+                Selection::StableOnly => 0,
+                Selection::Both => 50,
+                Selection::CanaryOnly => 100,
+            })
+        }
     };
     let analysis = observe_analysis(md, &apis, &status).await?;
     let observed = Observed {
@@ -177,7 +181,8 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     let settings = &ctx.serving;
     let owner_name = md.name_any();
     if let Some(stable) = &plan.stable {
-        let desired = build::deployment(md, Track::Stable, &stable.model, stable.replicas, settings).map_err(spec_bug)?;
+        let desired =
+            build::deployment(md, Track::Stable, &stable.model, stable.replicas, settings).map_err(spec_bug)?;
         pipeline::apply::<Deployment>(ctx, &namespace, &names.stable, &desired).await?;
         let svc = build::track_service(md, Track::Stable).map_err(spec_bug)?;
         pipeline::apply::<Service>(ctx, &namespace, &names.stable, &svc).await?;
@@ -185,7 +190,8 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         pipeline::apply::<Service>(ctx, &namespace, &names.canary, &canary_svc).await?;
     }
     if let Some(canary) = &plan.canary {
-        let desired = build::deployment(md, Track::Canary, &canary.model, canary.replicas, settings).map_err(spec_bug)?;
+        let desired =
+            build::deployment(md, Track::Canary, &canary.model, canary.replicas, settings).map_err(spec_bug)?;
         pipeline::apply::<Deployment>(ctx, &namespace, &names.canary, &desired).await?;
     }
     if plan.stable.is_some() {
@@ -221,7 +227,10 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         ctx.metrics.rollouts.get_or_create(&crate::metrics::OutcomeLabels { outcome: outcome.into() }).inc();
     }
     if let Some(verdict) = plan.verdict {
-        ctx.metrics.analysis_runs.get_or_create(&crate::metrics::VerdictLabels { verdict: format!("{verdict:?}") }).inc();
+        ctx.metrics
+            .analysis_runs
+            .get_or_create(&crate::metrics::VerdictLabels { verdict: format!("{verdict:?}") })
+            .inc();
     }
     if let Some(seconds) = plan.time_to_safety {
         ctx.metrics.time_to_safety.observe(seconds);
@@ -279,7 +288,10 @@ struct Inspected {
 }
 
 fn variant_name(md: &ModelDeployment) -> String {
-    serde_json::to_value(md.spec.model.variant).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_else(|| "auto".into())
+    serde_json::to_value(md.spec.model.variant)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| "auto".into())
 }
 
 /// Where the spec's model stands, resolving its digest by a Job when it is new. Returns the
@@ -316,14 +328,20 @@ async fn model_state(
             return Ok((
                 ModelState::Waiting {
                     reason: format!("DistillationJob{phase_name}"),
-                    message: format!("waiting for DistillationJob {:?} to succeed; it is {phase_name}{detail}", reference.name),
+                    message: format!(
+                        "waiting for DistillationJob {:?} to succeed; it is {phase_name}{detail}",
+                        reference.name
+                    ),
                 },
                 None,
             ));
         };
         expected_manifest = Some(result.artifact_digest.clone());
         ModelToResolve {
-            source: format!("distillationjob/{} {} {} {variant}", reference.name, result.artifact_uri, result.artifact_digest),
+            source: format!(
+                "distillationjob/{} {} {} {variant}",
+                reference.name, result.artifact_uri, result.artifact_digest
+            ),
             uri: result.artifact_uri,
             variant: variant.clone(),
             volume_claim: dj.spec.output.volume_claim.clone(),
@@ -337,7 +355,9 @@ async fn model_state(
             volume_claim: md.spec.model.volume_claim.clone(),
         }
     };
-    if let Some(resolved) = md.status.as_ref().and_then(|s| s.resolved_model.as_ref()).filter(|r| r.source == target.source) {
+    if let Some(resolved) =
+        md.status.as_ref().and_then(|s| s.resolved_model.as_ref()).filter(|r| r.source == target.source)
+    {
         return Ok((ModelState::Resolved(resolved.clone()), None));
     }
     let job_name = build::resolve_job_name(&md.name_any(), &target.source);
@@ -394,7 +414,10 @@ async fn model_state(
 /// The termination message of a finished Job's last pod.
 async fn job_message(apis: &Apis, job_name: &str) -> Result<String, Error> {
     let pods = apis.pods.list(&ListParams::default().labels(&format!("{JOB_NAME_LABEL}={job_name}"))).await?.items;
-    let last = pods.iter().filter_map(|p| terminated(p, WORKER_CONTAINER).map(|t| (p.metadata.creation_timestamp.clone(), t))).max_by_key(|(c, _)| c.as_ref().map(|t| t.0));
+    let last = pods
+        .iter()
+        .filter_map(|p| terminated(p, WORKER_CONTAINER).map(|t| (p.metadata.creation_timestamp.clone(), t)))
+        .max_by_key(|(c, _)| c.as_ref().map(|t| t.0));
     Ok(last.map(|(_, (_, message))| message).unwrap_or_else(|| "the pod left no message".into()))
 }
 
@@ -419,11 +442,18 @@ fn observe_track(deployment: Option<&Deployment>, digest: Option<&str>) -> Track
 }
 
 fn route_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"), "httproutes")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    )
 }
 
 /// The user's HTTPRoute, or why it cannot be used.
-async fn read_route(md: &ModelDeployment, ctx: &Context, namespace: &str) -> Result<Result<serde_json::Value, String>, Error> {
+async fn read_route(
+    md: &ModelDeployment,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Result<serde_json::Value, String>, Error> {
     let Some(name) = md.spec.rollout.traffic_routing.http_route.clone() else {
         return Ok(Err("rollout.trafficRouting.httpRoute is not set".into()));
     };
@@ -435,7 +465,9 @@ async fn read_route(md: &ModelDeployment, ctx: &Context, namespace: &str) -> Res
                 .await
                 .is_ok_and(|g| g.recommended_resources().iter().any(|(r, _)| r.kind == "HTTPRoute"));
             Ok(Err(if served {
-                format!("HTTPRoute {name:?} not found in namespace {namespace}; create it (with a parentRef to your Gateway) or fix rollout.trafficRouting.httpRoute")
+                format!(
+                    "HTTPRoute {name:?} not found in namespace {namespace}; create it (with a parentRef to your Gateway) or fix rollout.trafficRouting.httpRoute"
+                )
             } else {
                 "the Gateway API is not installed: this cluster does not serve httproutes.gateway.networking.k8s.io (install the Gateway API CRDs or use trafficRouting.method: replica-ratio)".to_string()
             }))
@@ -454,7 +486,11 @@ async fn write_route(ctx: &Context, namespace: &str, route: serde_json::Value) -
 }
 
 /// The analysis Job of the next run, as observed.
-async fn observe_analysis(md: &ModelDeployment, apis: &Apis, status: &ModelDeploymentStatus) -> Result<AnalysisObservation, Error> {
+async fn observe_analysis(
+    md: &ModelDeployment,
+    apis: &Apis,
+    status: &ModelDeploymentStatus,
+) -> Result<AnalysisObservation, Error> {
     let Some(canary) = &status.canary else { return Ok(AnalysisObservation::None) };
     let run = status.last_analysis.as_ref().filter(|a| a.canary_revision == canary.revision).map_or(0, |a| a.run) + 1;
     let name = build::analysis_job_name(&md.name_any(), canary.revision, run);
@@ -468,7 +504,9 @@ async fn observe_analysis(md: &ModelDeployment, apis: &Apis, status: &ModelDeplo
             let message = job_message(apis, &name).await?;
             match serde_json::from_str(message.trim()) {
                 Ok(run) if ok => AnalysisObservation::Done { started, due, run },
-                Ok(_) | Err(_) => AnalysisObservation::Failed { started, due, message: message.trim().chars().take(400).collect() },
+                Ok(_) | Err(_) => {
+                    AnalysisObservation::Failed { started, due, message: message.trim().chars().take(400).collect() }
+                }
             }
         }
     })
@@ -509,7 +547,9 @@ async fn sync_analysis_jobs(
 /// Service has no address yet.
 async fn analysis_targets(apis: &Apis, names: &Names) -> Result<Option<AnalysisTargets>, Error> {
     let address = |svc: Option<Service>| {
-        svc.and_then(|s| s.spec?.cluster_ip).filter(|ip| !ip.is_empty() && ip != "None").map(|ip| format!("http://{ip}:{SERVER_PORT}"))
+        svc.and_then(|s| s.spec?.cluster_ip)
+            .filter(|ip| !ip.is_empty() && ip != "None")
+            .map(|ip| format!("http://{ip}:{SERVER_PORT}"))
     };
     let (Some(stable_url), Some(canary_url)) =
         (address(apis.services.get_opt(&names.stable).await?), address(apis.services.get_opt(&names.canary).await?))
