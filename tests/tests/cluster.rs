@@ -4,66 +4,17 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use distillery_crds::DistillationJob;
 use distillery_tests::apiserver::ApiServer;
 use distillery_tests::cluster::{Cluster, pod_ready, workspace_binary};
+use distillery_tests::operator::OperatorProcess as Operator;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-
-/// The operator as a child process, killed when dropped.
-struct Operator(Child);
-
-impl Operator {
-    fn start(kubeconfig: &Path, log: &Path) -> Self {
-        Self::start_with(kubeconfig, log, &[])
-    }
-
-    fn start_with(kubeconfig: &Path, log: &Path, extra: &[&str]) -> Self {
-        let log = std::fs::File::create(log).unwrap();
-        // DISTILLERY_OPERATOR_BIN measures another build (e.g. release) of the operator.
-        let binary = std::env::var_os("DISTILLERY_OPERATOR_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_binary("distillery-operator"));
-        let child = Command::new(binary)
-            .args(["run", "--http-address", "127.0.0.1", "--http-port", "0"])
-            .args(["--worker-image", "ghcr.io/distillery-dev/distillery-worker:test"])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig)
-            .env("DISTILLERY_LOG_LEVEL", "info,kube=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-}
-
-impl Operator {
-    /// Sends SIGTERM and waits for the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap();
-        self.0.wait().unwrap()
-    }
-
-    /// Resident memory in KiB, from /proc.
-    fn resident_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Harness {
     server: ApiServer,
@@ -154,7 +105,7 @@ async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_cleans_up() {
     let h = Harness::start().await;
-    let _operator = Operator::start(&h.kubeconfig(), &h.operator_log());
+    let _operator = Operator::start(&h.kubeconfig(), &h.operator_log(), &[]);
     let djs: Api<DistillationJob> = Api::default_namespaced(h.server.client());
     let name = "small";
     // Applied with kubectl, as a user would; `kubectl wait` sees it succeed.
@@ -293,7 +244,7 @@ fn worker_events(cluster_root: &Path) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_makes_no_second_job() {
     let h = Harness::start().await;
-    let operator = Operator::start(&h.kubeconfig(), &h.operator_log());
+    let operator = Operator::start(&h.kubeconfig(), &h.operator_log(), &[]);
     let djs: Api<DistillationJob> = Api::default_namespaced(h.server.client());
     let name = "resumed";
     let mut job = small_job(name);
@@ -317,7 +268,7 @@ async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_ma
     pods.delete(&kube::ResourceExt::name_any(&first[0]), &DeleteParams::default()).await.unwrap();
 
     // A new operator picks the job up where the first left it.
-    let _operator = Operator::start(&h.kubeconfig(), &h.root.path().join("operator-2.log"));
+    let _operator = Operator::start(&h.kubeconfig(), &h.root.path().join("operator-2.log"), &[]);
     let done = wait_for(
         "the DistillationJob to succeed after the restarts",
         Duration::from_secs(900),
@@ -356,7 +307,7 @@ async fn a_thousand_distillation_jobs_and_two_hundred_model_deployments_settle()
     // (suspended) DistillationJob, settled with ModelReady=False.
     let (server, root, kubeconfig) = harness_without_kubelet().await;
     let log = root.path().join("operator.log");
-    let operator = Operator::start(&kubeconfig, &log);
+    let operator = Operator::start(&kubeconfig, &log, &[]);
     let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
     for i in 0..COUNT {
         let name = format!("job-{i:04}");
@@ -438,13 +389,13 @@ async fn only_the_lease_holder_reconciles_and_a_stopped_leader_hands_over() {
     let leases: Api<Lease> = Api::default_namespaced(server.client());
     let holder = async || -> Option<String> { leases.get_opt("distillery").await.ok()??.spec?.holder_identity };
     let election = |id: &'static str| ["--leader-election", "true", "--identity", id];
-    let a = Operator::start_with(&kubeconfig, &root.path().join("a.log"), &election("a"));
+    let a = Operator::start(&kubeconfig, &root.path().join("a.log"), &election("a"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while holder().await.as_deref() != Some("a") {
         assert!(Instant::now() < deadline, "a never took the Lease");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let b = Operator::start_with(&kubeconfig, &root.path().join("b.log"), &election("b"));
+    let b = Operator::start(&kubeconfig, &root.path().join("b.log"), &election("b"));
     let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
     let jobs: Api<Job> = Api::default_namespaced(server.client());
     let apply = async |name: &str| {
@@ -602,7 +553,7 @@ async fn a_deployment_rolls_out_behind_a_service_on_a_loopback_cluster_ip() {
 async fn a_spec_the_operator_cannot_run_fails_with_a_condition_and_an_event_and_is_not_retried() {
     use k8s_openapi::api::events::v1::Event;
     let (server, root, kubeconfig) = harness_without_kubelet().await;
-    let _operator = Operator::start(&kubeconfig, &root.path().join("operator.log"));
+    let _operator = Operator::start(&kubeconfig, &root.path().join("operator.log"), &[]);
     let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
     // Valid for the schema, but the dataset would need a second claim at /models.
     let mut job = small_job("clash");
