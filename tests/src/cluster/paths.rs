@@ -21,36 +21,47 @@ impl PathMap {
 
     /// `text` with every container path replaced by its host path.
     pub fn to_host(&self, text: &str) -> String {
-        self.pairs.iter().fold(text.to_string(), |t, (c, h)| replace_path(&t, c, h))
+        let pairs: Vec<(&str, &str)> = self.pairs.iter().map(|(c, h)| (c.as_str(), h.as_str())).collect();
+        replace_paths(text, &pairs)
     }
 
     /// `text` with every host path replaced by its container path.
     pub fn to_container(&self, text: &str) -> String {
-        let mut reversed = self.pairs.clone();
-        reversed.sort_by_key(|(_, h)| std::cmp::Reverse(h.len()));
-        reversed.iter().fold(text.to_string(), |t, (c, h)| replace_path(&t, h, c))
+        let mut pairs: Vec<(&str, &str)> = self.pairs.iter().map(|(c, h)| (h.as_str(), c.as_str())).collect();
+        pairs.sort_by_key(|(h, _)| std::cmp::Reverse(h.len()));
+        replace_paths(text, &pairs)
     }
 }
 
-/// Replaces `from` by `to` where it stands as a whole path prefix: at the start of the text, after
-/// a separator (space, quote, `=`, `:`, `,`) or after `file://`, and followed by the end, `/` or a
-/// separator.
-fn replace_path(text: &str, from: &str, to: &str) -> String {
+/// Replaces, in one pass, each `from` of `pairs` (the first that matches, so longest first) by
+/// its `to` where it stands as a whole path prefix: at the start of the text, after a separator
+/// (space, quote, `=`, `:`, `,`) or after `file://`, and followed by the end, `/` or a separator.
+/// What one pair wrote is never rewritten by another (a host path under `/tmp` stays as it is when
+/// `/tmp` is also a mount).
+fn replace_paths(text: &str, pairs: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    let mut consumed = String::new();
-    while let Some(i) = rest.find(from) {
-        let before = format!("{consumed}{}", &rest[..i]);
-        let after = &rest[i + from.len()..];
+    let mut i = 0;
+    while i < text.len() {
+        let before = &text[..i];
         let starts =
             before.is_empty() || before.ends_with([' ', '"', '\'', '=', ':', ',']) || before.ends_with("file://");
-        let ends = after.is_empty() || after.starts_with(['/', ' ', '"', '\'', ',', ':']);
-        out.push_str(&rest[..i]);
-        out.push_str(if starts && ends { to } else { from });
-        consumed = before + from;
-        rest = after;
+        let matched = starts
+            .then(|| {
+                pairs.iter().find(|(from, _)| {
+                    let after = text[i..].strip_prefix(from);
+                    after.is_some_and(|a| a.is_empty() || a.starts_with(['/', ' ', '"', '\'', ',', ':']))
+                })
+            })
+            .flatten();
+        if let Some((from, to)) = matched {
+            out.push_str(to);
+            i += from.len();
+        } else {
+            let c = text[i..].chars().next().expect("i is below the length, on a char boundary");
+            out.push(c);
+            i += c.len_utf8();
+        }
     }
-    out.push_str(rest);
     out
 }
 
@@ -72,5 +83,15 @@ mod tests {
         assert_eq!(map.to_container(&host), env);
         assert_eq!(map.to_host("/database"), "/database", "a longer name is not the mount");
         assert_eq!(map.to_host("/data"), "/tmp/pod/claims/datasets");
+    }
+
+    #[test]
+    fn a_host_path_under_another_mount_is_not_rewritten_twice() {
+        let mut map = PathMap::default();
+        map.add("/tmp", &std::path::PathBuf::from("/tmp/pod/volumes/tmp"));
+        map.add("/artifacts", &std::path::PathBuf::from("/tmp/playground/artifacts"));
+        let host = map.to_host("DISTILLERY_MODEL=/artifacts/a/g1 scratch=/tmp/x");
+        assert_eq!(host, "DISTILLERY_MODEL=/tmp/playground/artifacts/a/g1 scratch=/tmp/pod/volumes/tmp/x");
+        assert_eq!(map.to_container(&host), "DISTILLERY_MODEL=/artifacts/a/g1 scratch=/tmp/x");
     }
 }
