@@ -73,6 +73,14 @@ pub fn error_policy<K: Reconciled>(obj: Arc<K>, error: &Error, ctx: Arc<Context>
     Action::requeue(delay)
 }
 
+/// What a controller's stream yields for each reconcile: failures are logged at debug level
+/// (they were already counted and scheduled for retry by [`error_policy`]).
+pub async fn log_outcome<T, E: std::fmt::Display>(outcome: Result<T, E>) {
+    if let Err(e) = outcome {
+        tracing::debug!(error = %e, "reconcile ended with an error");
+    }
+}
+
 /// Server-side applies `desired` (a child the operator owns) under the operator's field manager
 /// and returns what the server stored.
 pub async fn apply<C>(

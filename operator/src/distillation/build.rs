@@ -17,6 +17,8 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::Resource;
 use kube::ResourceExt;
 use serde_json::{Value, json};
+
+use crate::objects::strip_nulls;
 use sha2::{Digest, Sha256};
 
 /// Annotation holding the sha256 of the Job's pod template: a Job whose hash differs from the one
@@ -261,15 +263,6 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
 /// The template hash of a live Job, if it has one.
 pub fn template_hash(job: &Job) -> Option<&str> {
     job.annotations().get(TEMPLATE_HASH).map(String::as_str)
-}
-
-fn strip_nulls(value: Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect())
-        }
-        other => other,
-    }
 }
 
 #[cfg(test)]

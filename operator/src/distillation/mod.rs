@@ -64,11 +64,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, pipeline::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile ended with an error");
-            }
-        })
+        .for_each(pipeline::log_outcome)
         .await;
 }
 

@@ -33,9 +33,7 @@ pub struct Observed<'a> {
 
 /// The worker container's termination state in `pod`: (exit code, message).
 fn terminated(pod: &Pod) -> Option<(i32, String)> {
-    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-    let state = statuses.iter().find(|c| c.name == CONTAINER)?.state.as_ref()?.terminated.as_ref()?;
-    Some((state.exit_code, state.message.clone().unwrap_or_default()))
+    crate::objects::terminated(pod, CONTAINER)
 }
 
 fn pod_phase(pod: &Pod) -> &str {

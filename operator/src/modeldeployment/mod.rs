@@ -88,11 +88,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, pipeline::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile ended with an error");
-            }
-        })
+        .for_each(pipeline::log_outcome)
         .await;
 }
 
@@ -210,10 +206,7 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     // Status, then what it announces, then the analysis Jobs (a judged run's Job goes only
     // once its verdict is stored).
     let before = md.status.clone().unwrap_or_default();
-    let mut status = plan.status.clone();
-    if status.stable.is_none() && plan.stable.is_none() {
-        status.stable = None;
-    }
+    let status = plan.status.clone();
     pipeline::write_status(ctx, md, &status).await?;
     sync_analysis_jobs(md, ctx, &apis, &plan, &names).await?;
     if let Some(job) = resolve_job_done {

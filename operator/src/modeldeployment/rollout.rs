@@ -622,7 +622,7 @@ impl<'a> Planner<'a> {
         }
         let next_run = self.plan.status.last_analysis.as_ref().map_or(0, |a| a.run) + 1;
         self.plan.analysis_run = Some(next_run);
-        let judged = self.judge_run(canary, next_run, &started);
+        let judged = self.judge_run(canary, next_run);
         if let Some(judged) = judged {
             self.plan.analysis_run = Some(judged.run + 1);
             let failed = judged.runs.failed;
@@ -729,7 +729,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Judges the observed analysis Job of `run`, if it finished; returns the new analysis.
-    fn judge_run(&mut self, canary: &TrackStatus, run: u32, step_started: &Time) -> Option<AnalysisResult> {
+    fn judge_run(&mut self, canary: &TrackStatus, run: u32) -> Option<AnalysisResult> {
         let (started, due, measured) = match &self.obs.analysis {
             AnalysisObservation::None => return None,
             AnalysisObservation::Running { due } => {
@@ -744,7 +744,6 @@ impl<'a> Planner<'a> {
                 AnalysisRun { errors: vec![format!("the analysis Job failed: {message}")], ..Default::default() },
             ),
         };
-        let _ = step_started;
         let previous = self.plan.status.last_analysis.clone().filter(|a| a.canary_revision == canary.revision);
         let mut evidence = previous.as_ref().and_then(|a| a.evidence.clone());
         if let Some(golden) = &measured.golden {
@@ -883,7 +882,6 @@ impl<'a> Planner<'a> {
             self.event(false, "Promoted", format!("stable serves {}; the canary's weight goes to 0", describe(stable)));
             self.plan.outcome = Some("promoted");
         }
-        self.plan.status.last_analysis = self.plan.status.last_analysis.take();
         self.wind_down_canary();
         self.condition(types::PROGRESSING, false, reasons::PROMOTED, format!("revision {} promoted", stable.revision));
         self.condition(types::ROLLED_BACK, false, reasons::PROMOTED, "the last rollout was promoted");
