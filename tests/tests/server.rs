@@ -450,10 +450,18 @@ fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
             })
         })
         .collect();
-    // Wait until every request is in: one running, five queued behind it. Then SIGTERM.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(&server.metrics(), "distillery_server_queue_depth") < 5000.0 {
-        assert!(Instant::now() < deadline, "nothing queued");
+    // Wait until all six requests are admitted and at least one whole request still waits
+    // behind the running one. Then SIGTERM.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let metrics = server.metrics();
+        let in_flight = metric(&metrics, "distillery_server_requests_in_flight");
+        let queued = metric(&metrics, "distillery_server_queue_depth");
+        if in_flight == 6.0 {
+            assert!(queued >= 1000.0, "the server answered faster than six requests arrived: {queued} texts queued");
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {in_flight} of 6 requests admitted after 120 s");
         std::thread::sleep(Duration::from_millis(5));
     }
     let kill = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();

@@ -213,6 +213,9 @@ async fn model_metadata(State(shared): State<Arc<Shared>>, Path(name): Path<Stri
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    // Read at scrape time: the gauge is otherwise only set on a push or a take, and a long run
+    // between the two would leave it stale.
+    shared.metrics.queue_depth.set(shared.queue.depth() as i64);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], shared.metrics.encode())
 }
 
@@ -271,6 +274,7 @@ async fn run_infer(shared: &Shared, name: &str, body: Result<Bytes, BytesRejecti
         PushError::Closed => ApiError::Unavailable("the server is shutting down".into()),
     })?;
     shared.metrics.queue_depth.set(depth as i64);
+    let _in_flight = InFlight::admit(&shared.metrics.in_flight);
     let prediction = answer
         .await
         .map_err(|_| ApiError::Internal("the model thread stopped before answering".into()))?
@@ -294,4 +298,21 @@ fn tokenize(tokenizer: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>, Ap
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     encode_all(tokenizer, &refs).map_err(|e| error(e.message))
+}
+
+/// Counts one admitted request in `distillery_server_requests_in_flight` until it is dropped,
+/// however the request ends (answered, failed, or its client gone).
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn admit(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub queue_wait: Histogram,
     /// Texts waiting in the queue.
     pub queue_depth: Gauge,
+    /// Inference requests admitted to the queue and not yet answered.
+    pub in_flight: Gauge,
     /// Predictions by class.
     pub predictions: Family<ClassLabels, Counter>,
     /// Confidence (probability of the predicted class) by class.
@@ -84,6 +86,12 @@ impl Metrics {
         registry.register("queue_wait_seconds", "Time a request waited for a model thread", queue_wait.clone());
         let queue_depth = Gauge::default();
         registry.register("queue_depth", "Texts waiting for a model thread", queue_depth.clone());
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Inference requests queued or running, not yet answered",
+            in_flight.clone(),
+        );
         let predictions = Family::<ClassLabels, Counter>::default();
         registry.register("predictions", "Predictions by class", predictions.clone());
         let confidence =
@@ -104,6 +112,7 @@ impl Metrics {
             run_duration,
             queue_wait,
             queue_depth,
+            in_flight,
             predictions,
             confidence,
             ready,
