@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -41,6 +42,20 @@ pub trait Reconciled:
 
     /// The operator's part of the stored status, to compare a newly computed one with.
     fn operator_status(&self) -> Self::Status;
+}
+
+/// A controller for `K` whose cache keeps each object without its `managedFields` — by far the
+/// largest part of an object applied by several field managers, and never read by a reconcile —
+/// so that the cache of a thousand objects stays small. Reconciles run at most `concurrency` at
+/// a time.
+pub fn controller<K: Reconciled>(api: Api<K>, concurrency: u16) -> Controller<K> {
+    let (reader, writer) = reflector::store();
+    let objects = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|obj| obj.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(objects, reader).with_config(controller::Config::default().concurrency(concurrency))
 }
 
 /// `namespace/name`, the key of backoff and logs.

@@ -128,6 +128,11 @@ conformance!(
     label_selectors_filter_lists_and_watches_see_objects_enter_and_leave_body
 );
 conformance!(
+    metadata_only_reads_answer_with_metadata_and_nothing_else,
+    on_a_real_cluster_metadata_only_reads,
+    metadata_only_reads_answer_with_metadata_and_nothing_else_body
+);
+conformance!(
     finalizers_hold_deletion_and_the_garbage_collector_removes_dependents,
     on_a_real_cluster_finalizers_and_garbage_collection,
     finalizers_hold_deletion_and_the_garbage_collector_removes_dependents_body
@@ -234,6 +239,46 @@ async fn label_selectors_filter_lists_and_watches_see_objects_enter_and_leave_bo
         .collect()
         .await;
     assert_eq!(events, vec!["ADDED db", "DELETED db"], "{db:?}");
+}
+
+/// A read of `path` asking for `accept`, as JSON.
+async fn read_as(t: &Target, path: &str, accept: &str) -> Value {
+    let request = http::Request::get(path).header("Accept", accept).body(Vec::new()).unwrap();
+    let text = t.client.request_text(request).await.unwrap();
+    // A watch answers one event per line: the first one is enough here.
+    serde_json::from_str(text.lines().next().unwrap()).unwrap()
+}
+
+async fn metadata_only_reads_answer_with_metadata_and_nothing_else_body(t: &Target) {
+    let cms: Api<ConfigMap> = t.api();
+    let data = json!({"weights": "x".repeat(4096)});
+    cms.create(&PostParams::default(), &config_map("big", json!({"app": "big"}), data)).await.unwrap();
+    let base = format!("/api/v1/namespaces/{}/configmaps", t.namespace);
+    let meta = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+    let list = read_as(t, &base, "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1").await;
+    assert_eq!(
+        (list["kind"].as_str(), list["apiVersion"].as_str()),
+        (Some("PartialObjectMetadataList"), Some("meta.k8s.io/v1"))
+    );
+    assert!(list["metadata"]["resourceVersion"].is_string(), "{list}");
+    let item = &list["items"][0];
+    assert_eq!(
+        (item["kind"].as_str(), item["metadata"]["labels"]["app"].as_str()),
+        (Some("PartialObjectMetadata"), Some("big"))
+    );
+    assert!(item.get("data").is_none(), "{item}");
+    let one = read_as(t, &format!("{base}/big"), meta).await;
+    assert_eq!((one["kind"].as_str(), one["metadata"]["name"].as_str()), (Some("PartialObjectMetadata"), Some("big")));
+    assert!(one.get("data").is_none(), "{one}");
+    let event = read_as(t, &format!("{base}?watch=true&timeoutSeconds=1&labelSelector=app%3Dbig"), meta).await;
+    assert_eq!(
+        (event["type"].as_str(), event["object"]["kind"].as_str()),
+        (Some("ADDED"), Some("PartialObjectMetadata"))
+    );
+    assert!(event["object"].get("data").is_none(), "{event}");
+    // Without asking, the objects themselves.
+    let full = read_as(t, &format!("{base}/big"), "application/json").await;
+    assert_eq!(full["data"]["weights"].as_str().map(str::len), Some(4096));
 }
 
 async fn install_crds(server: &ApiServer) -> Api<DistillationJob> {

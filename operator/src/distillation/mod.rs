@@ -20,11 +20,11 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 use crate::context::Context;
@@ -50,15 +50,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let client = ctx.client.clone();
     let djs: Api<DistillationJob> = Api::all(client.clone());
     let jobs: Api<Job> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client);
+    let pods: Api<PartialObjectMeta<Pod>> = Api::all(client);
     let managed = format!("app.kubernetes.io/managed-by={MANAGED_BY}");
-    // Bounded concurrency: with hundreds of objects at start-up, unbounded reconciles would open
-    // as many connections at once, and the client's pool keeps their buffers.
-    let config = kube::runtime::controller::Config::default().concurrency(ctx.concurrency);
-    Controller::new(djs, watcher::Config::default().any_semantic())
-        .with_config(config)
+    // Worker pods only wake their DistillationJob: their metadata (the job label) is all we read.
+    let worker_pods =
+        watcher(pods, watcher::Config::default().labels(JOB_LABEL).any_semantic()).default_backoff().touched_objects();
+    pipeline::controller(djs, ctx.concurrency)
         .owns(jobs, watcher::Config::default().labels(&managed).any_semantic())
-        .watches(pods, watcher::Config::default().labels(JOB_LABEL).any_semantic(), |pod: Pod| {
+        .watches_stream(worker_pods, |pod| {
             let name = pod.labels().get(JOB_LABEL)?.clone();
             Some(ObjectRef::<DistillationJob>::new(&name).within(pod.namespace().as_deref()?))
         })

@@ -27,12 +27,13 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PartialObjectMeta, Patch, PatchParams,
+    PostParams,
 };
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -66,14 +67,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let client = ctx.client.clone();
     let mdeps: Api<ModelDeployment> = Api::all(client.clone());
     let managed = format!("app.kubernetes.io/managed-by={MANAGED_BY},{MDEP_LABEL}");
-    let config = kube::runtime::controller::Config::default().concurrency(ctx.concurrency);
-    let controller = Controller::new(mdeps, watcher::Config::default().any_semantic()).with_config(config);
+    let controller = pipeline::controller(mdeps, ctx.concurrency);
     let store = controller.store();
+    // A DistillationJob only wakes the ModelDeployments that name it: its metadata is enough, and
+    // a thousand DistillationJobs are not cached twice.
+    let djs = watcher(
+        Api::<PartialObjectMeta<DistillationJob>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects();
     controller
         .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default().labels(&managed).any_semantic())
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default().labels(&managed).any_semantic())
-        .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(&managed).any_semantic())
-        .watches(Api::<DistillationJob>::all(client), watcher::Config::default().any_semantic(), move |dj| {
+        .owns(Api::<Job>::all(client), watcher::Config::default().labels(&managed).any_semantic())
+        .watches_stream(djs, move |dj| {
             let namespace = dj.namespace();
             let name = dj.name_any();
             store

@@ -18,7 +18,8 @@ use super::schema::{self, FieldValidation};
 use super::select::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError, ApiResult};
 use super::store::{Deletion, EventType, Preconditions, Propagation, State, WriteOptions, Written};
-use super::{Shared, openapi, table};
+use super::table::Representation;
+use super::{Shared, openapi};
 
 /// How often a watch that asked for bookmarks gets one.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
@@ -111,19 +112,22 @@ async fn handle(
         return error.into_response();
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown").to_string();
-    let as_table = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(table::wanted);
+    let representation = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map_or(Representation::Objects, Representation::wanted);
     let result = match verb {
-        "watch" => return watch_stream(shared, target, &query, as_table),
+        "watch" => return watch_stream(shared, target, &query, representation),
         "get" | "list" => {
             let result = if verb == "get" { get(&shared, &target) } else { list(&shared, &target, &query) };
             match result {
-                Ok((code, value, warnings)) if as_table && target.subresource.is_none() => {
-                    let rv = shared.lock().rv.to_string();
-                    let objects = match value.get("items").and_then(Value::as_array) {
-                        Some(items) if verb == "list" => items.clone(),
-                        _ => vec![value],
+                Ok((code, value, warnings)) if target.subresource.is_none() => {
+                    let value = if verb == "list" {
+                        representation.list(&target.rt, value)
+                    } else {
+                        representation.one(&target.rt, &value)
                     };
-                    Ok((code, table::table(&target.rt, &objects, &rv), warnings))
+                    Ok((code, value, warnings))
                 }
                 other => other,
             }
@@ -485,7 +489,7 @@ struct Watch {
     changes: tokio::sync::watch::Receiver<u64>,
     done: bool,
     /// Send Tables (`kubectl get -w`).
-    table: bool,
+    representation: Representation,
 }
 
 fn line(kind: &str, object: &Value) -> Bytes {
@@ -533,14 +537,9 @@ impl Watch {
         }
     }
 
-    /// One watch event line; a Table of one row when the client asked for Tables.
+    /// One watch event line, the object in the representation the client asked for.
     fn encode(&self, kind: &str, object: &Value) -> Bytes {
-        if self.table {
-            let rv = object["metadata"]["resourceVersion"].as_str().unwrap_or_default();
-            line(kind, &table::table(&self.rt, std::slice::from_ref(object), rv))
-        } else {
-            line(kind, object)
-        }
+        line(kind, &self.representation.one(&self.rt, object))
     }
 
     fn bookmark(&self) -> Bytes {
@@ -574,7 +573,12 @@ impl Watch {
     }
 }
 
-fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, String>, as_table: bool) -> Response {
+fn watch_stream(
+    shared: Arc<Shared>,
+    target: Target,
+    query: &HashMap<String, String>,
+    representation: Representation,
+) -> Response {
     if target.name.is_some() {
         return ApiError::bad_request("watch a single object with a fieldSelector on metadata.name").into_response();
     }
@@ -597,7 +601,7 @@ fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, Str
         epoch: shared.lock().watch_epoch,
         changes,
         done: false,
-        table: as_table,
+        representation,
     };
     let requested = query.get("resourceVersion").map(String::as_str).unwrap_or_default();
     match requested {

@@ -1,14 +1,71 @@
-//! Server-side printing: a `meta.k8s.io/v1` `Table` for clients that ask for one
-//! (`Accept: application/json;as=Table;…`, as `kubectl get` does), with a CRD's
-//! `additionalPrinterColumns` — so `kubectl get dj` shows phase, step and loss.
+//! What a read answers with, by the `Accept` header, as a real API server does: the objects
+//! themselves; a `meta.k8s.io/v1` `Table` (`as=Table`, as `kubectl get` asks) with a CRD's
+//! `additionalPrinterColumns`, so `kubectl get dj` shows phase, step and loss; or only their
+//! metadata (`as=PartialObjectMetadata` / `as=PartialObjectMetadataList`, as metadata-only
+//! watches and `kubectl get --output-watch-events` of owners ask), so a client that asks for
+//! metadata receives — and pays for — no more than it would from a real cluster.
 
 use serde_json::{Value, json};
 
 use super::registry::ResourceType;
 
-/// Whether the `Accept` header asks for a Table.
-pub fn wanted(accept: &str) -> bool {
-    accept.split(',').next().is_some_and(|first| first.contains("as=Table"))
+/// How objects are represented in a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Representation {
+    /// The objects themselves.
+    Objects,
+    /// A `Table` of the printer columns.
+    Table,
+    /// `PartialObjectMetadata`: kind, apiVersion and metadata only.
+    Metadata,
+}
+
+impl Representation {
+    /// What the `Accept` header's first choice asks for.
+    pub fn wanted(accept: &str) -> Self {
+        let first = accept.split(',').next().unwrap_or_default();
+        if first.contains("as=Table") {
+            Self::Table
+        } else if first.contains("as=PartialObjectMetadata") {
+            Self::Metadata
+        } else {
+            Self::Objects
+        }
+    }
+
+    /// One object (a get, or a watch event's object) in this representation.
+    pub fn one(self, rt: &ResourceType, object: &Value) -> Value {
+        match self {
+            Self::Objects => object.clone(),
+            Self::Table => {
+                let rv = object["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+                table(rt, std::slice::from_ref(object), rv)
+            }
+            Self::Metadata => partial(object),
+        }
+    }
+
+    /// A list (`items` and list metadata) in this representation.
+    pub fn list(self, rt: &ResourceType, list: Value) -> Value {
+        let items = || list["items"].as_array().cloned().unwrap_or_default();
+        match self {
+            Self::Objects => list,
+            Self::Table => {
+                let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+                let mut t = table(rt, &items(), &rv);
+                t["metadata"] = list["metadata"].clone();
+                t
+            }
+            Self::Metadata => json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                                     "metadata": list["metadata"],
+                                     "items": items().iter().map(partial).collect::<Vec<_>>()}),
+        }
+    }
+}
+
+/// `object` as `PartialObjectMetadata`.
+fn partial(object: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
 }
 
 /// The printer columns of `rt`: `(name, type, json path, priority)`.
@@ -44,7 +101,7 @@ fn age(timestamp: &str) -> String {
 }
 
 /// `objects` as a Table.
-pub fn table(rt: &ResourceType, objects: &[Value], resource_version: &str) -> Value {
+fn table(rt: &ResourceType, objects: &[Value], resource_version: &str) -> Value {
     let cols = columns(rt);
     let definitions: Vec<Value> = cols
         .iter()
@@ -65,8 +122,7 @@ pub fn table(rt: &ResourceType, objects: &[Value], resource_version: &str) -> Va
                     (None, _) => Value::Null,
                 })
                 .collect();
-            json!({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                                              "metadata": o["metadata"]}})
+            json!({"cells": cells, "object": partial(o)})
         })
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
