@@ -134,32 +134,37 @@ fn models() -> &'static Models {
             ("gross", &swapped, 0, BASE_EXAMPLES),
             ("subtle", &train, 0, SUBTLE_EXAMPLES),
         ] {
-            let out = dir.join(name);
-            let spec = json!({"apiVersion": "distillery.dev/v1alpha1", "kind": "DistillationJob",
-                "metadata": {"name": name}, "spec": job_spec(dataset, seed, examples, &format!("file://{}", out.display()), false)});
-            let file = dir.join(format!("{name}.yaml"));
-            let yaml = serde_norway::to_string(&spec).unwrap();
-            // A model trained by an earlier run of these tests from the same spec is reused.
-            if std::fs::read_to_string(&file).is_ok_and(|old| old == yaml) && out.join("distillery.json").is_file() {
-                continue;
-            }
-            if out.exists() {
-                std::fs::remove_dir_all(&out).unwrap();
-            }
-            std::fs::write(&file, &yaml).unwrap();
-            let started = Instant::now();
-            let run = Command::new(workspace_binary("distillery-worker"))
-                .args(["distill", "-f"])
-                .arg(&file)
-                .arg("--output")
-                .arg(&out)
-                .output()
-                .unwrap();
-            assert!(run.status.success(), "training {name} failed:\n{}", String::from_utf8_lossy(&run.stderr));
-            eprintln!("rollout tests: trained {name} in {:.0}s", started.elapsed().as_secs_f64());
+            train_model(&dir, name, dataset, seed, examples);
         }
         Models { data, dir }
     })
+}
+
+/// Trains `name` into `dir/<name>` with the worker, unless an earlier run of these tests trained
+/// it from the same spec.
+fn train_model(dir: &Path, name: &str, dataset: &str, seed: u64, examples: u32) {
+    let out = dir.join(name);
+    let spec = json!({"apiVersion": "distillery.dev/v1alpha1", "kind": "DistillationJob",
+        "metadata": {"name": name}, "spec": job_spec(dataset, seed, examples, &format!("file://{}", out.display()), false)});
+    let file = dir.join(format!("{name}.yaml"));
+    let yaml = serde_norway::to_string(&spec).unwrap();
+    if std::fs::read_to_string(&file).is_ok_and(|old| old == yaml) && out.join("distillery.json").is_file() {
+        return;
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    std::fs::write(&file, &yaml).unwrap();
+    let started = Instant::now();
+    let run = Command::new(workspace_binary("distillery-worker"))
+        .args(["distill", "-f"])
+        .arg(&file)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "training {name} failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    eprintln!("rollout tests: trained {name} in {:.0}s", started.elapsed().as_secs_f64());
 }
 
 impl Models {
@@ -1070,4 +1075,56 @@ async fn a_good_canary_behind_a_gateway_gets_exact_weights_from_the_httproute() 
     let route = serde_json::to_value(routes.get("reviews-route").await.unwrap()).unwrap();
     assert_eq!(route["spec"]["rules"][0]["matches"][0]["path"]["value"], "/v2");
     assert_eq!(route["spec"]["rules"][0]["backendRefs"][0]["weight"], 100, "{route:#}");
+}
+
+/// More seeds of the good canary, for the false-rollback count: each one is a different digest
+/// within the accuracy budget, and each is rolled out over the one before (so every rollout is
+/// a good canary judged against a good stable). Not run by default: it trains five more models
+/// and rolls out five times (about ten minutes on 2 cores). Run it with
+/// `scripts/test.sh -p distillery-tests --test rollout -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "trains five more models: run with --ignored for the false-rollback count"]
+async fn good_canaries_of_five_more_seeds_are_never_rolled_back() {
+    const SEEDS: std::ops::RangeInclusive<u64> = 2..=6;
+    let _serial = SERIAL.lock().await;
+    let models = models();
+    let train = format!("file://{}", models.data.dir.join("train.csv").display());
+    for seed in SEEDS {
+        train_model(&models.dir, &format!("good-{seed}"), &train, seed, BASE_EXAMPLES);
+    }
+    let h = Harness::start().await;
+    let name = "seeds";
+    h.apply(&mdep(name, "good", "3s")).await;
+    h.wait_status(name, "the first model to be Healthy", Duration::from_secs(120), |s| {
+        (s["phase"] == "Healthy" && s["stable"]["readyReplicas"] == 3).then_some(())
+    })
+    .await;
+    let mut outcomes = Vec::new();
+    for seed in SEEDS {
+        let model = format!("good-{seed}");
+        let digest = models.digest(&model);
+        h.apply(&mdep(name, &model, "3s")).await;
+        let status = h
+            .wait_status(name, "the canary's verdict", Duration::from_secs(240), |s| {
+                let promoted = s["phase"] == "Healthy"
+                    && s["stable"]["modelDigest"] == digest.as_str()
+                    && s.get("canary").is_none_or(Value::is_null);
+                (promoted || s["phase"] == "RolledBack").then(|| s.clone())
+            })
+            .await;
+        let analysis = &status["lastAnalysis"];
+        eprintln!(
+            "seed {seed}: {} after {} analyses (passed {}, failed {}); golden accuracy stable {} vs canary {}",
+            status["phase"],
+            analysis["run"],
+            analysis["runs"]["passed"],
+            analysis["runs"]["failed"],
+            analysis["stableAccuracy"],
+            analysis["canaryAccuracy"]
+        );
+        outcomes.push((seed, status["phase"].as_str().unwrap_or_default().to_string()));
+    }
+    let rolled_back: Vec<_> = outcomes.iter().filter(|(_, phase)| phase == "RolledBack").collect();
+    eprintln!("false rollbacks: {} of {} good canaries", rolled_back.len(), outcomes.len());
+    assert!(rolled_back.is_empty(), "good canaries rolled back: {rolled_back:?}");
 }
