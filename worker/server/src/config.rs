@@ -40,7 +40,8 @@ pub struct Config {
     /// HTTP port (0 picks a free one and prints it).
     #[arg(long, env = "DISTILLERY_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Path of libonnxruntime.so.1.31.1.
+    /// Path of libonnxruntime.so.1.31.1 (default: where scripts/setup.sh puts it,
+    /// `$DISTILLERY_CACHE/onnxruntime/`).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_library: Option<PathBuf>,
     /// Most texts in one model run.

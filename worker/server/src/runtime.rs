@@ -10,11 +10,11 @@ pub const EXPECTED_ORT_VERSION: &str = "1.31.1";
 /// Why ONNX Runtime could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// No path was given.
+    /// No path was given and the setup cache has none.
     #[error(
-        "no ONNX Runtime library given: pass --ort-library or set ORT_DYLIB_PATH to libonnxruntime.so.{EXPECTED_ORT_VERSION} (scripts/setup.sh puts it in ~/.cache/distillery/onnxruntime/)"
+        "no ONNX Runtime library: {0} does not exist; run scripts/setup.sh (it puts libonnxruntime.so.{EXPECTED_ORT_VERSION} there), or pass --ort-library / set ORT_DYLIB_PATH"
     )]
-    NotConfigured,
+    NotConfigured(PathBuf),
     /// The file does not exist.
     #[error(
         "ONNX Runtime library {0} does not exist (run scripts/setup.sh, or point ORT_DYLIB_PATH at libonnxruntime.so.{EXPECTED_ORT_VERSION})"
@@ -44,10 +44,22 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-/// Loads ONNX Runtime from `path` and creates the process's environment (ort allows one). ort
-/// checks the library's version while loading and refuses one it does not support.
+/// Where scripts/setup.sh puts the library: `$DISTILLERY_CACHE/onnxruntime/` (by default
+/// `~/.cache/distillery/onnxruntime/`).
+pub fn setup_library() -> PathBuf {
+    distillery_crds::cache::cache_dir().join("onnxruntime").join(format!("libonnxruntime.so.{EXPECTED_ORT_VERSION}"))
+}
+
+/// Loads ONNX Runtime from `path` — when `None`, from where scripts/setup.sh puts it — and
+/// creates the process's environment (ort allows one). The server and the worker follow this one
+/// rule. ort checks the library's version while loading and refuses one it does not support.
 pub fn load(path: Option<&Path>) -> Result<Runtime, RuntimeError> {
-    let path = path.ok_or(RuntimeError::NotConfigured)?;
+    let setup = setup_library();
+    let path = match path {
+        Some(path) => path,
+        None if setup.is_file() => setup.as_path(),
+        None => return Err(RuntimeError::NotConfigured(setup)),
+    };
     if !path.is_file() {
         return Err(RuntimeError::Missing(path.to_path_buf()));
     }

@@ -7,7 +7,6 @@ use distillery_server::runtime::{RuntimeError, load};
 
 #[test]
 fn bad_paths_are_explained() {
-    assert!(matches!(load(None), Err(RuntimeError::NotConfigured)));
     let missing = PathBuf::from("/nonexistent/libonnxruntime.so");
     let err = load(Some(&missing)).unwrap_err();
     assert!(matches!(err, RuntimeError::Missing(_)));
@@ -38,6 +37,33 @@ fn loads_the_pinned_runtime_from_the_setup_cache() {
     // (1.30 is refused), so a successful load is the version check.
     let info = load(Some(&lib)).unwrap().info;
     assert!(info.starts_with("ORT Build Info"), "unexpected ORT build info: {info}");
+}
+
+/// `distillery-server --model /nonexistent` with no `ORT_DYLIB_PATH` and `DISTILLERY_CACHE` set to
+/// `cache`: its stderr (it always exits 1, for want of a model or of ONNX Runtime).
+fn server_without_ort_dylib_path(cache: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_distillery-server"))
+        .args(["--model", "/nonexistent"])
+        .env_remove("ORT_DYLIB_PATH")
+        .env("DISTILLERY_CACHE", cache)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn without_a_path_the_server_loads_the_runtime_from_the_setup_cache_like_the_worker() {
+    // The real cache: ONNX Runtime loads, and the server gets as far as looking for its model.
+    let stderr = server_without_ort_dylib_path(&distillery_crds::cache::cache_dir());
+    assert!(stderr.contains("no such artifact directory"), "{stderr}");
+    // An empty cache: the error names where the library was looked for and what to run.
+    let empty = std::env::temp_dir().join(format!("no-ort-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let stderr = server_without_ort_dylib_path(&empty);
+    std::fs::remove_dir_all(&empty).ok();
+    let expected = empty.join("onnxruntime/libonnxruntime.so.1.31.1");
+    assert!(stderr.contains(&expected.display().to_string()) && stderr.contains("run scripts/setup.sh"), "{stderr}");
 }
 
 fn tempfile_path() -> PathBuf {

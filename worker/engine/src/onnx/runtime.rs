@@ -29,25 +29,16 @@ impl From<SessionError> for RuntimeError {
 static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
 
 /// Loads ONNX Runtime once per process from `library`; when `None`, from `ORT_DYLIB_PATH`, else
-/// from where scripts/setup.sh puts it ([`setup_library`]). After a success, later calls do
-/// nothing; after a failure, the next call tries again.
+/// from where scripts/setup.sh puts it (the same rule as `distillery-server`:
+/// [`distillery_server::runtime::load`]). After a success, later calls do nothing; after a
+/// failure, the next call tries again.
 pub fn init(library: Option<&Path>) -> Result<(), RuntimeError> {
     let mut env = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
     if env.is_none() {
-        let path = library
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
-            .or_else(|| Some(setup_library()).filter(|p| p.is_file()));
+        let path = library.map(Path::to_path_buf).or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from));
         *env = Some(distillery_server::runtime::load(path.as_deref())?.environment);
     }
     Ok(())
-}
-
-/// Where scripts/setup.sh puts the ONNX Runtime library: `$DISTILLERY_CACHE/onnxruntime/`.
-pub fn setup_library() -> PathBuf {
-    distillery_crds::cache::cache_dir()
-        .join("onnxruntime")
-        .join(format!("libonnxruntime.so.{}", distillery_server::runtime::EXPECTED_ORT_VERSION))
 }
 
 fn environment() -> Result<Environment, RuntimeError> {
