@@ -12,6 +12,7 @@ pub mod apply;
 pub mod builtin;
 pub mod fields;
 mod http;
+pub mod labels;
 pub mod openapi;
 pub mod registry;
 pub mod schema;

@@ -193,7 +193,7 @@ fn text<'a>(value: &'a Value, field: &str) -> &'a str {
 }
 
 /// Whether `name` is a DNS-1123 subdomain, as most kinds' names must be.
-fn dns_subdomain(name: &str) -> bool {
+pub(crate) fn dns_subdomain(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|part| {
@@ -393,7 +393,8 @@ impl State {
         Ok(())
     }
 
-    /// Custom resources: prune, default and validate; the warnings for pruned fields.
+    /// Every kind: labels and annotations validated. Custom resources: pruned, defaulted and
+    /// validated by their schema; built-in kinds by `builtin`. The warnings for pruned fields.
     fn admit(
         rt: &ResourceType,
         name: &str,
@@ -402,6 +403,10 @@ impl State {
         opts: &WriteOptions,
     ) -> ApiResult<Vec<String>> {
         let mut warnings = vec![];
+        let violations = super::labels::validate(&rt.kind, object);
+        if !violations.is_empty() {
+            return Err(ApiError::invalid(rt, name, &violations));
+        }
         if let Some(crd) = &rt.crd {
             let schema = schema::version_schema(crd, &rt.version).ok_or_else(|| {
                 ApiError::internal(format!("{} has no schema for {}", crd.spec.names.kind, rt.version))
