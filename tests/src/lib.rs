@@ -1,7 +1,7 @@
 //! Distillery's test harness: locating the repository and the setup cache, reading example
 //! manifests, rendering the Helm chart with Helm's own SDK, a Kubernetes API server in process
 //! ([`apiserver`]) and a cluster simulated on top of it ([`cluster`]: the Job controller and a
-//! kubelet that runs pods as local processes) — see DESIGN.md, testing tiers.
+//! kubelet that runs pods as local processes) — see docs/architecture.md, testing tiers.
 
 pub mod apiserver;
 pub mod chart;
@@ -19,9 +19,22 @@ pub fn repo_root() -> PathBuf {
 
 pub use distillery_crds::cache::cache_dir;
 
-/// Whether a `kubectl` client is on the PATH (tests that drive it skip with a message without one).
+/// Whether a `kubectl` client is on the PATH. Without one a test that drives it skips with a
+/// message on a developer's machine, and fails under `CI=true`: CI must never pass a test that
+/// did not run.
 pub fn kubectl_installed() -> bool {
-    std::process::Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success())
+    let installed =
+        std::process::Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success());
+    assert!(
+        installed || !ci(),
+        "kubectl is not on the PATH and CI is set: the kubectl tests would pass without running (install kubectl 1.32)"
+    );
+    installed
+}
+
+/// Whether the tests run in CI (`CI` set to anything but `false` or empty, as CI services set it).
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
 }
 
 /// A YAML file's documents, parsed to JSON values (empty documents skipped).

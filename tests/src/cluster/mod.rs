@@ -87,7 +87,70 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         "{} is not built: run `cargo build -p {name}` (cargo test --workspace builds it)",
         path.display()
     );
+    refuse_stale(name, &path);
     path
+}
+
+/// The packages (folders) each workspace binary is built from.
+fn binary_packages(name: &str) -> &'static [&'static str] {
+    match name {
+        "distillery-operator" => &["operator", "crds"],
+        "distillery-worker" => &["worker/engine", "worker/server", "crds"],
+        "distillery-server" => &["worker/server", "crds"],
+        _ => &[],
+    }
+}
+
+/// Panics when `binary` is older than a source file it is built from: a test must never pass on
+/// a stale build (`cargo test -p distillery-tests` alone does not rebuild other packages' binaries).
+fn refuse_stale(name: &str, binary: &Path) {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).expect("the binary's modification time");
+    let root = crate::repo_root();
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut consider = |path: PathBuf| {
+        if let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified())
+            && newest.as_ref().is_none_or(|(t, _)| modified > *t)
+        {
+            newest = Some((modified, path));
+        }
+    };
+    for package in binary_packages(name) {
+        let package = root.join(package);
+        consider(package.join("Cargo.toml"));
+        // `src/` but not other binaries' mains under `src/bin/` (crdgen), which no binary here links.
+        for entry in walk(&package.join("src")) {
+            if entry.extension().is_some_and(|e| e == "rs") && !entry.starts_with(package.join("src/bin")) {
+                consider(entry);
+            }
+        }
+    }
+    consider(root.join("Cargo.lock"));
+    consider(root.join("Cargo.toml"));
+    if let Some((modified, source)) = newest {
+        assert!(
+            modified <= built,
+            "{} is older than {}: run `cargo build -p {name}` (cargo test --workspace builds it)",
+            binary.display(),
+            source.display()
+        );
+    }
+}
+
+/// Every file under `dir`, recursively (none when it does not exist).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = vec![];
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
 }
 
 /// How the simulated cluster's own watches retry after an error (a dropped watch, or a kind not

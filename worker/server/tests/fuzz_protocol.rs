@@ -1,9 +1,9 @@
 //! The inference-request parser under random input (proptest): arbitrary bytes, arbitrary JSON,
 //! and valid requests with one part mutated. It never panics; whatever it refuses is a
-//! `ProtocolError` (the server's 400) with a message; whatever it accepts respects the model's
-//! limits. The HTTP layer turns every `ProtocolError` into a 400 (`http::ApiError::status`).
+//! `ProtocolError` (the server's 400) with a message; whatever it accepts holds what the body
+//! holds and respects the model's limits. That a refusal reaches the client as a 400 is checked
+//! over HTTP in `tests/tests/server.rs`.
 
-use distillery_server::http::ApiError;
 use distillery_server::protocol::{Inputs, Limits, parse_infer};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -85,21 +85,36 @@ fn mutated_request() -> impl Strategy<Value = Value> {
     })
 }
 
-fn check(body: &[u8]) {
+/// Parses `body` and checks the outcome against the request itself: an accepted request carries
+/// exactly the texts (or as many token rows as its shape says) that the body holds, within the
+/// model's limits; a refused one says what is wrong. Returns the outcome for tests that expect one.
+fn check(body: &[u8]) -> Result<(), String> {
     match parse_infer(body, LIMITS) {
         Ok(request) => {
-            assert!(!request.inputs.is_empty());
+            let sent: Value = serde_json::from_slice(body).expect("an accepted body is JSON");
+            let first = &sent["inputs"][0];
             assert!(!request.outputs.is_empty());
-            if let Inputs::Tokens(rows) = &request.inputs {
-                for row in rows {
-                    assert!(!row.is_empty() && row.len() <= LIMITS.max_positions);
-                    assert!(row.iter().all(|&id| (id as usize) < LIMITS.vocab_size));
+            match &request.inputs {
+                Inputs::Texts(texts) => {
+                    let data: Vec<&str> =
+                        first["data"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+                    assert_eq!(texts, &data, "the texts accepted are the texts sent");
+                    assert_eq!(first["shape"], json!([texts.len()]), "and the shape said as many");
+                }
+                Inputs::Tokens(rows) => {
+                    let ids = sent["inputs"].as_array().unwrap().iter().find(|i| i["name"] == "input_ids").unwrap();
+                    assert_eq!(Some(rows.len() as u64), ids["shape"][0].as_u64(), "one row per shape[0]");
+                    for row in rows {
+                        assert!(!row.is_empty() && row.len() <= LIMITS.max_positions);
+                        assert!(row.iter().all(|&id| (id as usize) < LIMITS.vocab_size));
+                    }
                 }
             }
+            Ok(())
         }
         Err(e) => {
-            assert!(!e.0.is_empty(), "an error says what is wrong");
-            assert_eq!(ApiError::BadRequest(e.0).status().as_u16(), 400);
+            assert!(e.0.len() > 10, "an error says what is wrong: {:?}", e.0);
+            Err(e.0)
         }
     }
 }
@@ -109,27 +124,54 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
-        check(&body);
+        let _ = check(&body);
     }
 
     #[test]
     fn arbitrary_json_never_panics(value in any_json()) {
-        check(value.to_string().as_bytes());
+        let _ = check(value.to_string().as_bytes());
     }
 
     #[test]
     fn mutated_requests_are_parsed_or_refused_with_a_reason(request in mutated_request()) {
-        check(request.to_string().as_bytes());
+        let _ = check(request.to_string().as_bytes());
     }
 }
 
 #[test]
 fn deeply_nested_and_huge_shapes_are_refused_not_crashed() {
     let deep = "[".repeat(100_000) + &"]".repeat(100_000);
-    check(
+    let refused = |body: &[u8]| check(body).expect_err("refused");
+    let nested = refused(
         format!("{{\"inputs\": [{{\"name\": \"text\", \"shape\": [1], \"datatype\": \"BYTES\", \"data\": {deep}}}]}}")
             .as_bytes(),
     );
-    check(br#"{"inputs": [{"name": "input_ids", "shape": [9223372036854775807, 9223372036854775807], "datatype": "INT64", "data": [1]}]}"#);
-    check(br#"{"inputs": [{"name": "text", "shape": [18446744073709551615], "datatype": "BYTES", "data": ["a"]}]}"#);
+    assert!(nested.contains("recursion limit"), "{nested}");
+    let huge = refused(
+        br#"{"inputs": [{"name": "input_ids", "shape": [9223372036854775807, 9223372036854775807], "datatype": "INT64", "data": [1]}]}"#,
+    );
+    assert!(huge.contains("shape"), "{huge}");
+    let overflow = refused(
+        br#"{"inputs": [{"name": "text", "shape": [18446744073709551615], "datatype": "BYTES", "data": ["a"]}]}"#,
+    );
+    assert!(overflow.contains("18446744073709551615"), "the value that does not fit is named: {overflow}");
+}
+
+#[test]
+fn valid_requests_are_accepted_with_what_they_hold() {
+    assert_eq!(
+        check(br#"{"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["good", "bad"]}]}"#),
+        Ok(())
+    );
+    let tokens = json!({"inputs": [
+        {"name": "input_ids", "shape": [2, 3], "datatype": "INT64", "data": [5, 6, 7, 8, 9, 0]},
+        {"name": "attention_mask", "shape": [2, 3], "datatype": "INT64", "data": [1, 1, 1, 1, 1, 0]}]});
+    assert_eq!(check(tokens.to_string().as_bytes()), Ok(()));
+    let Inputs::Tokens(rows) = parse_infer(tokens.to_string().as_bytes(), LIMITS).unwrap().inputs else {
+        panic!("token ids give token rows")
+    };
+    assert_eq!(rows, vec![vec![5, 6, 7], vec![8, 9]], "padding removed by the attention mask");
+    // Out of the model's limits: refused.
+    let too_big = json!({"inputs": [{"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [1000]}]});
+    assert!(check(too_big.to_string().as_bytes()).unwrap_err().contains("1000"));
 }
