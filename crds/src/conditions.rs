@@ -26,6 +26,9 @@ pub mod types {
     /// The ModelDeployment's model is resolved: the artifact exists and its served file's
     /// digest is known.
     pub const MODEL_READY: &str = "ModelReady";
+    /// A DistillationJob succeeded but its results say distillation did not do what it is for
+    /// (`status.result.warnings`); its reason is the first warning's.
+    pub const QUALITY_WARNING: &str = "QualityWarning";
 }
 
 /// Condition reasons (CamelCase, as the API conventions ask).
@@ -49,6 +52,11 @@ pub mod reasons {
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
     /// The workload ran past `activeDeadlineSeconds`.
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    /// The worker failed in a way running the same spec again cannot fix (bad spec, unsupported
+    /// option, bad data): the Job failed at once, without retries.
+    pub const WORKER_REFUSED_SPEC: &str = "WorkerRefusedSpec";
+    /// The results raised no quality warning.
+    pub const RESULTS_AS_EXPECTED: &str = "ResultsAsExpected";
     /// The spec changed after the workload was created from an earlier one; the workload goes on
     /// with the earlier spec.
     pub const SPEC_CHANGED_AFTER_START: &str = "SpecChangedAfterStart";

@@ -66,7 +66,9 @@ pub struct DistillationJobSpec {
     pub resources: WorkerResources,
     /// Where the resulting artifact is written.
     pub output: OutputSpec,
-    /// Worker container image; the operator's configured default when unset.
+    /// Worker container image; when unset, the operator's configured default — its CUDA build
+    /// (`--worker-cuda-image`) when `resources.gpu.count` is above 0. An image named here must
+    /// be a CUDA build to train on GPUs: a worker without CUDA refuses a job that asks for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
@@ -634,7 +636,8 @@ pub struct WorkerResources {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuRequest {
-    /// Number of GPUs; 0 trains on CPU.
+    /// Number of GPUs; 0 trains on CPU. Above 0 the worker runs the operator's CUDA image and
+    /// fails (without retries) if it finds no usable GPU; it never falls back to the CPU.
     #[serde(default = "default_gpu_count")]
     #[schemars(range(min = 0, max = 16))]
     pub count: u32,
@@ -782,6 +785,11 @@ pub struct DistillationResult {
     /// Why that variant (e.g. "int8 within budget (−0.3 points) and 2.1× faster").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_variant_reason: Option<String>,
+    /// Results to look at before shipping the model: a teacher no better than the bag-of-words
+    /// baseline, or a distilled student no better than the label-only one. Also the
+    /// `QualityWarning` condition and a Warning Event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<crate::manifest::QualityWarning>,
 }
 
 /// Size and quality of one model.

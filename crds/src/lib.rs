@@ -15,6 +15,7 @@ pub mod common;
 pub mod conditions;
 pub mod deployment;
 pub mod distillation;
+pub mod exit;
 pub mod manifest;
 #[cfg(feature = "validation")]
 pub mod validation;

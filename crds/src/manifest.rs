@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -43,6 +44,66 @@ pub struct ArtifactManifest {
     /// Why that variant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_variant_reason: Option<String>,
+    /// What a person should look at before shipping this model ([`quality_warnings`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<QualityWarning>,
+}
+
+/// A result that says distillation did not do what it is for, so that nobody ships the model
+/// believing it did.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QualityWarning {
+    /// The cause: `TeacherNotBetterThanBaseline` or `NoDistillationGain`.
+    pub reason: String,
+    /// What was measured, and what to check.
+    pub message: String,
+}
+
+/// The teacher is not better than the bag-of-words baseline.
+pub const TEACHER_NOT_BETTER_THAN_BASELINE: &str = "TeacherNotBetterThanBaseline";
+/// The distilled student is not better than the same student trained on labels alone.
+pub const NO_DISTILLATION_GAIN: &str = "NoDistillationGain";
+/// The lead over the bag-of-words baseline (accuracy, as a fraction) below which the teacher
+/// counts as no better: one point, about the noise of a held-out split of a few thousand texts.
+pub const MIN_TEACHER_LEAD: f64 = 0.01;
+
+/// The warnings held-out accuracies call for: a teacher less than [`MIN_TEACHER_LEAD`] ahead of
+/// the bag-of-words baseline (it has little to teach), and a distilled student no better than
+/// the label-only one (when that baseline was trained).
+pub fn quality_warnings(
+    teacher: f64,
+    bag_of_words: f64,
+    distilled: f64,
+    label_only: Option<f64>,
+) -> Vec<QualityWarning> {
+    let pct = |x: f64| format!("{:.2}%", x * 100.0);
+    let mut warnings = vec![];
+    if teacher - bag_of_words < MIN_TEACHER_LEAD {
+        warnings.push(QualityWarning {
+            reason: TEACHER_NOT_BETTER_THAN_BASELINE.into(),
+            message: format!(
+                "the teacher ({}) is not better than the bag-of-words baseline ({}) on this data — check the \
+                 teacher's preparation (head epochs, trainable layers) and dataset.maxSequenceLength (truncation)",
+                pct(teacher),
+                pct(bag_of_words)
+            ),
+        });
+    }
+    if let Some(label_only) = label_only
+        && distilled <= label_only
+    {
+        warnings.push(QualityWarning {
+            reason: NO_DISTILLATION_GAIN.into(),
+            message: format!(
+                "the distilled student ({}) is no better than the same student trained on labels alone ({}): \
+                 distillation did not help here — check the teacher, loss.alpha and the temperature",
+                pct(distilled),
+                pct(label_only)
+            ),
+        });
+    }
+    warnings
 }
 
 /// Lineage of an artifact.
@@ -131,4 +192,20 @@ pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
 /// Lower-case hex sha256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod quality_tests {
+    use super::*;
+
+    #[test]
+    fn a_weak_teacher_and_a_student_that_gains_nothing_are_warned_about() {
+        assert!(quality_warnings(0.85, 0.75, 0.82, Some(0.80)).is_empty(), "the main job's figures warn of nothing");
+        let w = quality_warnings(0.755, 0.75, 0.70, Some(0.71));
+        let reasons: Vec<&str> = w.iter().map(|w| w.reason.as_str()).collect();
+        assert_eq!(reasons, [TEACHER_NOT_BETTER_THAN_BASELINE, NO_DISTILLATION_GAIN]);
+        assert!(w[0].message.contains("75.50%") && w[0].message.contains("75.00%"), "{}", w[0].message);
+        assert!(quality_warnings(0.85, 0.75, 0.80, None).is_empty(), "no label-only run, no gain to judge");
+        assert_eq!(quality_warnings(0.85, 0.75, 0.80, Some(0.80))[0].reason, NO_DISTILLATION_GAIN, "equal is no gain");
+    }
 }

@@ -55,9 +55,18 @@ pub struct RunArgs {
     /// Identity of this replica in leader election (the pod name in a pod).
     #[arg(long, env = "POD_NAME", default_value = "distillery-operator")]
     pub identity: String,
-    /// Image the DistillationJob and Benchmark workers run, unless a resource names its own.
+    /// Image the DistillationJob and Benchmark workers run when they ask for no GPU, unless a
+    /// resource names its own (built without CUDA).
     #[arg(long, env = "DISTILLERY_WORKER_IMAGE", default_value = "ghcr.io/distillery-dev/distillery-worker:0.1.0")]
     pub worker_image: String,
+    /// Image of the CUDA build of the worker: what a DistillationJob that asks for GPUs runs,
+    /// unless it names its own.
+    #[arg(
+        long,
+        env = "DISTILLERY_WORKER_CUDA_IMAGE",
+        default_value = "ghcr.io/distillery-dev/distillery-worker:0.1.0-cuda"
+    )]
+    pub worker_cuda_image: String,
     /// Image the ModelDeployment server pods run, unless a resource names its own.
     #[arg(long, env = "DISTILLERY_SERVER_IMAGE", default_value = crate::context::DEFAULT_SERVER_IMAGE)]
     pub server_image: String,

@@ -3,7 +3,7 @@
 //! `run` connects to the cluster, serves health and metrics endpoints, waits until the Distillery
 //! CRDs are served, takes the leader Lease (when leader election is on) and runs the controllers
 //! until SIGTERM. Each controller is a pipeline — read → validate → build → apply → status — in a
-//! module of its own ([`distillation`]); see DESIGN.md.
+//! module of its own ([`distillation`]); see docs/architecture.md.
 
 pub mod config;
 pub mod context;
@@ -117,7 +117,10 @@ async fn lead_and_reconcile(client: kube::Client, args: RunArgs, shared: Shared,
     }
     shared.metrics.leader.set(1);
     let metrics = shared.metrics.clone();
-    let settings = distillation::build::WorkerSettings { default_image: args.worker_image.clone() };
+    let settings = distillation::build::WorkerSettings {
+        default_image: args.worker_image.clone(),
+        cuda_image: args.worker_cuda_image.clone(),
+    };
     let mut ctx = context::Context::new(client, settings, args.worker_cluster_role.clone(), &args.identity, metrics);
     ctx.serving.server_image = args.server_image.clone();
     ctx.canary_ready_deadline = Duration::from_secs(args.canary_ready_deadline_seconds);

@@ -1,10 +1,30 @@
 //! Small pieces every controller's `build` and `observe` use on Kubernetes objects: where a
-//! `file://` URI's claim is mounted, a container's termination message, a Job's terminal
-//! condition, and JSON without nulls.
+//! `file://` URI's claim is mounted, the security contexts of the pods the operator creates, a
+//! container's termination message, a Job's terminal condition, and JSON without nulls.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use serde_json::Value;
+use serde_json::{Value, json};
+
+/// User and group the worker and the server run as (the images' `distillery` user, UID 65532).
+pub const NON_ROOT_ID: i64 = 65532;
+
+/// The pod security context of every pod the operator creates: non-root as [`NON_ROOT_ID`], and
+/// `fsGroup` so that a freshly provisioned claim — often owned by root — is writable by that
+/// group (the kubelet changes its ownership only when the root directory's differs).
+pub fn pod_security_context() -> Value {
+    json!({
+        "runAsNonRoot": true, "runAsUser": NON_ROOT_ID, "runAsGroup": NON_ROOT_ID,
+        "fsGroup": NON_ROOT_ID, "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// The container security context of every container the operator creates: no privilege
+/// escalation, no capabilities, a read-only root file system (writes go to volumes).
+pub fn container_security_context() -> Value {
+    json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}})
+}
 
 /// The mount path of the claim holding a `file://` URI: its first path segment (`/models` for
 /// `file:///models/x`). `None` for other URIs or a file directly under `/`.

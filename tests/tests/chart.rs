@@ -142,12 +142,22 @@ fn operator_pod_is_locked_down() {
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
 }
 
+/// The chart's `appVersion`.
+fn chart_app_version() -> String {
+    let chart: Value = serde_norway::from_str(
+        &std::fs::read_to_string(distillery_tests::repo_root().join("charts/distillery/Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    chart["appVersion"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn custom_values_reach_the_objects() {
     let objects = render(&json!({
         "replicaCount": 2,
         "image": {"tag": "v9.9.9"},
-        "workerImage": {"repository": "registry.example/worker", "tag": "cuda-1"},
+        "workerImage": {"repository": "registry.example/worker", "tag": "cpu-1"},
+        "workerCudaImage": {"repository": "registry.example/worker-gpu"},
         "serviceAccount": {"create": false, "name": "existing-sa"},
         "metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prom"}}},
         "logLevel": "debug",
@@ -158,7 +168,12 @@ fn custom_values_reach_the_objects() {
     let c = operator_container(&objects);
     assert_eq!(c["image"], "ghcr.io/distillery-dev/distillery-operator:v9.9.9");
     let env = |name: &str| c["env"].as_array().unwrap().iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
-    assert_eq!(env("DISTILLERY_WORKER_IMAGE"), Some(json!("registry.example/worker:cuda-1")));
+    assert_eq!(env("DISTILLERY_WORKER_IMAGE"), Some(json!("registry.example/worker:cpu-1")));
+    let app_version = chart_app_version();
+    assert_eq!(
+        env("DISTILLERY_WORKER_CUDA_IMAGE"),
+        Some(json!(format!("registry.example/worker-gpu:{app_version}-cuda")))
+    );
     assert_eq!(env("DISTILLERY_LOG_LEVEL"), Some(json!("debug")));
     assert!(find(&objects, "ServiceAccount").is_empty(), "serviceAccount.create=false creates none");
     assert_eq!(deployment["spec"]["template"]["spec"]["serviceAccountName"], "existing-sa");

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use distillery_crds::DistillationJob;
+use distillery_crds::distillation::JobPhase;
 use distillery_tests::apiserver::ApiServer;
 use distillery_tests::cluster::{Cluster, pod_ready, workspace_binary};
 use distillery_tests::operator::OperatorProcess as Operator;
@@ -239,6 +240,44 @@ fn worker_events(cluster_root: &Path) -> Vec<Value> {
         events.extend(text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()));
     }
     events
+}
+
+/// A DistillationJob named with all 253 characters a name may have, whose dataset does not exist:
+/// the Job's labels fit a real API server's 63 characters (the harness refuses longer ones, as a
+/// cluster does), and the worker's permanent failure (exit 2) fails the Job at once through its
+/// `podFailurePolicy`, without the retries that would each prepare the teacher again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_named_job_runs_and_a_spec_the_worker_refuses_fails_at_once_with_its_message() {
+    let h = Harness::start().await;
+    let _operator = Operator::start(&h.kubeconfig(), &h.operator_log(), &[]);
+    let djs: Api<DistillationJob> = Api::default_namespaced(h.server.client());
+    let name = format!("{}.refused", "a".repeat(245));
+    assert_eq!(name.len(), 253);
+    let mut job = small_job(&name);
+    job["spec"]["dataset"]["uri"] = json!("file:///data/no-such-reviews.csv");
+    job["spec"]["backoffLimit"] = json!(3);
+    djs.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&job)).await.unwrap();
+    let status = wait_for(
+        "the DistillationJob to fail",
+        Duration::from_secs(120),
+        async || djs.get(&name).await.ok()?.status.filter(|s| s.phase == Some(JobPhase::Failed)),
+        &h,
+    )
+    .await;
+    let failed = distillery_crds::conditions::find(&status.conditions, "Failed").unwrap();
+    assert_eq!(failed.reason, "WorkerRefusedSpec", "{failed:?}");
+    assert!(
+        failed.message.contains("no-such-reviews.csv") && failed.message.contains("exit code 2"),
+        "{}",
+        failed.message
+    );
+    let pods: Api<Pod> = Api::default_namespaced(h.server.client());
+    let attempts = pods.list(&ListParams::default()).await.unwrap().items.len();
+    assert_eq!(attempts, 1, "one attempt, not backoffLimit + 1");
+    let jobs: Api<Job> = Api::default_namespaced(h.server.client());
+    let made = jobs.list(&ListParams::default()).await.unwrap().items;
+    let labels = made[0].metadata.labels.clone().unwrap();
+    assert!(labels.values().all(|v| v.len() <= 63), "{labels:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,13 +18,16 @@ use kube::Resource;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use crate::objects::strip_nulls;
+use crate::names;
+use crate::objects::{container_security_context, pod_security_context, strip_nulls};
 use sha2::{Digest, Sha256};
 
 /// Annotation holding the sha256 of the Job's pod template: a Job whose hash differs from the one
 /// the current spec builds was made from an older spec.
 pub const TEMPLATE_HASH: &str = "distillery.dev/template-hash";
-/// Label on the Job and its pods naming the DistillationJob.
+/// Label on the Job and its pods naming the DistillationJob ([`names::label_value`] of its name:
+/// a label value has at most 63 characters, a name up to 253), and annotation on the pods with
+/// its full name, which is what maps a pod back to its DistillationJob.
 pub const JOB_LABEL: &str = "distillery.dev/distillationjob";
 /// `app.kubernetes.io/managed-by` value of everything the operator creates.
 pub const MANAGED_BY: &str = "distillery-operator";
@@ -40,8 +43,17 @@ pub const WORKER_SERVICE_ACCOUNT: &str = "distillery-worker";
 /// Settings of the operator that shape every worker Job.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
-    /// Image used when the spec names none.
+    /// Image used when the spec names none and asks for no GPU.
     pub default_image: String,
+    /// Image (the worker's CUDA build) used when the spec names none and asks for GPUs.
+    pub cuda_image: String,
+}
+
+impl WorkerSettings {
+    /// The image a spec that names none runs: the CUDA build when it asks for GPUs.
+    pub fn image_for(&self, gpus: u32) -> &str {
+        if gpus > 0 { &self.cuda_image } else { &self.default_image }
+    }
 }
 
 /// Why no Job can be built for a spec. The spec must change before a retry can succeed.
@@ -79,15 +91,9 @@ pub enum SpecError {
 }
 
 /// The deterministic name of a DistillationJob's Job: `<name>-distill`, shortened with a hash
-/// suffix to stay within the 63 characters a Job name (a label value) may have.
+/// of the name to stay within the 63 characters a Job name (a label value) may have.
 pub fn job_name(dj_name: &str) -> String {
-    let name = format!("{dj_name}-distill");
-    if name.len() <= 63 {
-        return name;
-    }
-    let hash = hex::encode(&Sha256::digest(dj_name.as_bytes())[..4]);
-    let keep = dj_name[..54.min(dj_name.len())].trim_end_matches(['-', '.']);
-    format!("{keep}-{hash}")
+    names::child_name(dj_name, "distill")
 }
 
 /// The run id of a DistillationJob's current spec: `g<metadata.generation>-<uid8>`, `uid8` being
@@ -178,6 +184,11 @@ fn worker_document(dj: &DistillationJob, name: &str, namespace: &str, uid: &str)
     })
 }
 
+/// The label selector of the pods of the DistillationJob `name`.
+pub fn pod_selector(name: &str) -> String {
+    format!("{JOB_LABEL}={}", names::label_value(name))
+}
+
 /// The Job that runs the worker for `dj`.
 pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Job, SpecError> {
     let name = dj.metadata.name.as_deref().ok_or(SpecError::MissingMetadata("name"))?;
@@ -190,7 +201,7 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
     let labels: BTreeMap<String, String> = [
         ("app.kubernetes.io/name".to_string(), "distillery-worker".to_string()),
         ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
-        (JOB_LABEL.to_string(), name.to_string()),
+        (JOB_LABEL.to_string(), names::label_value(name)),
     ]
     .into();
     let mut requests = BTreeMap::new();
@@ -204,8 +215,11 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
             limits.insert(key.to_string(), json!(q.0));
         }
     }
-    let mut volumes = vec![json!({"name": "cache", "emptyDir": {}})];
-    let mut volume_mounts = vec![json!({"name": "cache", "mountPath": CACHE_PATH})];
+    // The root file system is read-only: the worker writes its cache, scratch files and output
+    // to volumes.
+    let mut volumes = vec![json!({"name": "cache", "emptyDir": {}}), json!({"name": "tmp", "emptyDir": {}})];
+    let mut volume_mounts =
+        vec![json!({"name": "cache", "mountPath": CACHE_PATH}), json!({"name": "tmp", "mountPath": "/tmp"})];
     for m in &mounts {
         volumes
             .push(json!({"name": m.volume, "persistentVolumeClaim": {"claimName": m.claim, "readOnly": m.read_only}}));
@@ -213,16 +227,17 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
     }
     let document = worker_document(dj, name, namespace, uid);
     let template = json!({
-        "metadata": {"labels": labels},
+        "metadata": {"labels": labels, "annotations": {JOB_LABEL: name}},
         "spec": {
             "restartPolicy": "Never",
             "serviceAccountName": WORKER_SERVICE_ACCOUNT,
+            "securityContext": pod_security_context(),
             "nodeSelector": spec.resources.node_selector,
             "tolerations": spec.resources.tolerations,
             "volumes": volumes,
             "containers": [{
                 "name": CONTAINER,
-                "image": spec.image.clone().unwrap_or_else(|| settings.default_image.clone()),
+                "image": spec.image.clone().unwrap_or_else(|| settings.image_for(spec.resources.gpu.count).to_string()),
                 "args": ["distill"],
                 "env": [
                     {"name": "DISTILLERY_JOB", "value": document.to_string()},
@@ -235,6 +250,7 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
                 "volumeMounts": volume_mounts,
                 "terminationMessagePath": TERMINATION_MESSAGE_PATH,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": container_security_context(),
             }],
         },
     });
@@ -252,6 +268,13 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
         },
         "spec": {
             "backoffLimit": spec.backoff_limit,
+            // A worker failure that retrying cannot fix fails the Job at once instead of
+            // preparing the teacher again `backoffLimit` times; a pod evicted or preempted
+            // (DisruptionTarget) does not count against the limit.
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [distillery_crds::exit::PERMANENT]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
             "activeDeadlineSeconds": spec.active_deadline_seconds,
             "suspend": spec.suspend,
             "template": template,
@@ -279,7 +302,7 @@ mod tests {
     }
 
     fn settings() -> WorkerSettings {
-        WorkerSettings { default_image: "worker:1".into() }
+        WorkerSettings { default_image: "worker:1".into(), cuda_image: "worker:1-cuda".into() }
     }
 
     #[test]
@@ -300,7 +323,7 @@ mod tests {
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         let c = &pod.containers[0];
-        assert_eq!(c.image.as_deref(), Some("worker:1"));
+        assert_eq!(c.image.as_deref(), Some("worker:1-cuda"), "a job asking for a GPU runs the CUDA build");
         let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
         assert_eq!(limits["nvidia.com/gpu"].0, "1");
         assert_eq!(limits["memory"].0, "16Gi");
@@ -315,6 +338,7 @@ mod tests {
             mounts,
             vec![
                 (CACHE_PATH.to_string(), false),
+                ("/tmp".to_string(), false),
                 ("/models".to_string(), true),
                 ("/data".to_string(), true),
                 ("/artifacts".to_string(), false)
@@ -387,6 +411,62 @@ mod tests {
     }
 
     #[test]
+    fn the_worker_runs_as_non_root_with_an_fs_group_so_a_root_owned_claim_is_writable() {
+        let job = serde_json::to_value(desired_job(&example(), &settings()).unwrap()).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["fsGroup"], crate::objects::NON_ROOT_ID);
+        let c = &pod["containers"][0]["securityContext"];
+        assert_eq!(
+            (c["readOnlyRootFilesystem"].as_bool(), c["allowPrivilegeEscalation"].as_bool()),
+            (Some(true), Some(false))
+        );
+        let mounts: Vec<&str> = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["mountPath"].as_str())
+            .collect();
+        assert!(mounts.contains(&"/tmp") && mounts.contains(&CACHE_PATH), "{mounts:?}");
+    }
+
+    #[test]
+    fn a_job_that_asks_for_gpus_runs_the_cuda_build_unless_it_names_an_image() {
+        let image = |dj: &DistillationJob| {
+            desired_job(dj, &settings()).unwrap().spec.unwrap().template.spec.unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap()
+        };
+        let mut dj = example();
+        dj.spec.resources.gpu.count = 1;
+        dj.spec.image = None;
+        assert_eq!(image(&dj), "worker:1-cuda");
+        dj.spec.resources.gpu.count = 0;
+        assert_eq!(image(&dj), "worker:1");
+        dj.spec.image = Some("mine:2".into());
+        assert_eq!(image(&dj), "mine:2");
+    }
+
+    #[test]
+    fn a_name_of_253_characters_gives_labels_a_real_api_server_accepts_and_pods_map_back_to_it() {
+        let mut dj = example();
+        let long = format!("{}.reviews", "a".repeat(245));
+        assert_eq!(long.len(), 253);
+        dj.metadata.name = Some(long.clone());
+        let job = desired_job(&dj, &settings()).unwrap();
+        let template = job.spec.as_ref().unwrap().template.metadata.clone().unwrap();
+        for labels in [job.metadata.labels.as_ref().unwrap(), template.labels.as_ref().unwrap()] {
+            for (key, value) in labels {
+                assert!(value.len() <= names::MAX_LABEL, "{key}={value}");
+            }
+        }
+        assert!(job.metadata.name.as_ref().unwrap().len() <= names::MAX_LABEL);
+        assert_eq!(template.annotations.unwrap()[JOB_LABEL], long, "the pod names its DistillationJob in full");
+        assert_eq!(pod_selector(&long), format!("{JOB_LABEL}={}", template.labels.unwrap()[JOB_LABEL]));
+    }
+
+    #[test]
     fn two_claims_at_one_path_are_refused_naming_both_fields() {
         let mut dj = example();
         dj.spec.dataset.uri = "file:///models/data.csv".into();
@@ -399,7 +479,7 @@ mod tests {
         // The same claim twice is one mount.
         dj.spec.dataset.volume_claim = Some("models".into());
         let job = desired_job(&dj, &settings()).unwrap();
-        assert_eq!(job.spec.unwrap().template.spec.unwrap().volumes.unwrap().len(), 3);
+        assert_eq!(job.spec.unwrap().template.spec.unwrap().volumes.unwrap().len(), 4, "cache, tmp, models, artifacts");
         let mut s3 = example();
         s3.spec.teacher.uri = "s3://bucket/teacher".into();
         assert!(matches!(desired_job(&s3, &settings()), Err(SpecError::ClaimWithoutPath { .. })));

@@ -30,7 +30,7 @@ use serde_json::json;
 use crate::context::Context;
 use crate::error::Error;
 use crate::pipeline::{self, Reconciled, publish};
-use build::{JOB_LABEL, MANAGED_BY, WORKER_SERVICE_ACCOUNT, desired_job, job_name, template_hash};
+use build::{JOB_LABEL, MANAGED_BY, WORKER_SERVICE_ACCOUNT, desired_job, job_name, pod_selector, template_hash};
 use observe::{Observed, desired_status, invalid_status, operator_part};
 
 /// Name of this controller in metrics and logs.
@@ -58,7 +58,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     pipeline::controller(djs, ctx.concurrency)
         .owns(jobs, watcher::Config::default().labels(&managed).any_semantic())
         .watches_stream(worker_pods, |pod| {
-            let name = pod.labels().get(JOB_LABEL)?.clone();
+            let name = pod.annotations().get(JOB_LABEL)?.clone();
             Some(ObjectRef::<DistillationJob>::new(&name).within(pod.namespace().as_deref()?))
         })
         .graceful_shutdown_on(shutdown)
@@ -121,7 +121,7 @@ async fn reconcile_inner(dj: &DistillationJob, ctx: &Context) -> Result<Action, 
     let spec_changed = live.as_ref().is_some_and(|j| template_hash(j) != template_hash(&desired));
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let pod_list = match &live {
-        Some(_) => pods.list(&ListParams::default().labels(&format!("{JOB_LABEL}={name}"))).await?.items,
+        Some(_) => pods.list(&ListParams::default().labels(&pod_selector(&name))).await?.items,
         None => vec![],
     };
     let observed =
@@ -146,6 +146,12 @@ async fn write_status(ctx: &Context, dj: &DistillationJob, status: DistillationJ
     {
         let (kind, reason, note) = transition_event(&status, phase);
         publish(ctx, dj, kind, reason, note).await;
+        if phase == JobPhase::Succeeded
+            && let Some(warning) = distillery_crds::conditions::find(&status.conditions, types::QUALITY_WARNING)
+                .filter(|c| c.status == "True")
+        {
+            publish(ctx, dj, EventType::Warning, types::QUALITY_WARNING, warning.message.clone()).await;
+        }
     }
     Ok(())
 }

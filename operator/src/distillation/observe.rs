@@ -133,7 +133,17 @@ pub fn desired_status(dj: &DistillationJob, observed: &Observed, now: &Time) -> 
             }
             None => ("the worker's pod is gone; its summary could not be read".to_string(), None),
         };
+        let warnings = result.as_ref().map(|r| r.warnings.clone()).unwrap_or_default();
         status.result = result;
+        match warnings.first() {
+            Some(first) => {
+                let message = warnings.iter().map(|w| w.message.as_str()).collect::<Vec<_>>().join("; ");
+                set_condition(c, types::QUALITY_WARNING, true, &first.reason, message, generation, now);
+            }
+            None => {
+                set_condition(c, types::QUALITY_WARNING, false, reasons::RESULTS_AS_EXPECTED, "", generation, now);
+            }
+        }
         set_condition(c, types::PROGRESSING, false, reasons::SUCCEEDED, "finished", generation, now);
         set_condition(c, types::COMPLETE, true, reasons::SUCCEEDED, complete_message, generation, now);
         set_condition(c, types::FAILED, false, reasons::SUCCEEDED, "", generation, now);
@@ -144,12 +154,18 @@ pub fn desired_status(dj: &DistillationJob, observed: &Observed, now: &Time) -> 
         status.completion_time = status.completion_time.or_else(|| Some(now.clone()));
         let reason = match failed.reason.as_deref() {
             Some("DeadlineExceeded") => reasons::DEADLINE_EXCEEDED,
+            Some("PodFailurePolicy") => reasons::WORKER_REFUSED_SPEC,
             _ => reasons::BACKOFF_LIMIT_EXCEEDED,
         };
-        let mut message = failed.message.clone().unwrap_or_else(|| format!("Job {} failed", observed.job_name));
-        if let Some(last) = &last_failure {
-            message = format!("{message}; last attempt: {last}");
-        }
+        let message = match (&last_failure, reason) {
+            (Some(last), reasons::WORKER_REFUSED_SPEC) => {
+                format!("the worker refused the spec ({last}); not retried: change the spec to run again")
+            }
+            (Some(last), _) => {
+                format!("{}; last attempt: {last}", failed.message.as_deref().unwrap_or("the Job failed"))
+            }
+            (None, _) => failed.message.clone().unwrap_or_else(|| format!("Job {} failed", observed.job_name)),
+        };
         set_condition(c, types::PROGRESSING, false, reason, "stopped", generation, now);
         set_condition(c, types::COMPLETE, false, reason, "", generation, now);
         set_condition(c, types::FAILED, true, reason, message, generation, now);
@@ -275,6 +291,20 @@ mod tests {
             &t(500),
         );
         assert_eq!(again, s, "the pod is gone, the stored result stays");
+        assert_eq!(condition(&s, types::QUALITY_WARNING), ("False".into(), reasons::RESULTS_AS_EXPECTED.into()));
+    }
+
+    #[test]
+    fn a_result_with_quality_warnings_sets_the_warning_condition() {
+        let dj = dj();
+        let result = json!({"artifactUri": "file:///artifacts/x", "artifactDigest": "ab", "teacher": {"parameters": 22},
+                            "student": {"parameters": 5, "accuracy": 0.7},
+                            "warnings": [{"reason": "NoDistillationGain", "message": "no better than labels alone"}]});
+        let done = job(json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}));
+        let s = observe(&dj, Some(&done), &[pod("a", 1, "Succeeded", Some((0, &result.to_string())))]);
+        assert_eq!(s.phase, Some(JobPhase::Succeeded));
+        assert_eq!(condition(&s, types::QUALITY_WARNING), ("True".into(), "NoDistillationGain".into()));
+        assert_eq!(s.result.unwrap().warnings[0].message, "no better than labels alone");
     }
 
     #[test]
@@ -287,6 +317,23 @@ mod tests {
         let c = distillery_crds::conditions::find(&s.conditions, types::FAILED).unwrap();
         assert_eq!(c.reason, reasons::BACKOFF_LIMIT_EXCEEDED);
         assert!(c.message.contains("teacher not found"), "{}", c.message);
+    }
+
+    #[test]
+    fn a_permanent_worker_failure_fails_at_once_with_the_workers_message() {
+        let dj = dj();
+        let failed = job(json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                         "reason": "PodFailurePolicy",
+                         "message": "Container worker for pod default/a failed with exit code 2 matching FailJob rule at index 0"}]}));
+        let s = observe(&dj, Some(&failed), &[pod("a", 1, "Failed", Some((2, "spec.dataset.uri: no such file")))]);
+        assert_eq!(s.phase, Some(JobPhase::Failed));
+        let c = distillery_crds::conditions::find(&s.conditions, types::FAILED).unwrap();
+        assert_eq!(c.reason, reasons::WORKER_REFUSED_SPEC);
+        assert!(
+            c.message.contains("spec.dataset.uri: no such file") && c.message.contains("not retried"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

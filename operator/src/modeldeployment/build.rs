@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::distillation::build::MANAGED_BY;
 use crate::names::{child_name, label_value, short_hash};
-use crate::objects::{claim_mount_path, container_path, strip_nulls};
+use crate::objects::{claim_mount_path, container_path, container_security_context, pod_security_context, strip_nulls};
 
 /// Label naming the ModelDeployment on everything it owns (a label value: hashed past 63).
 pub const MDEP_LABEL: &str = "distillery.dev/modeldeployment";
@@ -36,8 +36,6 @@ pub const SERVER_CONTAINER: &str = "server";
 pub const WORKER_CONTAINER: &str = "worker";
 /// Where Jobs leave their result.
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
-/// User and group the server and worker run as (the distroless `nonroot` user).
-pub const NON_ROOT_ID: i64 = 65532;
 
 /// Operator settings that shape what a ModelDeployment builds.
 #[derive(Clone, Debug)]
@@ -302,10 +300,7 @@ pub fn deployment(
                 },
                 "spec": {
                     "automountServiceAccountToken": false,
-                    "securityContext": {
-                        "runAsNonRoot": true, "runAsUser": NON_ROOT_ID, "runAsGroup": NON_ROOT_ID,
-                        "fsGroup": NON_ROOT_ID, "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security_context(),
                     "volumes": volumes,
                     "containers": [{
                         "name": SERVER_CONTAINER,
@@ -321,10 +316,7 @@ pub fn deployment(
                             "periodSeconds": 10, "failureThreshold": 3,
                         },
                         "resources": server.resources,
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
+                        "securityContext": container_security_context(),
                         "volumeMounts": mounts,
                     }],
                 },
@@ -555,7 +547,7 @@ fn worker_job(
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": false,
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": NON_ROOT_ID, "runAsGroup": NON_ROOT_ID, "fsGroup": NON_ROOT_ID},
+                    "securityContext": pod_security_context(),
                     "volumes": volumes,
                     "containers": [{
                         "name": WORKER_CONTAINER,
@@ -564,7 +556,7 @@ fn worker_job(
                         "volumeMounts": mounts,
                         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
                         "terminationMessagePolicy": "FallbackToLogsOnError",
-                        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                        "securityContext": container_security_context(),
                     }],
                 },
             },

@@ -1,13 +1,15 @@
 //! The Job controller of the simulated cluster: one pod at a time from the Job's template
 //! (`completions` and `parallelism` of 1, as the operator's Jobs are), retries up to
-//! `backoffLimit`, `activeDeadlineSeconds`, `suspend`, and the `Complete`/`Failed` conditions and
-//! counts in the Job's status. It talks to the API server only through the API.
+//! `backoffLimit`, `podFailurePolicy` (rules on exit codes and pod conditions: `FailJob`,
+//! `Ignore`, `Count`, first match wins), `activeDeadlineSeconds`, `suspend`, and the
+//! `Complete`/`Failed` conditions and counts in the Job's status. It talks to the API server only
+//! through the API.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, PodFailurePolicy};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -63,7 +65,17 @@ async fn reconcile(job: Arc<Job>, client: Arc<kube::Client>) -> Result<Action, k
         .filter(|p| !matches!(phase(p), "Succeeded" | "Failed") && p.metadata.deletion_timestamp.is_none())
         .collect();
     let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as i32;
-    let failed = owned.iter().filter(|p| phase(p) == "Failed").count() as i32;
+    // Each failed pod as the pod failure policy sees it: ignored ones do not count.
+    let judged: Vec<(Action_, &Pod)> = owned
+        .iter()
+        .filter(|p| phase(p) == "Failed")
+        .map(|p| (spec.pod_failure_policy.as_ref().map_or(Action_::Count, |policy| failure_action(policy, p)), p))
+        .collect();
+    let failed = judged.iter().filter(|(a, _)| !matches!(a, Action_::Ignore)).count() as i32;
+    let fail_job = judged.iter().find_map(|(a, _)| match a {
+        Action_::FailJob(message) => Some(message.clone()),
+        _ => None,
+    });
     let ready = active.iter().filter(|p| pod_ready(p)).count() as i32;
     let suspended = spec.suspend.unwrap_or(false);
     let start_time = status
@@ -92,6 +104,10 @@ async fn reconcile(job: Arc<Job>, client: Arc<kube::Client>) -> Result<Action, k
             ));
             conditions.push(condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods"));
             new_status["completionTime"] = json!(now());
+        } else if let Some(message) = fail_job {
+            conditions.push(condition("FailureTarget", "PodFailurePolicy", &message));
+            conditions.push(condition("Failed", "PodFailurePolicy", &message));
+            stop_active = true;
         } else if failed > spec.backoff_limit.unwrap_or(6) {
             conditions.push(condition(
                 "FailureTarget",
@@ -153,6 +169,56 @@ async fn reconcile(job: Arc<Job>, client: Arc<kube::Client>) -> Result<Action, k
         Some(_) if !finished => Action::requeue(Duration::from_secs(1)),
         _ => Action::await_change(),
     })
+}
+
+/// What the pod failure policy says about one failed pod.
+#[derive(Clone, Debug, PartialEq)]
+enum Action_ {
+    /// Fail the Job at once, with this message.
+    FailJob(String),
+    /// Do not count the failure towards `backoffLimit`.
+    Ignore,
+    /// Count it (also when no rule matches).
+    Count,
+}
+
+/// The first rule of `policy` that matches the failed `pod`, as the real Job controller applies
+/// them: `onExitCodes` (`In`/`NotIn`, optionally for one container; exit code 0 never matches)
+/// or `onPodConditions` (type and status).
+fn failure_action(policy: &PodFailurePolicy, pod: &Pod) -> Action_ {
+    let pod_name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    let exits: Vec<(String, i32)> = pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter_map(|c| Some((c.name.clone(), c.state.as_ref()?.terminated.as_ref()?.exit_code)))
+        .filter(|(_, code)| *code != 0)
+        .collect();
+    for (index, rule) in policy.rules.iter().enumerate() {
+        let matched = if let Some(on) = &rule.on_exit_codes {
+            exits
+                .iter()
+                .filter(|(name, _)| on.container_name.as_ref().is_none_or(|c| c == name))
+                .find(|(_, code)| on.values.contains(code) == (on.operator == "In"))
+                .map(|(name, code)| format!("Container {name} for pod {pod_name} failed with exit code {code}"))
+        } else {
+            rule.on_pod_conditions.iter().flatten().find_map(|wanted| {
+                pod.status.iter().flat_map(|s| s.conditions.iter().flatten()).find_map(|c| {
+                    let status = if wanted.status.is_empty() { "True" } else { wanted.status.as_str() };
+                    (c.type_ == wanted.type_ && c.status == status)
+                        .then(|| format!("Pod {pod_name} has condition {}", c.type_))
+                })
+            })
+        };
+        if let Some(what) = matched {
+            return match rule.action.as_str() {
+                "FailJob" => Action_::FailJob(format!("{what} matching FailJob rule at index {index}")),
+                "Ignore" => Action_::Ignore,
+                _ => Action_::Count,
+            };
+        }
+    }
+    Action_::Count
 }
 
 /// A count of 0 and no count are the same to the Job's readers.

@@ -16,6 +16,7 @@ use distillery_crds::cache::cache_dir;
 use distillery_crds::manifest::{FP32_MODEL, OnnxVariant};
 use distillery_server::artifact::{ServedArtifact, VariantChoice};
 
+use crate::distill::{DistillError, ErrorPolicy};
 use crate::progress::{self, Event};
 use crate::{analyze, cluster, distill, inspect, loadgen, onnx, spec};
 
@@ -316,7 +317,7 @@ pub fn main() -> ExitCode {
             let result = distill(&source, &options);
             let message = match &result {
                 Ok(summary) => summary.clone(),
-                Err(message) => message.clone(),
+                Err(failure) => failure.message.clone(),
             };
             if let Some(path) = &termination_message
                 && let Err(e) = cluster::write_termination_message(path, &message)
@@ -325,9 +326,9 @@ pub fn main() -> ExitCode {
             }
             match result {
                 Ok(_) => ExitCode::SUCCESS,
-                Err(message) => {
-                    eprintln!("distillery-worker: {message}");
-                    ExitCode::FAILURE
+                Err(failure) => {
+                    eprintln!("distillery-worker: {}", failure.message);
+                    failure.exit_code()
                 }
             }
         }
@@ -374,13 +375,57 @@ fn report_verdict(run: &AnalysisRun, thresholds: &Thresholds) {
     eprintln!("distillery-worker: analyze: verdict {:?} (this run's evidence alone)", judged.verdict);
 }
 
-/// The device training runs on: the first CUDA GPU when built with `cuda` and the spec asks for a
-/// GPU, else the CPU.
+/// Why `distill` failed, and whether running the same spec again could help: the exit code
+/// tells the Job's `podFailurePolicy` ([`distillery_crds::exit`]).
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    policy: ErrorPolicy,
+}
+
+impl Failure {
+    /// Retrying the same spec fails again.
+    fn permanent(message: impl Into<String>) -> Self {
+        Self { message: message.into(), policy: ErrorPolicy::WaitForSpecChange }
+    }
+
+    /// A retry may get past it.
+    fn transient(message: impl Into<String>) -> Self {
+        Self { message: message.into(), policy: ErrorPolicy::Retry }
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        let code = match self.policy {
+            ErrorPolicy::WaitForSpecChange => distillery_crds::exit::PERMANENT,
+            ErrorPolicy::Retry => distillery_crds::exit::TRANSIENT,
+        };
+        ExitCode::from(code as u8)
+    }
+}
+
+impl From<DistillError> for Failure {
+    fn from(e: DistillError) -> Self {
+        Self { message: e.to_string(), policy: e.policy() }
+    }
+}
+
+/// The device training runs on: the CPU when the spec asks for no GPU; else the first CUDA GPU,
+/// and a spec that asks for a GPU on a worker built without CUDA, or on a node without a usable
+/// one, fails — it never trains on the CPU while a GPU sits reserved.
 fn device(job: &DistillationJob) -> Result<Device, String> {
-    if job.spec.resources.gpu.count == 0 || !cfg!(feature = "cuda") {
+    let gpus = job.spec.resources.gpu.count;
+    if gpus == 0 {
         return Ok(Device::Cpu);
     }
-    Device::new_cuda(0).map_err(|e| format!("spec.resources.gpu asks for a GPU but CUDA is unusable: {e}"))
+    if !cfg!(feature = "cuda") {
+        return Err(format!(
+            "spec.resources.gpu.count is {gpus} but this distillery-worker is built without CUDA: run the CUDA worker image \
+             (the operator's --worker-cuda-image), or set spec.resources.gpu.count: 0 to train on the CPU"
+        ));
+    }
+    Device::new_cuda(0).map_err(|e| {
+        format!("spec.resources.gpu.count is {gpus} but no CUDA GPU is usable in this pod: {e} (check the node's GPU and its device plugin)")
+    })
 }
 
 /// Where the DistillationJob comes from.
@@ -398,27 +443,27 @@ struct RunOptions {
 }
 
 /// Runs the job; returns the JSON summary for the termination message.
-fn distill(source: &Source, options: &RunOptions) -> Result<String, String> {
+fn distill(source: &Source, options: &RunOptions) -> Result<String, Failure> {
     let job: DistillationJob = match source {
         Source::File(path) => spec::load(path),
         Source::Inline(text) => spec::parse(text, Path::new("$DISTILLERY_JOB")),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Failure::permanent(e.to_string()))?;
     let (output, uri) = distill::output_location(&job, options.output.as_deref()).map_err(|e| {
         let field = if options.output.is_some() { "--output" } else { "spec.output.uri" };
-        format!("{field}: {e}")
+        Failure::permanent(format!("{field}: {e}"))
     })?;
-    let device = device(&job)?;
+    let device = device(&job).map_err(Failure::permanent)?;
     let name = job.metadata.name.as_deref().unwrap_or("(unnamed)");
     let mut reporter = progress::for_stderr();
     if options.report_status {
-        reporter = Box::new(cluster::StatusReporter::new(&job, reporter)?);
+        reporter = Box::new(cluster::StatusReporter::new(&job, reporter).map_err(Failure::transient)?);
     }
     reporter.report(&Event::Stage {
         stage: "job".into(),
         message: format!("DistillationJob {name}: spec is valid; output {}; device {device:?}", output.display()),
     });
-    let outcome = distill::run(&job, &output, &cache_dir(), &device, reporter.as_mut()).map_err(|e| e.to_string())?;
+    let outcome = distill::run(&job, &output, &cache_dir(), &device, reporter.as_mut())?;
     let m = &outcome.manifest.metrics;
     println!("\nDistillationJob {name} — held-out accuracy on {} examples", m["heldOutExamples"]);
     print!("{}", distill::table(&outcome.rows));
@@ -435,10 +480,13 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, String> {
         m["parameterFraction"] * 100.0,
         m["distillationGain"] * 100.0
     );
+    for warning in &outcome.manifest.warnings {
+        println!("WARNING {}: {}", warning.reason, warning.message);
+    }
     println!("artifact: {}", outcome.output.display());
     drop(reporter);
-    let summary =
-        cluster::summary(&outcome, &uri).map_err(|e| format!("cannot read the manifest just written: {e}"))?;
+    let summary = cluster::summary(&outcome, &uri)
+        .map_err(|e| Failure::transient(format!("cannot read the manifest just written: {e}")))?;
     Ok(serde_json::to_string(&summary).expect("the summary serializes"))
 }
 

@@ -55,6 +55,7 @@ pub fn summary(outcome: &Outcome, artifact_uri: &str) -> Result<DistillationResu
         }),
         served_variant: outcome.manifest.served_variant.clone(),
         served_variant_reason: outcome.manifest.served_variant_reason.clone(),
+        warnings: outcome.manifest.warnings.clone(),
     })
 }
 

@@ -10,7 +10,9 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use distillery_crds::DistillationJob;
 use distillery_crds::distillation::{AlignmentKind, LayerPair, QuantizationMode};
-use distillery_crds::manifest::{ArtifactManifest, FileEntry, Lineage, MANIFEST_FILE, MANIFEST_VERSION};
+use distillery_crds::manifest::{
+    ArtifactManifest, FileEntry, Lineage, MANIFEST_FILE, MANIFEST_VERSION, quality_warnings,
+};
 use serde_json::{Value, json};
 
 use crate::align::HiddenAlignment;
@@ -422,6 +424,12 @@ pub fn run(
         variants: BTreeMap::new(),
         served_variant: None,
         served_variant_reason: None,
+        warnings: quality_warnings(
+            teacher.preparation.held_out_accuracy,
+            bow_accuracy,
+            *student_accuracy,
+            (trained.len() > 1).then_some(label_only_accuracy),
+        ),
     };
     let manifest_path = output.join(MANIFEST_FILE);
     write_atomically(&manifest_path, &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))

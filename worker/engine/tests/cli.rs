@@ -4,6 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The exit code of a failure that running the same spec again cannot fix: what every refusal
+/// here is (the Job's `podFailurePolicy` fails on it at once).
+const PERMANENT: Option<i32> = Some(distillery_crds::exit::PERMANENT);
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -199,7 +203,7 @@ fn a_small_job_writes_a_verifiable_artifact_and_a_killed_run_resumes_to_the_same
     let out =
         worker().args(["distill", "-f"]).arg(&d_spec).arg("--output").arg(dir.path().join("d0")).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), PERMANENT, "{stderr}");
     assert!(stderr.contains("spec.teacher.head must be left out"), "{stderr}");
     std::fs::write(&d_spec, with_head.replace(head, "")).unwrap();
     let d = dir.path().join("d");
@@ -261,7 +265,7 @@ fn a_missing_dataset_is_named_and_nothing_is_written() {
     let out_dir = dir.path().join("out");
     let out = worker().args(["distill", "-f"]).arg(&path).arg("--output").arg(&out_dir).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), PERMANENT, "{stderr}");
     assert!(stderr.contains("no-such-file.csv"), "{stderr}");
     assert!(!out_dir.exists());
 }
@@ -275,7 +279,7 @@ fn a_spec_feature_not_built_yet_is_refused_up_front() {
     std::fs::write(&path, spec).unwrap();
     let out = worker().args(["distill", "-f"]).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), PERMANENT, "{stderr}");
     assert!(stderr.contains("spec.task") && stderr.contains("not built yet"), "{stderr}");
 }
 
@@ -309,7 +313,7 @@ fn an_empty_transfer_set_and_a_bad_layer_map_are_refused_before_any_training() {
         let out_dir = dir.path().join(format!("{name}.out"));
         let out = worker().args(["distill", "-f"]).arg(&path).arg("--output").arg(&out_dir).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert_eq!(out.status.code(), PERMANENT, "{name}: {stderr}");
         for e in expected {
             assert!(stderr.contains(&e), "{name}: {e} not in {stderr}");
         }
@@ -327,7 +331,7 @@ fn invalid_spec_is_refused_naming_the_field() {
     std::fs::write(&path, spec).unwrap();
     let out = worker().args(["distill", "-f"]).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), PERMANENT, "{stderr}");
     assert!(stderr.contains("spec.loss.alpha"), "{stderr}");
 }
 
@@ -338,12 +342,12 @@ fn unset_variable_and_missing_file_are_explained() {
     std::fs::write(&path, "apiVersion: distillery.dev/v1alpha1\nkind: DistillationJob\nmetadata: {name: x}\nspec:\n  teacher: {uri: \"file://${NOT_SET_ANYWHERE}/t\"}\n").unwrap();
     let out = worker().args(["distill", "-f"]).arg(&path).env_remove("NOT_SET_ANYWHERE").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), PERMANENT);
     assert!(stderr.contains("NOT_SET_ANYWHERE is not set"), "{stderr}");
 
     let out = worker().args(["distill", "-f", "/nonexistent/job.yaml"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), PERMANENT);
     assert!(stderr.contains("cannot read /nonexistent/job.yaml"), "{stderr}");
 }
 
@@ -353,4 +357,23 @@ fn a_teacher_directory_without_weights_is_named() {
     std::fs::write(dir.path().join("config.json"), "{}").unwrap();
     let err = distillery_worker::teacher::inspect(dir.path()).unwrap_err().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn a_job_asking_for_a_gpu_is_refused_by_a_worker_built_without_cuda_never_run_on_the_cpu() {
+    if cfg!(feature = "cuda") {
+        return; // a CUDA build takes the GPU path; this is about the CPU build
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = std::fs::read_to_string(small_job()).unwrap();
+    assert!(spec.contains("count: 0"), "the fixture trains on the CPU");
+    let path = dir.path().join("gpu.yaml");
+    std::fs::write(&path, spec.replace("count: 0", "count: 1")).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = worker().args(["distill", "-f"]).arg(&path).arg("--output").arg(&out_dir).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), PERMANENT, "{stderr}");
+    assert!(stderr.contains("spec.resources.gpu.count is 1") && stderr.contains("without CUDA"), "{stderr}");
+    assert!(!stderr.contains("preparing the teacher"), "refused before any work: {stderr}");
+    assert!(!out_dir.exists());
 }
