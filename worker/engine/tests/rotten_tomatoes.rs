@@ -1,5 +1,5 @@
 //! The embedded default's dataset, read through the spec in examples/local/distill.yaml, matches
-//! the corpus figures measured independently (shared/TOOLCHAIN.md): 7,403 fresh, 5,405 rotten and
+//! the corpus figures measured independently (docs/toolchain.md): 7,403 fresh, 5,405 rotten and
 //! 1,097 plot rows; 12,752 unique review snippets. The split by movie keeps every movie on one side.
 
 use std::collections::HashSet;

@@ -1,6 +1,6 @@
 //! The teacher (all-MiniLM-L6-v2 from the setup cache) through our trainable encoder reproduces
 //! the reference embedding similarity measured independently with a float64 forward pass
-//! (shared/TOOLCHAIN.md): cos("A man is eating food.", "A man is eating a piece of bread.") = 0.7553.
+//! (docs/toolchain.md): cos("A man is eating food.", "A man is eating a piece of bread.") = 0.7553.
 
 use std::path::PathBuf;
 
