@@ -31,6 +31,7 @@ use crate::distillation::JobPhase;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.reportUri) || !self.reportUri.startsWith('s3://')").message("reportUri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".reportUri"))]
 #[x_kube(validation = Rule::new("self.targets.all(a, self.targets.exists_one(b, b.name == a.name))").message("targets[].name must be unique").field_path(".targets"))]
 pub struct BenchmarkSpec {
     /// The models to compare, each under its own name.
@@ -106,10 +107,11 @@ pub enum Track {
 }
 
 /// An artifact served for the benchmark.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("artifact.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
 pub struct ArtifactTarget {
-    /// Artifact directory: `file:///artifacts/my-student` or `s3://bucket/my-student`.
+    /// Artifact directory: `file:///artifacts/my-student` (`s3://` is refused until the S3 store is built).
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
     /// Which ONNX file.

@@ -6,7 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Pattern every model, dataset and artifact URI must match: a `file://` path (a mounted volume or
-/// host path, the embedded default) or an `s3://bucket/key` location.
+/// host path, the embedded default) or an `s3://bucket/key` location — the schema's shape; every
+/// URI field's CEL rule refuses `s3://` until the S3 artifact store is built.
 pub const URI_PATTERN: &str = r"^(file|s3)://.+$";
 
 /// Pattern of a duration such as `30s`, `5m`, `1h30m` or `250ms` (Go's `time.ParseDuration` units
@@ -58,10 +59,11 @@ pub enum Compression {
 
 /// A labelled text dataset used for evaluation: a ModelDeployment's golden set or a Benchmark's
 /// inputs.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
 pub struct EvalDataset {
-    /// Where the dataset lives: `file:///path/to/file.csv` or `s3://bucket/key`.
+    /// Where the dataset lives: `file:///path/to/file.csv` (`s3://` is refused until the S3 store is built).
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
     /// File layout: `csv` (header row) or `jsonl`.

@@ -80,12 +80,13 @@ fn default_true() -> bool {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.distillationJobRef) != has(self.uri)").message("set exactly one of model.distillationJobRef or model.uri"))]
 #[x_kube(validation = Rule::new("!has(self.distillationJobRef) || !has(self.volumeClaim)").message("model.volumeClaim is taken from the DistillationJob's output.volumeClaim; leave it unset with distillationJobRef").field_path(".volumeClaim"))]
+#[x_kube(validation = Rule::new("!has(self.uri) || !self.uri.startsWith('s3://')").message("model.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
 pub struct ModelSource {
     /// A DistillationJob in this namespace; its `status.result.artifactUri` is served once it has
     /// succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distillation_job_ref: Option<LocalObjectReference>,
-    /// An artifact directory: `file:///artifacts/my-student` or `s3://bucket/my-student`.
+    /// An artifact directory: `file:///artifacts/my-student` (`s3://` is refused until the S3 store is built).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: Option<String>,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Compression, DataFormat, S3Settings, URI_PATTERN};
 
 /// Distil a teacher model into a smaller student, then quantize it.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "distillery.dev",
     version = "v1alpha1",
@@ -42,6 +42,7 @@ use crate::common::{Compression, DataFormat, S3Settings, URI_PATTERN};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.task == 'sequence-classification'").message("task: embedding and causal-lm are not built yet; only sequence-classification runs").field_path(".task"))]
 pub struct DistillationJobSpec {
     /// What the student learns: `sequence-classification` (text → label), `embedding`
     /// (text → vector) or `causal-lm` (next-token prediction).
@@ -104,11 +105,12 @@ pub enum Task {
 }
 
 /// The teacher model.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("teacher.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
 pub struct TeacherSpec {
     /// A HuggingFace-layout model directory (`config.json`, `model.safetensors`,
-    /// `tokenizer.json`): `file:///models/all-minilm-l6-v2` or `s3://bucket/prefix`.
+    /// `tokenizer.json`): `file:///models/all-minilm-l6-v2` (`s3://` is refused until the S3 store is built).
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
     /// How to pool token states into one vector for encoders: `mean` (sentence-transformers
@@ -219,6 +221,7 @@ pub struct StudentSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.hiddenSize % self.attentionHeads == 0").message("student.architecture.hiddenSize must be a multiple of attentionHeads").field_path(".hiddenSize"))]
+#[x_kube(validation = Rule::new("self.family == 'bert'").message("student.architecture.family: llama (for causal-lm) is not built yet; only bert runs").field_path(".family"))]
 pub struct StudentArchitecture {
     /// Model family; `bert` covers BERT, MiniLM and DistilBERT-style encoders.
     #[serde(default)]
@@ -264,8 +267,9 @@ pub struct InitFromTeacher {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!self.validationSplit.byGroup || size(self.groupField) > 0").message("dataset.validationSplit.byGroup needs dataset.groupField").field_path(".groupField"))]
 #[x_kube(validation = Rule::new("self.format != 'text'").message("dataset.format text has no labels; use it only for transferSet").field_path(".format"))]
+#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("dataset.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
 pub struct DatasetSpec {
-    /// Where the data lives: `file:///data/reviews.csv.bz2` or `s3://bucket/key`.
+    /// Where the data lives: `file:///data/reviews.csv.bz2` (`s3://` is refused until the S3 store is built).
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
     /// File layout: `csv` (header row) or `jsonl`.
@@ -350,8 +354,9 @@ fn default_validation_fraction() -> f64 {
 }
 
 /// Unlabelled texts for transfer.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("transferSet.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
 pub struct TransferSet {
     /// Where the texts live.
     #[schemars(regex(pattern = URI_PATTERN))]
@@ -666,9 +671,11 @@ fn default_gpu_resource() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.s3) || self.uri.startsWith('s3://')").message("output.s3 applies only to an s3:// output.uri").field_path(".s3"))]
+#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("output.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
+#[x_kube(validation = Rule::new("!has(self.s3)").message("output.s3 is not supported yet (the S3 artifact store is not built)").field_path(".s3"))]
 pub struct OutputSpec {
-    /// Artifact location: a directory `file:///artifacts/my-student` (a mounted volume) or a
-    /// prefix `s3://bucket/my-student`. Artifacts are immutable, so each run writes a new one under
+    /// Artifact location: a directory `file:///artifacts/my-student` (a mounted volume; an
+    /// `s3://` prefix is refused until the S3 store is built). Artifacts are immutable, so each run writes a new one under
     /// it, at `<uri>/g<metadata.generation>-<first 8 hex digits of metadata.uid>` (e.g.
     /// `file:///artifacts/my-student/g2-7f3a09c1`), which `status.result.artifactUri` names: a
     /// retried pod resumes in the same directory; a changed spec or a recreated object writes a
