@@ -329,6 +329,17 @@ async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_ma
         .collect();
     assert_eq!(resumed.len(), 1, "the second worker resumed the student from its checkpoint\n{}", h.diagnostics());
     assert!(resumed[0]["step"].as_u64().unwrap() >= 5);
+    // The teacher cache is on the output claim: the second worker reused the teacher the first
+    // one prepared instead of preparing it again.
+    let teacher_stages: Vec<String> = worker_events(&h.root.path().join("cluster"))
+        .into_iter()
+        .filter(|e| e["event"] == "stage" && e["stage"] == "teacher")
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    let prepared = teacher_stages.iter().filter(|m| m.starts_with("preparing the teacher")).count();
+    let reused = teacher_stages.iter().filter(|m| m.starts_with("reusing the prepared teacher")).count();
+    assert_eq!((prepared, reused), (1, 1), "prepared once, reused by the retry: {teacher_stages:?}");
+    assert!(h.artifacts.join(".distillery-cache/teachers").is_dir(), "the cache is beside the artifacts");
     let status = done.status.unwrap();
     assert_eq!(
         status.result.unwrap().artifact_uri,

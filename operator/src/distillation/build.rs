@@ -33,8 +33,14 @@ pub const JOB_LABEL: &str = "distillery.dev/distillationjob";
 pub const MANAGED_BY: &str = "distillery-operator";
 /// Where the worker writes its final summary; read back from the container's termination state.
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
-/// Where the worker keeps its cache (prepared teacher, cached teacher outputs).
+/// Where the worker keeps its cache (prepared teacher, cached teacher outputs) when the output is
+/// on no claim: a pod-local `emptyDir`.
 pub const CACHE_PATH: &str = "/var/cache/distillery";
+/// The worker's cache directory on the output claim, beside the artifacts: a retried pod finds
+/// the prepared teacher (and the checkpoints of a preparation cut short) there instead of
+/// preparing it again, and DistillationJobs on one claim share teachers prepared the same way
+/// (the cache is keyed by what produced each one).
+pub const CLAIM_CACHE_DIR: &str = ".distillery-cache";
 /// Name of the worker container.
 pub const CONTAINER: &str = "worker";
 /// ServiceAccount the worker pods run as (allowed to apply `status.progress`).
@@ -184,6 +190,15 @@ fn worker_document(dj: &DistillationJob, name: &str, namespace: &str, uid: &str)
     })
 }
 
+/// Where the worker caches prepared teachers: on the output claim when there is one
+/// ([`CLAIM_CACHE_DIR`] at its mount), else the pod's own [`CACHE_PATH`].
+fn cache_path(spec: &distillery_crds::distillation::DistillationJobSpec) -> String {
+    match (&spec.output.volume_claim, top_directory(&spec.output.uri)) {
+        (Some(_), Some(mount)) => format!("{mount}/{CLAIM_CACHE_DIR}"),
+        _ => CACHE_PATH.to_string(),
+    }
+}
+
 /// The label selector of the pods of the DistillationJob `name`.
 pub fn pod_selector(name: &str) -> String {
     format!("{JOB_LABEL}={}", names::label_value(name))
@@ -241,7 +256,7 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
                 "args": ["distill"],
                 "env": [
                     {"name": "DISTILLERY_JOB", "value": document.to_string()},
-                    {"name": "DISTILLERY_CACHE", "value": CACHE_PATH},
+                    {"name": "DISTILLERY_CACHE", "value": cache_path(spec)},
                     {"name": "DISTILLERY_REPORT_STATUS", "value": "true"},
                     {"name": "DISTILLERY_TERMINATION_MESSAGE", "value": TERMINATION_MESSAGE_PATH},
                     {"name": "DISTILLERY_OUTPUT", "value": run_output_uri(&spec.output.uri, &run_id(generation, uid))},
@@ -446,6 +461,25 @@ mod tests {
         assert_eq!(image(&dj), "worker:1");
         dj.spec.image = Some("mine:2".into());
         assert_eq!(image(&dj), "mine:2");
+    }
+
+    #[test]
+    fn the_teacher_cache_lives_on_the_output_claim_so_a_retried_pod_finds_it() {
+        let env = |dj: &DistillationJob| {
+            let job = serde_json::to_value(desired_job(dj, &settings()).unwrap()).unwrap();
+            job["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == "DISTILLERY_CACHE")
+                .map(|e| e["value"].as_str().unwrap().to_string())
+                .unwrap()
+        };
+        let mut dj = example();
+        assert_eq!(dj.spec.output.uri, "file:///artifacts/minilm-reviews");
+        assert_eq!(env(&dj), "/artifacts/.distillery-cache");
+        dj.spec.output.volume_claim = None;
+        assert_eq!(env(&dj), CACHE_PATH, "no claim: the pod's own emptyDir");
     }
 
     #[test]

@@ -389,7 +389,7 @@ pub fn prepare(
         }
         true
     };
-    let partial = dir.with_extension("partial");
+    let partial = staging_dir(&dir, job);
     let checkpointing = Checkpointing {
         dir: partial.join("checkpoint"),
         interval: u64::from(job.spec.training.checkpoint_interval),
@@ -512,7 +512,7 @@ fn as_shipped(
     let held_out_labels: Vec<u32> = inputs.split.validation.iter().map(|&i| inputs.labels[i]).collect();
     prepared.preparation.held_out_accuracy = accuracy(&held_out, &held_out_labels);
     (prepared.train_logits, prepared.train_pooled) = outputs(&model, &inputs.ids, &inputs.split.train, 64, device)?;
-    let partial = prepared.dir.with_extension("partial");
+    let partial = staging_dir(&prepared.dir, job);
     save(&prepared, &partial)?;
     reporter.report(&Event::Stage {
         stage: "teacher".into(),
@@ -585,10 +585,39 @@ fn save(prepared: &PreparedTeacher, partial: &Path) -> Result<(), PrepareError> 
     if checkpoint.exists() {
         std::fs::remove_dir_all(&checkpoint).map_err(io(&checkpoint))?;
     }
+    if holds(&prepared.dir, &prepared.preparation.key) {
+        // Another run prepared the same teacher (same key: same teacher, data, split and
+        // settings) on this cache first: keep its copy, which a run may be reading.
+        return std::fs::remove_dir_all(partial).map_err(io(partial));
+    }
     if prepared.dir.exists() {
         std::fs::remove_dir_all(&prepared.dir).map_err(io(&prepared.dir))?;
     }
     std::fs::rename(partial, &prepared.dir).map_err(io(&prepared.dir))
+}
+
+/// Whether `dir` holds a complete prepared teacher made under `key` (its record is written
+/// before the directory is renamed into place).
+fn holds(dir: &Path, key: &str) -> bool {
+    std::fs::read_to_string(dir.join(RECORD))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Preparation>(&text).ok())
+        .is_some_and(|p| p.key == key)
+}
+
+/// Where this run builds the prepared teacher before renaming it into the cache at `dir`: a
+/// directory of its own per run (the DistillationJob's uid and generation; `local` for a run
+/// from a file), so that two jobs preparing the same teacher on a shared cache never write into
+/// each other's files, while a retried pod of the same run finds its checkpoints again.
+fn staging_dir(dir: &Path, job: &DistillationJob) -> PathBuf {
+    let run = match &job.metadata.uid {
+        Some(uid) => {
+            let uid8: String = uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+            format!("{uid8}-g{}", job.metadata.generation.unwrap_or(0))
+        }
+        None => "local".to_string(),
+    };
+    dir.with_extension(format!("partial-{run}"))
 }
 
 /// The cached teacher in `dir` when it is complete and was made under `key`.
