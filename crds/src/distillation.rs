@@ -670,7 +670,6 @@ fn default_gpu_resource() -> String {
 /// Where the artifact goes.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.s3) || self.uri.startsWith('s3://')").message("output.s3 applies only to an s3:// output.uri").field_path(".s3"))]
 #[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("output.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
 #[x_kube(validation = Rule::new("!has(self.s3)").message("output.s3 is not supported yet (the S3 artifact store is not built)").field_path(".s3"))]
 pub struct OutputSpec {

@@ -114,9 +114,10 @@ fn refuse_stale(name: &str, binary: &Path) {
             newest = Some((modified, path));
         }
     };
+    // Sources only: a manifest or lock-file change need not relink the binary (a dev-dependency,
+    // an update of a crate it does not use), and then `cargo build` would not make it newer.
     for package in binary_packages(name) {
         let package = root.join(package);
-        consider(package.join("Cargo.toml"));
         // `src/` but not other binaries' mains under `src/bin/` (crdgen), which no binary here links.
         for entry in walk(&package.join("src")) {
             if entry.extension().is_some_and(|e| e == "rs") && !entry.starts_with(package.join("src/bin")) {
@@ -124,8 +125,6 @@ fn refuse_stale(name: &str, binary: &Path) {
             }
         }
     }
-    consider(root.join("Cargo.lock"));
-    consider(root.join("Cargo.toml"));
     if let Some((modified, source)) = newest {
         assert!(
             modified <= built,

@@ -409,22 +409,25 @@ impl From<DistillError> for Failure {
     }
 }
 
-/// The device training runs on: the CPU when the spec asks for no GPU; else the first CUDA GPU,
-/// and a spec that asks for a GPU on a worker built without CUDA, or on a node without a usable
-/// one, fails — it never trains on the CPU while a GPU sits reserved.
-fn device(job: &DistillationJob) -> Result<Device, String> {
+/// The device training runs on: the CPU when the spec asks for no GPU; else the first CUDA GPU.
+/// A spec that asks for a GPU fails rather than train on the CPU while a GPU sits reserved: on a
+/// worker built without CUDA permanently (the image is wrong for the spec), on a node without a
+/// usable GPU transiently (a driver or device-plugin fault; a retry may land elsewhere).
+fn device(job: &DistillationJob) -> Result<Device, Failure> {
     let gpus = job.spec.resources.gpu.count;
     if gpus == 0 {
         return Ok(Device::Cpu);
     }
     if !cfg!(feature = "cuda") {
-        return Err(format!(
+        return Err(Failure::permanent(format!(
             "spec.resources.gpu.count is {gpus} but this distillery-worker is built without CUDA: run the CUDA worker image \
              (the operator's --worker-cuda-image), or set spec.resources.gpu.count: 0 to train on the CPU"
-        ));
+        )));
     }
     Device::new_cuda(0).map_err(|e| {
-        format!("spec.resources.gpu.count is {gpus} but no CUDA GPU is usable in this pod: {e} (check the node's GPU and its device plugin)")
+        Failure::transient(format!(
+            "spec.resources.gpu.count is {gpus} but no CUDA GPU is usable in this pod: {e} (check the node's GPU and its device plugin)"
+        ))
     })
 }
 
@@ -453,7 +456,7 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, Failure> {
         let field = if options.output.is_some() { "--output" } else { "spec.output.uri" };
         Failure::permanent(format!("{field}: {e}"))
     })?;
-    let device = device(&job).map_err(Failure::permanent)?;
+    let device = device(&job)?;
     let name = job.metadata.name.as_deref().unwrap_or("(unnamed)");
     let mut reporter = progress::for_stderr();
     if options.report_status {

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::align::HiddenAlignment;
 use crate::baseline::{BagOfWords, BagOfWordsSettings};
+use crate::checkpoint::CheckpointError;
 use crate::classifier::Classifier;
 use crate::inputs::{self, InputError, Inputs};
 use crate::onnx::OnnxError;
@@ -110,11 +111,29 @@ impl DistillError {
     pub fn policy(&self) -> ErrorPolicy {
         match self {
             Self::Io { .. } => ErrorPolicy::Retry,
-            Self::Run(e) if matches!(**e, RunError::Checkpoint(_)) => ErrorPolicy::Retry,
-            Self::Teacher(e) if matches!(**e, PrepareError::Io { .. }) => ErrorPolicy::Retry,
+            Self::Run(e) => run_policy(e),
+            Self::Teacher(e) => match &**e {
+                PrepareError::Io { .. } => ErrorPolicy::Retry,
+                PrepareError::Run(run) => run_policy(run),
+                // Reading or writing the teacher cache's tensor files (on a claim): storage.
+                PrepareError::Candle(candle_core::Error::Io(_)) => ErrorPolicy::Retry,
+                _ => ErrorPolicy::WaitForSpecChange,
+            },
             Self::Onnx(e) if matches!(**e, OnnxError::Artifact { .. }) => ErrorPolicy::Retry,
             _ => ErrorPolicy::WaitForSpecChange,
         }
+    }
+}
+
+/// A training run's failure: storage trouble with its checkpoints may pass on a retry; a
+/// checkpoint of another spec, or an unreadable state file, will be found again by every retry.
+fn run_policy(e: &RunError) -> ErrorPolicy {
+    match e {
+        RunError::Checkpoint(c) => match **c {
+            CheckpointError::Io { .. } | CheckpointError::Tensors { .. } => ErrorPolicy::Retry,
+            _ => ErrorPolicy::WaitForSpecChange,
+        },
+        RunError::Candle { .. } => ErrorPolicy::WaitForSpecChange,
     }
 }
 
@@ -651,6 +670,32 @@ pub fn output_location(job: &DistillationJob, output: Option<&str>) -> Result<(P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_failures_are_retried_and_what_a_retry_finds_again_is_permanent() {
+        let io = || std::io::Error::other("disk full");
+        let checkpoint = |c: CheckpointError| DistillError::Run(Box::new(RunError::from(c)));
+        let retried = [
+            DistillError::Io { path: "/artifacts/x".into(), source: io() },
+            checkpoint(CheckpointError::Io { path: "c".into(), source: io() }),
+            DistillError::Teacher(Box::new(PrepareError::Run(RunError::from(CheckpointError::Io {
+                path: "/artifacts/.distillery-cache/teachers/k.partial-x/checkpoint".into(),
+                source: io(),
+            })))),
+            DistillError::Teacher(Box::new(PrepareError::Candle(candle_core::Error::Io(io())))),
+        ];
+        for e in &retried {
+            assert_eq!(e.policy(), ErrorPolicy::Retry, "{e}");
+        }
+        let permanent = [
+            checkpoint(CheckpointError::State { path: "c".into(), message: "unreadable".into() }),
+            DistillError::InvalidSpec("student.initFromTeacher.layers".into()),
+            DistillError::NotSupported("task causal-lm".into()),
+        ];
+        for e in &permanent {
+            assert_eq!(e.policy(), ErrorPolicy::WaitForSpecChange, "{e}");
+        }
+    }
 
     fn small_job() -> DistillationJob {
         crate::spec::parse(include_str!("../tests/fixtures/small.yaml"), Path::new("small.yaml")).unwrap()

@@ -323,7 +323,16 @@ pub fn prepare(
     }
     let key = cache_key(job, inputs)?;
     let dir = cache_root.join("teachers").join(&key[..24]);
-    if let Some(cached) = load_cached(&dir, &key, &config, device)? {
+    let cached = load_cached(&dir, &key, &config, device).unwrap_or_else(|e| {
+        // A damaged entry (a crash mid-write on a shared claim) is a miss, not a failure that
+        // every later job on the claim would hit: prepare it again and replace it.
+        reporter.report(&Event::Stage {
+            stage: "teacher".into(),
+            message: format!("the cached teacher {} cannot be read ({e}); preparing it again", dir.display()),
+        });
+        None
+    });
+    if let Some(cached) = cached {
         reporter.report(&Event::Stage {
             stage: "teacher".into(),
             message: format!(
@@ -585,11 +594,17 @@ fn save(prepared: &PreparedTeacher, partial: &Path) -> Result<(), PrepareError> 
     if checkpoint.exists() {
         std::fs::remove_dir_all(&checkpoint).map_err(io(&checkpoint))?;
     }
+    // Renaming onto an existing non-empty directory fails, so of two runs finishing the same
+    // teacher at once only one lands; the other keeps the copy in place (a run may be reading it).
+    if std::fs::rename(partial, &prepared.dir).is_ok() {
+        return Ok(());
+    }
     if holds(&prepared.dir, &prepared.preparation.key) {
         // Another run prepared the same teacher (same key: same teacher, data, split and
-        // settings) on this cache first: keep its copy, which a run may be reading.
+        // settings) on this cache first.
         return std::fs::remove_dir_all(partial).map_err(io(partial));
     }
+    // An entry of another preparation version, or a damaged one: replace it.
     if prepared.dir.exists() {
         std::fs::remove_dir_all(&prepared.dir).map_err(io(&prepared.dir))?;
     }

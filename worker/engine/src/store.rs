@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Not a URI this worker understands.
-    #[error("{0}: unsupported URI; use file:///absolute/path or s3://bucket/key")]
+    #[error("{0}: unsupported URI; use file:///absolute/path")]
     Unsupported(String),
     /// `s3://` is part of the API but this build reads only `file://`.
     #[error("{0}: s3:// is not implemented in this worker yet; mount the data and use a file:// URI")]

@@ -96,10 +96,14 @@ fn check(body: &[u8]) -> Result<(), String> {
             assert!(!request.outputs.is_empty());
             match &request.inputs {
                 Inputs::Texts(texts) => {
-                    let data: Vec<&str> =
-                        first["data"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-                    assert_eq!(texts, &data, "the texts accepted are the texts sent");
-                    assert_eq!(first["shape"], json!([texts.len()]), "and the shape said as many");
+                    // The protocol allows nested data and a shape of [n] or [n, 1].
+                    let mut data = vec![];
+                    flatten(&first["data"], &mut data);
+                    let accepted: Vec<&str> = texts.iter().map(String::as_str).collect();
+                    assert_eq!(accepted, data, "the texts accepted are the texts sent");
+                    let n = texts.len();
+                    let shape = &first["shape"];
+                    assert!(*shape == json!([n]) || *shape == json!([n, 1]), "and the shape said as many: {shape}");
                 }
                 Inputs::Tokens(rows) => {
                     let ids = sent["inputs"].as_array().unwrap().iter().find(|i| i["name"] == "input_ids").unwrap();
@@ -116,6 +120,15 @@ fn check(body: &[u8]) -> Result<(), String> {
             assert!(e.0.len() > 10, "an error says what is wrong: {:?}", e.0);
             Err(e.0)
         }
+    }
+}
+
+/// The strings of `value`, depth first (nested arrays flattened, as the protocol reads them).
+fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
+        Value::String(s) => out.push(s),
+        other => panic!("accepted a text that is not a string: {other}"),
     }
 }
 
