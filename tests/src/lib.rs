@@ -19,6 +19,39 @@ pub fn repo_root() -> PathBuf {
 
 pub use distillery_crds::cache::cache_dir;
 
+/// The small DistillationJob the component tests train: `worker/engine/tests/fixtures/small.yaml`.
+pub fn small_job_spec() -> PathBuf {
+    repo_root().join("worker/engine/tests/fixtures/small.yaml")
+}
+
+/// Runs the workspace's `distillery-worker distill -f spec --output output`; panics with the
+/// worker's stderr when it fails.
+pub fn distill(spec: &Path, output: &Path) {
+    let run = std::process::Command::new(cluster::workspace_binary("distillery-worker"))
+        .args(["distill", "-f"])
+        .arg(spec)
+        .arg("--output")
+        .arg(output)
+        .output()
+        .expect("starting distillery-worker");
+    assert!(
+        run.status.success(),
+        "distillery-worker distill -f {} failed:\n{}",
+        spec.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+/// The small job's artifact trained afresh into `dir` (whatever an earlier run left there is
+/// replaced); returns `dir`.
+pub fn fresh_small_artifact(dir: PathBuf) -> PathBuf {
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    distill(&small_job_spec(), &dir);
+    dir
+}
+
 /// Whether a `kubectl` client is on the PATH. Without one a test that drives it skips with a
 /// message on a developer's machine, and fails under `CI=true`: CI must never pass a test that
 /// did not run.

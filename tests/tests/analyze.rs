@@ -24,20 +24,7 @@ use sha2::Digest;
 fn artifact() -> &'static Path {
     static ARTIFACT: OnceLock<PathBuf> = OnceLock::new();
     ARTIFACT.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("analyze-test/small");
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).unwrap();
-        }
-        let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker/engine/tests/fixtures/small.yaml");
-        let out = Command::new(workspace_binary("distillery-worker"))
-            .args(["distill", "-f"])
-            .arg(&spec)
-            .arg("--output")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "the small job failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        dir
+        distillery_tests::fresh_small_artifact(Path::new(env!("CARGO_TARGET_TMPDIR")).join("analyze-test/small"))
     })
 }
 

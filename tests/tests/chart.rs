@@ -144,10 +144,7 @@ fn operator_pod_is_locked_down() {
 
 /// The chart's `appVersion`.
 fn chart_app_version() -> String {
-    let chart: Value = serde_norway::from_str(
-        &std::fs::read_to_string(distillery_tests::repo_root().join("charts/distillery/Chart.yaml")).unwrap(),
-    )
-    .unwrap();
+    let chart = &distillery_tests::read_documents(&repo_root().join("charts/distillery/Chart.yaml")).unwrap()[0];
     chart["appVersion"].as_str().unwrap().to_string()
 }
 

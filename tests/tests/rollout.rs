@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -156,14 +155,7 @@ fn train_model(dir: &Path, name: &str, dataset: &str, seed: u64, examples: u32) 
     }
     std::fs::write(&file, &yaml).unwrap();
     let started = Instant::now();
-    let run = Command::new(workspace_binary("distillery-worker"))
-        .args(["distill", "-f"])
-        .arg(&file)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "training {name} failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    distillery_tests::distill(&file, &out);
     eprintln!("rollout tests: trained {name} in {:.0}s", started.elapsed().as_secs_f64());
 }
 
@@ -421,13 +413,21 @@ fn watch_status(h: &Harness, name: &str) -> (Timeline, tokio::task::JoinHandle<(
     (timeline, task)
 }
 
-/// The answers that were not a 200, each with its status or connection error.
-fn failures(answers: &[Answer]) -> Vec<String> {
-    answers
+/// Panics unless every answer the background client got `during` a scenario was a 200, naming
+/// how many failed and the first few.
+fn assert_no_failures(answers: &[Answer], during: &str) {
+    let failed: Vec<String> = answers
         .iter()
         .filter(|a| a.status != 200)
         .map(|a| format!("{} {}", a.status, a.error.as_deref().unwrap_or_default()))
-        .collect()
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during {during}: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
 }
 
 /// For every canary weight held at least 3 s, the share of answers the canary served, measured
@@ -504,14 +504,7 @@ async fn a_good_canary_steps_up_with_passing_analyses_and_is_promoted_without_a_
     let timeline = timeline.lock().unwrap().clone();
 
     // Zero failed requests over the whole rollout.
-    let failed = failures(&answers);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        answers.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_no_failures(&answers, "the good canary's rollout");
     // The canary's share of answers matched the weight achieved at each step.
     let measured = shares(&timeline, &answers, &version(&good_digest));
     eprintln!("canary weight achieved vs share of answers: {measured:?}");
@@ -633,14 +626,7 @@ async fn a_grossly_bad_canary_is_rolled_back_quickly_then_left_alone() {
     let bad = models().digest("gross");
     eprintln!("time to safety (gross canary, interval 10s, failureLimit 2): {:.1}s", safety.as_secs_f64());
     assert!(safety < Duration::from_secs(60), "time to safety {safety:?}");
-    let failed = failures(&answers);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        answers.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_no_failures(&answers, "the gross canary's rollout");
     let rejected = &status["rejectedModel"];
     assert_eq!(rejected["modelDigest"], bad.as_str(), "{status:#}");
     let checks: Vec<&str> = rejected["failedChecks"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
@@ -700,7 +686,7 @@ async fn a_subtly_worse_canary_is_rolled_back_too() {
         analysis["agreement"],
         safety.as_secs_f64()
     );
-    assert!(failures(&answers).is_empty(), "failed requests during the subtle rollout");
+    assert_no_failures(&answers, "the subtle rollout");
     assert_eq!(status["rejectedModel"]["modelDigest"], models().digest("subtle").as_str());
 }
 
@@ -727,7 +713,7 @@ async fn a_gitops_revert_stops_the_canary_without_analysis() {
         })
         .await;
     let answers = background.finish().await;
-    assert!(failures(&answers).is_empty(), "failed requests during the revert");
+    assert_no_failures(&answers, "the revert");
     assert_eq!(status["stable"]["modelDigest"], models().digest("base").as_str());
     assert!(status.get("rejectedModel").is_none_or(Value::is_null), "a revert rejects nothing: {status:#}");
     assert!(
@@ -814,11 +800,7 @@ async fn without_auto_rollback_a_failing_canary_pauses_for_abort_retry_and_promo
         assert!(!annotations(&md).contains_key(key), "{key} is cleared when done");
     }
     let answers = background.finish().await;
-    assert!(
-        failures(&answers).is_empty(),
-        "failed requests: {:?}",
-        &failures(&answers)[..failures(&answers).len().min(5)]
-    );
+    assert_no_failures(&answers, "the paused rollout, abort, retry and promote");
 }
 
 fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
@@ -1050,14 +1032,7 @@ async fn a_good_canary_behind_a_gateway_gets_exact_weights_from_the_httproute() 
     tokio::time::sleep(Duration::from_secs(1)).await;
     poller.abort();
     let answers = background.finish().await;
-    let failed = failures(&answers);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        answers.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_no_failures(&answers, "the gateway rollout");
     let measured = shares(&timeline.lock().unwrap(), &answers, &version(&good));
     eprintln!("gateway-api: canary weight vs share of answers: {measured:?}");
     let weights: Vec<i64> = measured.iter().map(|(w, _, _)| *w).collect();
