@@ -31,6 +31,7 @@ use crate::distillation::JobPhase;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("false").message("Benchmark resources are not run by the operator yet (the Benchmark controller is not built): compare models locally with `distillery-worker bench`"))]
 #[x_kube(validation = Rule::new("!has(self.reportUri) || !self.reportUri.startsWith('s3://')").message("reportUri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".reportUri"))]
 #[x_kube(validation = Rule::new("self.targets.all(a, self.targets.exists_one(b, b.name == a.name))").message("targets[].name must be unique").field_path(".targets"))]
 pub struct BenchmarkSpec {

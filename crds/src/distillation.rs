@@ -736,14 +736,80 @@ pub enum JobPhase {
     Failed,
 }
 
+/// What a distillation run is doing, in the order a run passes the stages (a stage may be
+/// skipped: a cached teacher is not prepared again, `trainingLabelOnly` only runs when the spec
+/// asks for the comparison, `quantizing` only for `int8-dynamic`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProgressStage {
+    /// The spec was read and checked; the run begins.
+    Starting,
+    /// Reading the dataset (and transfer set) and splitting it.
+    ReadingData,
+    /// Fine-tuning the teacher (or loading the prepared one from the cache).
+    PreparingTeacher,
+    /// Running the teacher once over the training texts and caching its outputs.
+    CachingTeacherOutputs,
+    /// Training the student by distillation.
+    Training,
+    /// Training the same student on labels alone, for the comparison.
+    TrainingLabelOnly,
+    /// Measuring the trained models on the held-out split.
+    Evaluating,
+    /// Writing the artifact's files and manifest.
+    WritingArtifact,
+    /// Exporting to ONNX and checking it against the trained model.
+    Exporting,
+    /// Quantizing to int8 within the accuracy budget.
+    Quantizing,
+}
+
+impl ProgressStage {
+    /// Every stage, in order.
+    pub const ALL: [ProgressStage; 10] = [
+        Self::Starting,
+        Self::ReadingData,
+        Self::PreparingTeacher,
+        Self::CachingTeacherOutputs,
+        Self::Training,
+        Self::TrainingLabelOnly,
+        Self::Evaluating,
+        Self::WritingArtifact,
+        Self::Exporting,
+        Self::Quantizing,
+    ];
+
+    /// The value as written in status (`preparing-teacher`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::ReadingData => "reading-data",
+            Self::PreparingTeacher => "preparing-teacher",
+            Self::CachingTeacherOutputs => "caching-teacher-outputs",
+            Self::Training => "training",
+            Self::TrainingLabelOnly => "training-label-only",
+            Self::Evaluating => "evaluating",
+            Self::WritingArtifact => "writing-artifact",
+            Self::Exporting => "exporting",
+            Self::Quantizing => "quantizing",
+        }
+    }
+}
+
+impl std::fmt::Display for ProgressStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Live training progress.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
-    /// Stage: `preparing-teacher`, `caching-teacher-outputs`, `training`, `evaluating`,
-    /// `exporting`, `quantizing`.
+    /// What the worker is doing now (see [`ProgressStage`] for the values, in the order a run
+    /// passes them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stage: Option<String>,
+    pub stage: Option<ProgressStage>,
     /// Optimiser steps done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u64>,

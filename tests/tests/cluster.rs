@@ -333,7 +333,7 @@ async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_ma
     // one prepared instead of preparing it again.
     let teacher_stages: Vec<String> = worker_events(&h.root.path().join("cluster"))
         .into_iter()
-        .filter(|e| e["event"] == "stage" && e["stage"] == "teacher")
+        .filter(|e| e["event"] == "stage" && e["stage"] == "preparing-teacher")
         .filter_map(|e| e["message"].as_str().map(str::to_string))
         .collect();
     let prepared = teacher_stages.iter().filter(|m| m.starts_with("preparing the teacher")).count();

@@ -8,7 +8,7 @@ use distillery_tests::{read_documents, repo_root, yaml_files};
 fn valid_examples_pass_schema_and_cel() {
     let dir = repo_root().join("examples");
     let files = yaml_files(&dir);
-    assert!(files.len() >= 3, "expected one example per kind in {}", dir.display());
+    assert!(files.len() >= 2, "expected an example of each kind the operator runs in {}", dir.display());
     let mut kinds = vec![];
     let local = [yaml_files(&dir.join("local")), yaml_files(&dir.join("local/playground"))].concat();
     for file in files.iter().chain(local.iter()) {
@@ -19,7 +19,8 @@ fn valid_examples_pass_schema_and_cel() {
             kinds.push(doc["kind"].as_str().unwrap().to_string());
         }
     }
-    for kind in ["DistillationJob", "ModelDeployment", "Benchmark"] {
+    // Benchmark: refused at apply until its controller is built (examples/invalid/bench-not-built-yet.yaml).
+    for kind in ["DistillationJob", "ModelDeployment"] {
         assert!(kinds.iter().any(|k| k == kind), "no valid {kind} example");
     }
 }

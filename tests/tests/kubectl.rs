@@ -46,7 +46,7 @@ async fn kubectl_applies_gets_waits_explains_and_deletes_and_refuses_invalid_exa
     let examples = repo_root().join("examples");
     let out = kubectl(&kubeconfig, &["apply", "--server-side", "-f", examples.to_str().unwrap()]).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(text(&out).matches("serverside-applied").count(), 3, "{}", text(&out));
+    assert_eq!(text(&out).matches("serverside-applied").count(), 2, "{}", text(&out));
 
     for file in yaml_files(&examples.join("invalid")) {
         let out = kubectl(&kubeconfig, &["apply", "--server-side", "-f", file.to_str().unwrap()]).await;

@@ -17,7 +17,7 @@ use distillery_crds::manifest::{FP32_MODEL, OnnxVariant};
 use distillery_server::artifact::{ServedArtifact, VariantChoice};
 
 use crate::distill::{DistillError, ErrorPolicy};
-use crate::progress::{self, Event};
+use crate::progress::{self, Event, ProgressStage};
 use crate::{analyze, cluster, distill, inspect, loadgen, onnx, spec};
 
 /// Distillery's worker: knowledge distillation, export, quantization, evaluation and load tests.
@@ -463,7 +463,7 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, Failure> {
         reporter = Box::new(cluster::StatusReporter::new(&job, reporter).map_err(Failure::transient)?);
     }
     reporter.report(&Event::Stage {
-        stage: "job".into(),
+        stage: ProgressStage::Starting,
         message: format!("DistillationJob {name}: spec is valid; output {}; device {device:?}", output.display()),
     });
     let outcome = distill::run(&job, &output, &cache_dir(), &device, reporter.as_mut())?;

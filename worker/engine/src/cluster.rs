@@ -19,7 +19,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use crate::distill::Outcome;
-use crate::progress::{Event, Reporter};
+use crate::progress::{Event, ProgressStage, Reporter};
 
 /// The worker's field manager.
 pub const FIELD_MANAGER: &str = "distillery-worker";
@@ -75,20 +75,20 @@ pub fn progress_of(event: &Event, previous: &Progress) -> Option<Progress> {
     match event {
         Event::Step { run, step, total_steps, epoch, loss, .. } => {
             p.stage = Some(match run.as_str() {
-                "teacher" => "preparing-teacher".into(),
-                "student" => "training".into(),
-                other => format!("training-{other}"),
+                "teacher" => ProgressStage::PreparingTeacher,
+                "label-only" => ProgressStage::TrainingLabelOnly,
+                _ => ProgressStage::Training,
             });
             p.step = Some(*step);
             p.total_steps = Some(*total_steps);
             p.epoch = Some(*epoch as u32);
             p.loss = loss.is_finite().then_some((*loss * 1e4).round() / 1e4);
         }
-        Event::Stage { stage, .. } if stage != "job" => {
-            if p.stage.as_deref() == Some(stage) {
+        Event::Stage { stage, .. } => {
+            if p.stage == Some(*stage) {
                 return None;
             }
-            p = Progress { stage: Some(stage.clone()), ..Default::default() };
+            p = Progress { stage: Some(*stage), ..Default::default() };
         }
         _ => return None,
     }
@@ -151,7 +151,7 @@ fn apply_loop(name: &str, namespace: &str, receiver: Receiver<Progress>) {
     };
     let mut pending: Option<Progress> = None;
     let mut sent_at: Option<Instant> = None;
-    let mut sent_stage: Option<String> = None;
+    let mut sent_stage: Option<ProgressStage> = None;
     let mut warned = false;
     loop {
         let (next, closed) = match receiver.recv_timeout(REPORT_EVERY) {
@@ -179,7 +179,7 @@ fn apply_loop(name: &str, namespace: &str, receiver: Receiver<Progress>) {
                 warned = true;
             }
             sent_at = Some(Instant::now());
-            sent_stage = p.stage.clone();
+            sent_stage = p.stage;
         }
         if closed {
             return;
@@ -208,17 +208,25 @@ mod tests {
     fn steps_and_stage_changes_become_progress() {
         let p = progress_of(&step("student", 7), &Progress::default()).unwrap();
         assert_eq!(
-            (p.stage.as_deref(), p.step, p.total_steps, p.epoch),
-            (Some("training"), Some(7), Some(100), Some(2))
+            (p.stage, p.step, p.total_steps, p.epoch),
+            (Some(ProgressStage::Training), Some(7), Some(100), Some(2))
         );
         assert_eq!(p.loss, Some(0.1235));
         let teacher = progress_of(&step("teacher", 1), &p).unwrap();
-        assert_eq!(teacher.stage.as_deref(), Some("preparing-teacher"));
-        let stage = Event::Stage { stage: "artifact".into(), message: "writing".into() };
+        assert_eq!(teacher.stage, Some(ProgressStage::PreparingTeacher));
+        let label_only = progress_of(&step("label-only", 1), &p).unwrap();
+        assert_eq!(label_only.stage, Some(ProgressStage::TrainingLabelOnly));
+        let stage = Event::Stage { stage: ProgressStage::WritingArtifact, message: "writing".into() };
         let next = progress_of(&stage, &p).unwrap();
-        assert_eq!((next.stage.as_deref(), next.step), (Some("artifact"), None), "a new stage clears the step");
+        assert_eq!(
+            (next.stage, next.step),
+            (Some(ProgressStage::WritingArtifact), None),
+            "a new stage clears the step"
+        );
         assert!(progress_of(&stage, &next).is_none(), "the same stage again is nothing new");
         assert!(progress_of(&Event::Checkpoint { run: "student".into(), step: 5 }, &p).is_none());
+        let written = serde_json::to_value(&next).unwrap();
+        assert_eq!(written["stage"], "writing-artifact", "status shows the documented kebab-case value");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::inputs::{self, InputError, Inputs};
 use crate::onnx::OnnxError;
 use crate::onnx::artifact::{self as onnx_artifact, EvalSet};
 use crate::prepare::{self, PrepareError, PreparedTeacher};
-use crate::progress::{Event, Reporter};
+use crate::progress::{Event, ProgressStage, Reporter};
 use crate::runner::{self, Checkpointing, RunError, RunSummary};
 use crate::store::{StoreError, local_path, sha256, sha256_file, write_atomically};
 use crate::student::{self, Student, StudentError};
@@ -232,13 +232,13 @@ pub fn run(
     // there meanwhile).
     let spec_hash = spec_hash(job);
     check_output(output, &spec_hash)?;
-    let stage = |reporter: &mut dyn Reporter, stage: &str, message: String| {
-        reporter.report(&Event::Stage { stage: stage.into(), message });
+    let stage = |reporter: &mut dyn Reporter, stage: ProgressStage, message: String| {
+        reporter.report(&Event::Stage { stage, message });
     };
     let inputs = inputs::load(job)?;
     stage(
         reporter,
-        "data",
+        ProgressStage::ReadingData,
         format!(
             "{}: {} examples ({} skipped by label, {} duplicates), {} train / {} held out{}",
             inputs.dataset.path.display(),
@@ -251,7 +251,11 @@ pub fn run(
         ),
     );
     if let Some(t) = &inputs.transfer {
-        stage(reporter, "data", format!("{}: {} unlabelled transfer texts", t.path.display(), t.texts.len()));
+        stage(
+            reporter,
+            ProgressStage::ReadingData,
+            format!("{}: {} unlabelled transfer texts", t.path.display(), t.texts.len()),
+        );
     }
     if let Some(f) = job.spec.loss.feature_alignment.as_ref().filter(|f| f.kind == AlignmentKind::HiddenMse) {
         // Checked before the teacher is prepared, which can take many minutes.
@@ -342,9 +346,13 @@ pub fn run(
                     device,
                 )?);
             }
-            stage(reporter, "student", describe(&student, teacher.parameters()));
+            stage(reporter, ProgressStage::Training, describe(&student, teacher.parameters()));
         } else {
-            stage(reporter, name, "the same student on labels alone (alpha 1), same steps and data".into());
+            stage(
+                reporter,
+                ProgressStage::TrainingLabelOnly,
+                "the same student on labels alone (alpha 1), same steps and data".into(),
+            );
         }
         let objective = if name == "student" {
             Objective::Distill {
@@ -376,6 +384,7 @@ pub fn run(
             device,
             reporter,
         )?;
+        stage(reporter, ProgressStage::Evaluating, format!("{name} on {} held-out examples", held_out_labels.len()));
         let acc = accuracy(&logits(&model, &student.ids, &inputs.split.validation, 64, device)?, &held_out_labels);
         reporter.report(&Event::Evaluated { model: name.into(), accuracy: acc });
         trained.push((name.to_string(), student, summary, acc));
@@ -383,7 +392,7 @@ pub fn run(
     let label_only_accuracy = trained.get(1).map_or(trained[0].3, |r| r.3);
 
     let (_, student, _, student_accuracy) = &trained[0];
-    stage(reporter, "artifact", format!("writing {}", output.display()));
+    stage(reporter, ProgressStage::WritingArtifact, format!("writing {}", output.display()));
     check_output(output, &spec_hash)?;
     std::fs::create_dir_all(output).map_err(io(output))?;
     let files = write_model_files(output, student, &inputs, job)?;
@@ -462,11 +471,19 @@ pub fn run(
         ids: inputs.split.validation.iter().map(|&i| student.ids[i].clone()).collect(),
         labels: held_out_labels.clone(),
     };
-    stage(reporter, "export", "building model.onnx and checking it against candle in ONNX Runtime".into());
+    stage(
+        reporter,
+        ProgressStage::Exporting,
+        "building model.onnx and checking it against candle in ONNX Runtime".into(),
+    );
     onnx_artifact::export_artifact(output, &eval, reporter)?;
     let q = &job.spec.quantization;
     if q.mode == QuantizationMode::Int8Dynamic {
-        stage(reporter, "quantize", format!("int8, accuracy budget {:.2} points", q.accuracy_budget * 100.0));
+        stage(
+            reporter,
+            ProgressStage::Quantizing,
+            format!("int8, accuracy budget {:.2} points", q.accuracy_budget * 100.0),
+        );
         onnx_artifact::quantize_artifact(output, &eval, q, reporter)?;
     } else {
         onnx_artifact::serve_fp32_unquantized(output)?;

@@ -20,7 +20,7 @@ use crate::classifier::Classifier;
 use crate::init::{self, layer_of};
 use crate::inputs::Inputs;
 use crate::model::EncoderConfig;
-use crate::progress::{Event, Reporter};
+use crate::progress::{Event, ProgressStage, Reporter};
 use crate::runner::{self, Checkpointing, RunError, RunSummary};
 use crate::store::{sha256, sha256_file};
 use crate::train::{Examples, FitSettings, Objective, Rows, accuracy, outputs};
@@ -180,7 +180,7 @@ pub fn hidden_targets(
             wanted.sort_unstable();
             if sorted == wanted {
                 reporter.report(&Event::Stage {
-                    stage: "teacher".into(),
+                    stage: ProgressStage::CachingTeacherOutputs,
                     message: format!("reusing its hidden states of layers {layers:?} ({})", path.display()),
                 });
                 return Ok(HiddenTargets::from_tables(layers.to_vec(), tables, &order, &inputs.ids)?);
@@ -188,7 +188,7 @@ pub fn hidden_targets(
         }
     }
     reporter.report(&Event::Stage {
-        stage: "teacher".into(),
+        stage: ProgressStage::CachingTeacherOutputs,
         message: format!(
             "computing its hidden states of layers {layers:?} on {} examples — once; cached",
             indices.len()
@@ -229,14 +229,14 @@ pub fn transfer_outputs(
             && logits.dim(0)? == transfer.indices.len()
         {
             reporter.report(&Event::Stage {
-                stage: "teacher".into(),
+                stage: ProgressStage::CachingTeacherOutputs,
                 message: format!("reusing its outputs on {} transfer texts ({})", transfer.texts.len(), path.display()),
             });
             return Ok((logits.to_vec2()?, pooled.to_vec2()?));
         }
     }
     reporter.report(&Event::Stage {
-        stage: "teacher".into(),
+        stage: ProgressStage::CachingTeacherOutputs,
         message: format!(
             "computing its outputs on {} transfer texts from {} — once; cached",
             transfer.texts.len(),
@@ -327,14 +327,14 @@ pub fn prepare(
         // A damaged entry (a crash mid-write on a shared claim) is a miss, not a failure that
         // every later job on the claim would hit: prepare it again and replace it.
         reporter.report(&Event::Stage {
-            stage: "teacher".into(),
+            stage: ProgressStage::PreparingTeacher,
             message: format!("the cached teacher {} cannot be read ({e}); preparing it again", dir.display()),
         });
         None
     });
     if let Some(cached) = cached {
         reporter.report(&Event::Stage {
-            stage: "teacher".into(),
+            stage: ProgressStage::PreparingTeacher,
             message: format!(
                 "reusing the prepared teacher {} ({:.2}% held-out)",
                 dir.display(),
@@ -358,7 +358,7 @@ pub fn prepare(
         }
     };
     reporter.report(&Event::Stage {
-        stage: "teacher".into(),
+        stage: ProgressStage::PreparingTeacher,
         message: format!(
             "preparing the teacher ({}, {} of {layers} layers trained, {} epochs) — once; cached in {}",
             match head_spec.mode {
@@ -418,7 +418,10 @@ pub fn prepare(
         reporter,
     )?;
 
-    reporter.report(&Event::Stage { stage: "teacher".into(), message: "evaluating and caching its outputs".into() });
+    reporter.report(&Event::Stage {
+        stage: ProgressStage::CachingTeacherOutputs,
+        message: "evaluating and caching its outputs".into(),
+    });
     let started = Instant::now();
     let (held_out, _) = outputs(&model, &inputs.ids, &inputs.split.validation, 64, device)?;
     let held_out_labels: Vec<u32> = inputs.split.validation.iter().map(|&i| inputs.labels[i]).collect();
@@ -490,7 +493,7 @@ fn as_shipped(
         }
     }
     reporter.report(&Event::Stage {
-        stage: "teacher".into(),
+        stage: ProgressStage::CachingTeacherOutputs,
         message: format!(
             "using the classifier head the teacher ships; evaluating and caching its outputs in {}",
             dir.display()
@@ -524,7 +527,7 @@ fn as_shipped(
     let partial = staging_dir(&prepared.dir, job);
     save(&prepared, &partial)?;
     reporter.report(&Event::Stage {
-        stage: "teacher".into(),
+        stage: ProgressStage::CachingTeacherOutputs,
         message: format!("evaluated in {:.0} s", started.elapsed().as_secs_f64()),
     });
     reporter.report(&Event::Evaluated { model: "teacher".into(), accuracy: prepared.preparation.held_out_accuracy });

@@ -7,14 +7,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+pub use distillery_crds::distillation::ProgressStage;
+
 /// Something a run reports.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     /// A stage starts or says what it found.
     Stage {
-        /// Short stage name (`data`, `teacher`, `student`, …).
-        stage: String,
+        /// The stage, as `status.progress.stage` shows it.
+        stage: ProgressStage,
         /// What happens.
         message: String,
     },
@@ -270,7 +272,7 @@ mod tests {
         assert!(line.contains("ETA 1m15s"), "{line}");
         let mut t = Terminal::new(Vec::new());
         t.report(&step(20));
-        t.report(&Event::Stage { stage: "eval".into(), message: "done".into() });
+        t.report(&Event::Stage { stage: ProgressStage::Evaluating, message: "done".into() });
         let text = String::from_utf8(t.out).unwrap();
         assert!(text.ends_with("20/20 epoch 1  loss 0.5000  100 ex/s  ETA 1m15s\n[eval] done\n"), "{text:?}");
     }

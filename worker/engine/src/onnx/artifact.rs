@@ -34,7 +34,7 @@ use crate::batch::{encode_all, load_tokenizer};
 use crate::classifier::Classifier;
 use crate::inputs;
 use crate::model::EncoderConfig;
-use crate::progress::{Event, Reporter};
+use crate::progress::{Event, ProgressStage, Reporter};
 use crate::store::sha256;
 use crate::train::{accuracy, logits, predictions};
 
@@ -197,7 +197,7 @@ pub fn export_artifact(dir: &Path, eval: &EvalSet, reporter: &mut dyn Reporter) 
         ..Default::default()
     };
     reporter.report(&Event::Stage {
-        stage: "export".into(),
+        stage: ProgressStage::Exporting,
         message: format!(
             "{FP32_MODEL}: {:.1} MB, held-out accuracy {:.2}% in ONNX Runtime; logits within {max_diff:.1e} of candle's, every label the same",
             bytes.len() as f64 / 1e6,
@@ -253,7 +253,7 @@ pub fn quantize_artifact(
     let fp32_bytes = std::fs::read(&fp32_path)
         .map_err(|e| artifact_error(&fp32_path, format!("{e}; run `distillery-worker export` first")))?;
     let fp32_model = ModelProto::decode(fp32_bytes.as_slice()).map_err(|e| artifact_error(&fp32_path, e))?;
-    let mut stage = |message: String| reporter.report(&Event::Stage { stage: "quantize".into(), message });
+    let mut stage = |message: String| reporter.report(&Event::Stage { stage: ProgressStage::Quantizing, message });
     let threads = eval_threads();
     let fp32_logits = OnnxModel::new(&fp32_bytes, threads)?.logits(&eval.ids, EVAL_BATCH)?;
     let fp32_predictions = predictions(&fp32_logits);
