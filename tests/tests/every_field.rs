@@ -1,0 +1,408 @@
+//! No CRD field is accepted and ignored. This test walks every field of every CRD's `spec` (from
+//! the generated schemas, so a new field lands here whether or not anyone remembers) and requires
+//! each to be one of:
+//!
+//! - **read**: the code that honours it is named (a file and the expression that reads it), and
+//!   that expression is found in the file outside comments and unit tests — so removing the code
+//!   that reads a field, or adding a field nobody reads, fails this test;
+//! - **refused**: setting it is refused at admission (the CRD's schema and CEL rules, the code the
+//!   API server runs) with a message that says it is not supported or not built yet;
+//! - a listed **exception**, with its reason.
+//!
+//! Values of a field that is read can still be refused (an `s3://` URI, `task: causal-lm`): those
+//! are listed in [`REFUSED_VALUES`] and checked the same way. Status fields are the operator's and
+//! worker's output, not input, and are not walked.
+
+use std::collections::BTreeSet;
+
+use distillery_crds::validation::{ValidationError, crd_schema, validate_document};
+use distillery_crds::{Benchmark, DistillationJob, ModelDeployment};
+use distillery_tests::{read_documents, repo_root};
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+
+/// How a field is honoured.
+enum Use {
+    /// Read in `file` by code containing `needle`.
+    Read(&'static str, &'static str),
+    /// Refused at admission when set to this JSON value.
+    Refused(&'static str),
+    /// Refused at admission when the field at this path (the field or a parent it needs, with
+    /// the fields that must come with it) is set to this JSON value.
+    RefusedAs(&'static str, &'static str),
+    /// Every object of the kind is refused at admission (the kind is not run yet).
+    KindRefused,
+    /// Accepted and not read, for the reason given.
+    Exception(&'static str),
+}
+use Use::*;
+
+const DJ_BUILD: &str = "operator/src/distillation/build.rs";
+const MD_BUILD: &str = "operator/src/modeldeployment/build.rs";
+const MD_ROLLOUT: &str = "operator/src/modeldeployment/rollout.rs";
+const MD_MOD: &str = "operator/src/modeldeployment/mod.rs";
+const DATA: &str = "worker/engine/src/data.rs";
+const DISTILL: &str = "worker/engine/src/distill.rs";
+const PREPARE: &str = "worker/engine/src/prepare.rs";
+const STUDENT: &str = "worker/engine/src/student.rs";
+const ANALYZE: &str = "worker/engine/src/analyze.rs";
+const JUDGE: &str = "crds/src/analysis.rs";
+
+/// Every spec field of every kind, and how it is honoured.
+const FIELDS: &[(&str, &str, Use)] = &[
+    // DistillationJob: the operator builds the Job and pod from these…
+    ("DistillationJob", "spec.activeDeadlineSeconds", Read(DJ_BUILD, "spec.active_deadline_seconds")),
+    ("DistillationJob", "spec.backoffLimit", Read(DJ_BUILD, "spec.backoff_limit")),
+    ("DistillationJob", "spec.suspend", Read(DJ_BUILD, "spec.suspend")),
+    ("DistillationJob", "spec.image", Read(DJ_BUILD, "spec.image")),
+    ("DistillationJob", "spec.resources.cpu", Read(DJ_BUILD, "spec.resources.cpu")),
+    ("DistillationJob", "spec.resources.memory", Read(DJ_BUILD, "spec.resources.memory")),
+    ("DistillationJob", "spec.resources.gpu.count", Read(DJ_BUILD, "spec.resources.gpu.count")),
+    ("DistillationJob", "spec.resources.gpu.resourceName", Read(DJ_BUILD, "spec.resources.gpu.resource_name")),
+    ("DistillationJob", "spec.resources.nodeSelector", Read(DJ_BUILD, "spec.resources.node_selector")),
+    // A core/v1 Toleration, copied into the pod spec whole.
+    ("DistillationJob", "spec.resources.tolerations[].effect", Read(DJ_BUILD, "spec.resources.tolerations")),
+    ("DistillationJob", "spec.resources.tolerations[].key", Read(DJ_BUILD, "spec.resources.tolerations")),
+    ("DistillationJob", "spec.resources.tolerations[].operator", Read(DJ_BUILD, "spec.resources.tolerations")),
+    ("DistillationJob", "spec.resources.tolerations[].tolerationSeconds", Read(DJ_BUILD, "spec.resources.tolerations")),
+    ("DistillationJob", "spec.resources.tolerations[].value", Read(DJ_BUILD, "spec.resources.tolerations")),
+    ("DistillationJob", "spec.teacher.volumeClaim", Read(DJ_BUILD, "spec.teacher.volume_claim")),
+    ("DistillationJob", "spec.dataset.volumeClaim", Read(DJ_BUILD, "spec.dataset.volume_claim")),
+    ("DistillationJob", "spec.output.volumeClaim", Read(DJ_BUILD, "spec.output.volume_claim")),
+    ("DistillationJob", "spec.output.uri", Read(DJ_BUILD, "spec.output.uri")),
+    // …and the worker runs the rest.
+    ("DistillationJob", "spec.task", Read(DISTILL, "s.task")),
+    ("DistillationJob", "spec.teacher.uri", Read("worker/engine/src/inputs.rs", "spec.teacher.uri")),
+    ("DistillationJob", "spec.teacher.pooling", Read(PREPARE, ".pooling")),
+    ("DistillationJob", "spec.teacher.head.mode", Read(PREPARE, "head_spec.mode")),
+    ("DistillationJob", "spec.teacher.head.trainableLayers", Read(PREPARE, ".trainable_layers")),
+    ("DistillationJob", "spec.teacher.head.epochs", Read(PREPARE, "head_spec.epochs")),
+    ("DistillationJob", "spec.teacher.head.learningRate", Read(PREPARE, "head_spec.learning_rate")),
+    ("DistillationJob", "spec.teacher.head.batchSize", Read(PREPARE, "head_spec.batch_size")),
+    ("DistillationJob", "spec.student.architecture.layers", Read(STUDENT, "arch.layers")),
+    ("DistillationJob", "spec.student.architecture.hiddenSize", Read(STUDENT, "arch.hidden_size")),
+    ("DistillationJob", "spec.student.architecture.attentionHeads", Read(STUDENT, "arch.attention_heads")),
+    ("DistillationJob", "spec.student.architecture.intermediateSize", Read(STUDENT, "arch.intermediate_size")),
+    (
+        "DistillationJob",
+        "spec.student.architecture.family",
+        Exception(
+            "one value is accepted, bert, the only architecture built; llama is refused at apply (REFUSED_VALUES)",
+        ),
+    ),
+    ("DistillationJob", "spec.student.initFromTeacher.layers", Read(STUDENT, "from.layers")),
+    ("DistillationJob", "spec.student.pruneVocabulary", Read(STUDENT, "spec.prune_vocabulary")),
+    ("DistillationJob", "spec.student.embeddingSize", Read(STUDENT, "spec.embedding_size")),
+    ("DistillationJob", "spec.dataset.uri", Read(DISTILL, "spec.dataset.uri")),
+    ("DistillationJob", "spec.dataset.format", Read(DATA, "spec.format")),
+    ("DistillationJob", "spec.dataset.compression", Read(DATA, "spec.compression")),
+    ("DistillationJob", "spec.dataset.textField", Read(DATA, "spec.text_field")),
+    ("DistillationJob", "spec.dataset.labelField", Read(DATA, "spec.label_field")),
+    ("DistillationJob", "spec.dataset.groupField", Read(DATA, "spec.group_field")),
+    ("DistillationJob", "spec.dataset.labels", Read(DATA, "&spec.labels")),
+    ("DistillationJob", "spec.dataset.skipLabels", Read(DATA, "spec.skip_labels")),
+    ("DistillationJob", "spec.dataset.validationSplit.fraction", Read(DATA, ".fraction")),
+    ("DistillationJob", "spec.dataset.validationSplit.byGroup", Read(DATA, ".by_group")),
+    ("DistillationJob", "spec.dataset.validationSplit.seed", Read(DATA, "split.seed")),
+    ("DistillationJob", "spec.dataset.maxSequenceLength", Read("worker/engine/src/inputs.rs", ".max_sequence_length")),
+    ("DistillationJob", "spec.dataset.maxExamples", Read("worker/engine/src/inputs.rs", ".max_examples")),
+    ("DistillationJob", "spec.dataset.transferSet.uri", Read("worker/engine/src/inputs.rs", "&spec.transfer_set")),
+    ("DistillationJob", "spec.dataset.transferSet.format", Read(DATA, "spec.format")),
+    ("DistillationJob", "spec.dataset.transferSet.compression", Read(DATA, "spec.compression")),
+    ("DistillationJob", "spec.dataset.transferSet.textField", Read(DATA, "spec.text_field")),
+    ("DistillationJob", "spec.loss.alpha", Read(DISTILL, ".alpha")),
+    ("DistillationJob", "spec.loss.temperature.start", Read("worker/engine/src/schedule.rs", "spec.start")),
+    ("DistillationJob", "spec.loss.temperature.end", Read("worker/engine/src/schedule.rs", "spec.end")),
+    ("DistillationJob", "spec.loss.temperature.schedule", Read("worker/engine/src/schedule.rs", "spec.schedule")),
+    ("DistillationJob", "spec.loss.featureAlignment.kind", Read(DISTILL, "f.kind")),
+    ("DistillationJob", "spec.loss.featureAlignment.weight", Read(DISTILL, "f.weight")),
+    ("DistillationJob", "spec.loss.featureAlignment.layerMap[].student", Read(DISTILL, "p.student")),
+    ("DistillationJob", "spec.loss.featureAlignment.layerMap[].teacher", Read(DISTILL, "p.teacher")),
+    ("DistillationJob", "spec.training.epochs", Read(DISTILL, "t.epochs")),
+    ("DistillationJob", "spec.training.maxSteps", Read(DISTILL, "t.max_steps")),
+    ("DistillationJob", "spec.training.batchSize", Read(DISTILL, "t.batch_size")),
+    ("DistillationJob", "spec.training.learningRate", Read(DISTILL, "t.learning_rate")),
+    ("DistillationJob", "spec.training.schedule", Read(DISTILL, "t.schedule")),
+    ("DistillationJob", "spec.training.warmupFraction", Read(DISTILL, "t.warmup_fraction")),
+    ("DistillationJob", "spec.training.weightDecay", Read(DISTILL, "t.weight_decay")),
+    ("DistillationJob", "spec.training.gradientClipNorm", Read(DISTILL, "t.gradient_clip_norm")),
+    ("DistillationJob", "spec.training.seed", Read(DISTILL, "t.seed")),
+    ("DistillationJob", "spec.training.checkpointInterval", Read(DISTILL, "t.checkpoint_interval")),
+    ("DistillationJob", "spec.quantization.mode", Read(DISTILL, "q.mode")),
+    (
+        "DistillationJob",
+        "spec.quantization.accuracyBudget",
+        Read("worker/engine/src/onnx/artifact.rs", ".accuracy_budget"),
+    ),
+    ("DistillationJob", "spec.quantization.speedCheck", Read("worker/engine/src/onnx/artifact.rs", ".speed_check")),
+    // The S3 store is not built: every setting of it is refused.
+    ("DistillationJob", "spec.output.s3.endpoint", Refused(r#""http://minio:9000""#)),
+    ("DistillationJob", "spec.output.s3.region", Refused(r#""eu-west-1""#)),
+    ("DistillationJob", "spec.output.s3.forcePathStyle", Refused("true")),
+    (
+        "DistillationJob",
+        "spec.output.s3.accessKeyId.name",
+        RefusedAs(
+            "spec.output.s3",
+            r#"{"accessKeyId": {"name": "s3-credentials", "key": "id"}, "secretAccessKey": {"name": "s3-credentials", "key": "secret"}}"#,
+        ),
+    ),
+    (
+        "DistillationJob",
+        "spec.output.s3.accessKeyId.key",
+        RefusedAs(
+            "spec.output.s3",
+            r#"{"accessKeyId": {"name": "s3-credentials", "key": "id"}, "secretAccessKey": {"name": "s3-credentials", "key": "secret"}}"#,
+        ),
+    ),
+    (
+        "DistillationJob",
+        "spec.output.s3.secretAccessKey.name",
+        RefusedAs(
+            "spec.output.s3",
+            r#"{"accessKeyId": {"name": "s3-credentials", "key": "id"}, "secretAccessKey": {"name": "s3-credentials", "key": "secret"}}"#,
+        ),
+    ),
+    (
+        "DistillationJob",
+        "spec.output.s3.secretAccessKey.key",
+        RefusedAs(
+            "spec.output.s3",
+            r#"{"accessKeyId": {"name": "s3-credentials", "key": "id"}, "secretAccessKey": {"name": "s3-credentials", "key": "secret"}}"#,
+        ),
+    ),
+    // ModelDeployment.
+    ("ModelDeployment", "spec.model.uri", Read(MD_BUILD, "md.spec.model.uri")),
+    ("ModelDeployment", "spec.model.volumeClaim", Read(MD_BUILD, "md.spec.model.volume_claim")),
+    ("ModelDeployment", "spec.model.variant", Read(MD_MOD, "md.spec.model.variant")),
+    ("ModelDeployment", "spec.model.distillationJobRef.name", Read(MD_MOD, "md.spec.model.distillation_job_ref")),
+    ("ModelDeployment", "spec.replicas", Read(MD_ROLLOUT, ".replicas")),
+    ("ModelDeployment", "spec.autoRollback", Read(MD_ROLLOUT, "spec.auto_rollback")),
+    ("ModelDeployment", "spec.server.image", Read(MD_BUILD, "server.image")),
+    ("ModelDeployment", "spec.server.threads", Read(MD_BUILD, "server.threads")),
+    ("ModelDeployment", "spec.server.maxBatchSize", Read(MD_BUILD, "server.max_batch_size")),
+    ("ModelDeployment", "spec.server.maxBatchDelayMs", Read(MD_BUILD, "server.max_batch_delay_ms")),
+    // A core/v1 ResourceRequirements, copied into the server container whole.
+    ("ModelDeployment", "spec.server.resources.limits", Read(MD_BUILD, "server.resources")),
+    ("ModelDeployment", "spec.server.resources.requests", Read(MD_BUILD, "server.resources")),
+    ("ModelDeployment", "spec.server.resources.claims[].name", Read(MD_BUILD, "server.resources")),
+    ("ModelDeployment", "spec.server.resources.claims[].request", Read(MD_BUILD, "server.resources")),
+    ("ModelDeployment", "spec.rollout.steps[].weight", Read(MD_ROLLOUT, "steps[step].weight")),
+    ("ModelDeployment", "spec.rollout.steps[].pause", Read(MD_ROLLOUT, "steps[step].pause")),
+    ("ModelDeployment", "spec.rollout.trafficRouting.method", Read(MD_ROLLOUT, "traffic_routing.method")),
+    ("ModelDeployment", "spec.rollout.trafficRouting.httpRoute", Read(MD_MOD, ".http_route")),
+    ("ModelDeployment", "spec.rollout.analysis.interval", Read(MD_ROLLOUT, "analysis.interval")),
+    ("ModelDeployment", "spec.rollout.analysis.failureLimit", Read(MD_ROLLOUT, ".failure_limit")),
+    ("ModelDeployment", "spec.rollout.analysis.maxAccuracyDrop", Read(JUDGE, "spec.max_accuracy_drop")),
+    ("ModelDeployment", "spec.rollout.analysis.minAgreement", Read(JUDGE, "spec.min_agreement")),
+    ("ModelDeployment", "spec.rollout.analysis.maxP99LatencyMs", Read(JUDGE, "spec.max_p99_latency_ms")),
+    ("ModelDeployment", "spec.rollout.analysis.maxErrorRate", Read(JUDGE, "spec.max_error_rate")),
+    ("ModelDeployment", "spec.rollout.analysis.goldenDataset.uri", Read(MD_BUILD, "golden.uri")),
+    ("ModelDeployment", "spec.rollout.analysis.goldenDataset.volumeClaim", Read(MD_BUILD, "golden.volume_claim")),
+    ("ModelDeployment", "spec.rollout.analysis.goldenDataset.format", Read(ANALYZE, "spec.format")),
+    ("ModelDeployment", "spec.rollout.analysis.goldenDataset.compression", Read(ANALYZE, "spec.compression")),
+    ("ModelDeployment", "spec.rollout.analysis.goldenDataset.textField", Read(ANALYZE, "spec.text_field")),
+    ("ModelDeployment", "spec.rollout.analysis.goldenDataset.labelField", Read(ANALYZE, "spec.label_field")),
+    ("ModelDeployment", "spec.rollout.analysis.goldenDataset.samples", Read(ANALYZE, "spec.samples")),
+    // Benchmark: refused whole until its controller is built.
+    ("Benchmark", "spec.targets[].name", KindRefused),
+    ("Benchmark", "spec.targets[].artifact.uri", KindRefused),
+    ("Benchmark", "spec.targets[].artifact.variant", KindRefused),
+    ("Benchmark", "spec.targets[].deployment.name", KindRefused),
+    ("Benchmark", "spec.targets[].deployment.track", KindRefused),
+    ("Benchmark", "spec.dataset.uri", KindRefused),
+    ("Benchmark", "spec.dataset.volumeClaim", KindRefused),
+    ("Benchmark", "spec.dataset.format", KindRefused),
+    ("Benchmark", "spec.dataset.compression", KindRefused),
+    ("Benchmark", "spec.dataset.textField", KindRefused),
+    ("Benchmark", "spec.dataset.labelField", KindRefused),
+    ("Benchmark", "spec.dataset.samples", KindRefused),
+    ("Benchmark", "spec.load.concurrency", KindRefused),
+    ("Benchmark", "spec.load.rate", KindRefused),
+    ("Benchmark", "spec.load.duration", KindRefused),
+    ("Benchmark", "spec.load.requests", KindRefused),
+    ("Benchmark", "spec.load.warmupRequests", KindRefused),
+    ("Benchmark", "spec.metrics", KindRefused),
+    ("Benchmark", "spec.image", KindRefused),
+    ("Benchmark", "spec.reportUri", KindRefused),
+];
+
+/// Values of read fields that are refused at admission: `(kind, field, value)`.
+const REFUSED_VALUES: &[(&str, &str, &str)] = &[
+    ("DistillationJob", "spec.task", r#""causal-lm""#),
+    ("DistillationJob", "spec.task", r#""embedding""#),
+    ("DistillationJob", "spec.student.architecture.family", r#""llama""#),
+    ("DistillationJob", "spec.teacher.uri", r#""s3://models/teacher""#),
+    ("DistillationJob", "spec.dataset.uri", r#""s3://data/reviews.csv""#),
+    ("DistillationJob", "spec.dataset.transferSet.uri", r#""s3://data/transfer.txt""#),
+    ("DistillationJob", "spec.output.uri", r#""s3://artifacts/student""#),
+    ("ModelDeployment", "spec.model.uri", r#""s3://artifacts/student""#),
+    ("ModelDeployment", "spec.rollout.analysis.goldenDataset.uri", r#""s3://data/golden.csv""#),
+];
+
+/// What a refusal of something not built says.
+const NOT_BUILT: [&str; 3] = ["not supported yet", "not built yet", "not run by the operator yet"];
+
+/// The spec's leaf fields of a schema (objects with properties are walked; arrays of objects are
+/// walked as `name[]`; maps and scalar arrays are leaves).
+fn leaves(schema: &Value, path: &str, out: &mut BTreeSet<String>) {
+    if let Some(props) = schema["properties"].as_object() {
+        for (name, sub) in props {
+            leaves(sub, &format!("{path}.{name}"), out);
+        }
+    } else if schema["type"] == "array" && schema["items"]["properties"].is_object() {
+        leaves(&schema["items"], &format!("{path}[]"), out);
+    } else {
+        out.insert(path.to_string());
+    }
+}
+
+fn spec_fields(kind: &str) -> BTreeSet<String> {
+    let crd = match kind {
+        "DistillationJob" => DistillationJob::crd(),
+        "ModelDeployment" => ModelDeployment::crd(),
+        "Benchmark" => Benchmark::crd(),
+        other => panic!("unknown kind {other}"),
+    };
+    let mut out = BTreeSet::new();
+    leaves(&crd_schema(&crd)["properties"]["spec"], "spec", &mut out);
+    out
+}
+
+/// The file's code: comment lines and the unit-test module left out.
+fn code_of(file: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let code = text.split("#[cfg(test)]").next().unwrap();
+    code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+}
+
+/// A valid object of `kind` to change one field of.
+fn base(kind: &str) -> Value {
+    let file = match kind {
+        "DistillationJob" => "examples/01-distillationjob.yaml",
+        "ModelDeployment" => "examples/02-modeldeployment.yaml",
+        other => panic!("no valid example of {other}"),
+    };
+    let doc = read_documents(&repo_root().join(file)).unwrap().remove(0);
+    validate_document(&doc).unwrap_or_else(|e| panic!("{file} must be valid: {e}"));
+    doc
+}
+
+/// Sets `path` (dotted, `[]` meaning the first element) to `value`, creating what is missing.
+fn set(doc: &mut Value, path: &str, value: Value) {
+    let mut at = doc;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let (name, element) = match part.strip_suffix("[]") {
+            Some(name) => (name, true),
+            None => (*part, false),
+        };
+        let map = at.as_object_mut().unwrap_or_else(|| panic!("{path}: {name}'s parent is not an object"));
+        if last && !element {
+            map.insert(name.to_string(), value);
+            return;
+        }
+        let next = map.entry(name).or_insert_with(|| if element { json!([{}]) } else { json!({}) });
+        at = if element { &mut next.as_array_mut().unwrap()[0] } else { next };
+        if last {
+            *at = value;
+            return;
+        }
+    }
+}
+
+/// The refusal of `doc`, which must be refused for something not built.
+fn refusal(doc: &Value, what: &str) -> String {
+    match validate_document(doc) {
+        Ok(()) => panic!("{what} was accepted; it must be refused at apply"),
+        Err(e @ ValidationError::Invalid { .. }) => {
+            let message = e.to_string();
+            assert!(
+                NOT_BUILT.iter().any(|m| message.contains(m)),
+                "{what} was refused, but not as something not built yet:\n{message}"
+            );
+            message
+        }
+        Err(other) => panic!("{what} refused for the wrong reason: {other}"),
+    }
+}
+
+#[test]
+fn every_spec_field_is_read_or_refused_at_apply() {
+    let mut problems = vec![];
+    for kind in ["DistillationJob", "ModelDeployment", "Benchmark"] {
+        let schema = spec_fields(kind);
+        let listed: BTreeSet<String> =
+            FIELDS.iter().filter(|(k, ..)| *k == kind).map(|(_, p, _)| p.to_string()).collect();
+        for missing in schema.difference(&listed) {
+            problems.push(format!(
+                "{kind} {missing}: a field nobody says they read — read it, refuse it at apply, or list it here with a reason"
+            ));
+        }
+        for stale in listed.difference(&schema) {
+            problems.push(format!("{kind} {stale}: listed here but not in the CRD"));
+        }
+    }
+    for (kind, path, how) in FIELDS {
+        match how {
+            Read(file, needle) => {
+                if !code_of(file).contains(needle) {
+                    problems.push(format!("{kind} {path}: {file} no longer reads it ({needle:?} not found)"));
+                }
+            }
+            Refused(value) => {
+                let mut doc = base(kind);
+                set(&mut doc, path, serde_json::from_str(value).unwrap());
+                refusal(&doc, &format!("{kind} {path}: {value}"));
+            }
+            RefusedAs(at, value) => {
+                assert!(path.starts_with(at), "{path}: {at} is not the field or a parent of it");
+                let mut doc = base(kind);
+                set(&mut doc, at, serde_json::from_str(value).unwrap());
+                refusal(&doc, &format!("{kind} {at}: {value}"));
+            }
+            KindRefused => {
+                let doc = &read_documents(&repo_root().join("examples/invalid/bench-not-built-yet.yaml")).unwrap()[0];
+                assert_eq!(doc["kind"], *kind);
+                let message = refusal(doc, &format!("a {kind}"));
+                assert!(message.contains("not run by the operator yet"), "{message}");
+            }
+            Exception(reason) => assert!(!reason.is_empty()),
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn values_not_built_yet_are_refused_at_apply() {
+    for (kind, path, value) in REFUSED_VALUES {
+        let mut doc = base(kind);
+        set(&mut doc, path, serde_json::from_str(value).unwrap());
+        if *path == "spec.student.architecture.family" {
+            // The example initialises its student from the teacher; an architecture replaces that.
+            doc["spec"]["student"] =
+                json!({"architecture": {"family": "llama", "layers": 2, "hiddenSize": 128, "attentionHeads": 2}});
+        }
+        if path.contains("transferSet") {
+            doc["spec"]["dataset"]["transferSet"]["format"] = json!("text");
+        }
+        if path.contains("goldenDataset") && doc["spec"]["rollout"]["analysis"]["goldenDataset"]["labelField"].is_null()
+        {
+            doc["spec"]["rollout"]["analysis"]["goldenDataset"]["labelField"] = json!("label");
+        }
+        refusal(&doc, &format!("{kind} {path}: {value}"));
+    }
+}
+
+/// The test above can fail: a field added to a schema and read by nobody is reported.
+#[test]
+fn an_unlisted_field_is_reported() {
+    let mut schema = crd_schema(&DistillationJob::crd())["properties"]["spec"].clone();
+    schema["properties"]["training"]["properties"]["dropout"] = json!({"type": "number"});
+    let mut fields = BTreeSet::new();
+    leaves(&schema, "spec", &mut fields);
+    let listed: BTreeSet<&str> = FIELDS.iter().filter(|(k, ..)| *k == "DistillationJob").map(|(_, p, _)| *p).collect();
+    let unlisted: Vec<&String> = fields.iter().filter(|f| !listed.contains(f.as_str())).collect();
+    assert_eq!(unlisted, vec!["spec.training.dropout"]);
+}
