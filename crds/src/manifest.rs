@@ -54,7 +54,8 @@ pub struct ArtifactManifest {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QualityWarning {
-    /// The cause: `TeacherNotBetterThanBaseline` or `NoDistillationGain`.
+    /// The cause: `TeacherNotBetterThanBaseline`, `StudentNotBetterThanMajority` or
+    /// `NoDistillationGain`.
     pub reason: String,
     /// What was measured, and what to check.
     pub message: String,
@@ -64,41 +65,65 @@ pub struct QualityWarning {
 pub const TEACHER_NOT_BETTER_THAN_BASELINE: &str = "TeacherNotBetterThanBaseline";
 /// The distilled student is not better than the same student trained on labels alone.
 pub const NO_DISTILLATION_GAIN: &str = "NoDistillationGain";
-/// The lead over the bag-of-words baseline (accuracy, as a fraction) below which the teacher
-/// counts as no better: one point, about the noise of a held-out split of a few thousand texts.
+/// The distilled student is not better than always answering the most common training label.
+pub const STUDENT_NOT_BETTER_THAN_MAJORITY: &str = "StudentNotBetterThanMajority";
+/// The lead (accuracy, as a fraction) below which a model counts as no better than a baseline:
+/// one point, about the noise of a held-out split of a few thousand texts.
 pub const MIN_TEACHER_LEAD: f64 = 0.01;
 
+/// The held-out accuracies a run measured, the ones its warnings are judged on (fractions, 0–1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HeldOutAccuracies {
+    /// The prepared teacher.
+    pub teacher: f64,
+    /// The bag-of-words logistic regression trained on the same labelled texts.
+    pub bag_of_words: f64,
+    /// Always answering the most common label of the training split.
+    pub majority_class: f64,
+    /// The distilled student.
+    pub distilled: f64,
+    /// The same student trained on labels alone, when that comparison was trained.
+    pub label_only: Option<f64>,
+}
+
 /// The warnings held-out accuracies call for: a teacher less than [`MIN_TEACHER_LEAD`] ahead of
-/// the bag-of-words baseline (it has little to teach), and a distilled student no better than
-/// the label-only one (when that baseline was trained).
-pub fn quality_warnings(
-    teacher: f64,
-    bag_of_words: f64,
-    distilled: f64,
-    label_only: Option<f64>,
-) -> Vec<QualityWarning> {
+/// the bag-of-words baseline (it has little to teach), a distilled student less than that ahead
+/// of always answering the majority class (it learned nothing), and a distilled student no better
+/// than the label-only one (when that baseline was trained).
+pub fn quality_warnings(a: &HeldOutAccuracies) -> Vec<QualityWarning> {
     let pct = |x: f64| format!("{:.2}%", x * 100.0);
     let mut warnings = vec![];
-    if teacher - bag_of_words < MIN_TEACHER_LEAD {
+    if a.teacher - a.bag_of_words < MIN_TEACHER_LEAD {
         warnings.push(QualityWarning {
             reason: TEACHER_NOT_BETTER_THAN_BASELINE.into(),
             message: format!(
                 "the teacher ({}) is not better than the bag-of-words baseline ({}) on this data — check the \
                  teacher's preparation (head epochs, trainable layers) and dataset.maxSequenceLength (truncation)",
-                pct(teacher),
-                pct(bag_of_words)
+                pct(a.teacher),
+                pct(a.bag_of_words)
             ),
         });
     }
-    if let Some(label_only) = label_only
-        && distilled <= label_only
+    if a.distilled - a.majority_class < MIN_TEACHER_LEAD {
+        warnings.push(QualityWarning {
+            reason: STUDENT_NOT_BETTER_THAN_MAJORITY.into(),
+            message: format!(
+                "the distilled student ({}) is not better than always answering the most common label ({}): it \
+                 learned nothing usable — check the training steps, the learning rate and the labels",
+                pct(a.distilled),
+                pct(a.majority_class)
+            ),
+        });
+    }
+    if let Some(label_only) = a.label_only
+        && a.distilled <= label_only
     {
         warnings.push(QualityWarning {
             reason: NO_DISTILLATION_GAIN.into(),
             message: format!(
                 "the distilled student ({}) is no better than the same student trained on labels alone ({}): \
                  distillation did not help here — check the teacher, loss.alpha and the temperature",
-                pct(distilled),
+                pct(a.distilled),
                 pct(label_only)
             ),
         });
@@ -198,14 +223,37 @@ pub fn sha256(bytes: &[u8]) -> String {
 mod quality_tests {
     use super::*;
 
+    fn figures(teacher: f64, bag_of_words: f64, distilled: f64, label_only: Option<f64>) -> HeldOutAccuracies {
+        HeldOutAccuracies { teacher, bag_of_words, majority_class: 0.5, distilled, label_only }
+    }
+
     #[test]
     fn a_weak_teacher_and_a_student_that_gains_nothing_are_warned_about() {
-        assert!(quality_warnings(0.85, 0.75, 0.82, Some(0.80)).is_empty(), "the main job's figures warn of nothing");
-        let w = quality_warnings(0.755, 0.75, 0.70, Some(0.71));
+        assert!(
+            quality_warnings(&figures(0.85, 0.75, 0.82, Some(0.80))).is_empty(),
+            "the main job's figures warn of nothing"
+        );
+        let w = quality_warnings(&figures(0.755, 0.75, 0.70, Some(0.71)));
         let reasons: Vec<&str> = w.iter().map(|w| w.reason.as_str()).collect();
         assert_eq!(reasons, [TEACHER_NOT_BETTER_THAN_BASELINE, NO_DISTILLATION_GAIN]);
         assert!(w[0].message.contains("75.50%") && w[0].message.contains("75.00%"), "{}", w[0].message);
-        assert!(quality_warnings(0.85, 0.75, 0.80, None).is_empty(), "no label-only run, no gain to judge");
-        assert_eq!(quality_warnings(0.85, 0.75, 0.80, Some(0.80))[0].reason, NO_DISTILLATION_GAIN, "equal is no gain");
+        assert!(quality_warnings(&figures(0.85, 0.75, 0.80, None)).is_empty(), "no label-only run, no gain to judge");
+        assert_eq!(
+            quality_warnings(&figures(0.85, 0.75, 0.80, Some(0.80)))[0].reason,
+            NO_DISTILLATION_GAIN,
+            "equal is no gain"
+        );
+    }
+
+    #[test]
+    fn a_student_that_always_answers_one_label_is_warned_about() {
+        let always_fresh =
+            HeldOutAccuracies { majority_class: 0.62, distilled: 0.62, ..figures(0.85, 0.75, 0.0, None) };
+        let w = quality_warnings(&always_fresh);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].reason, STUDENT_NOT_BETTER_THAN_MAJORITY);
+        assert!(w[0].message.contains("62.00%"), "{}", w[0].message);
+        let learned = HeldOutAccuracies { distilled: 0.70, ..always_fresh };
+        assert!(quality_warnings(&learned).is_empty());
     }
 }

@@ -58,27 +58,19 @@ impl Harness {
     }
 }
 
-/// A small job over the real teacher and data, on the claims the harness maps.
+/// The small job the component tests train (`worker/engine/tests/fixtures/small.yaml`), reading
+/// its teacher and data from, and writing to, the claims the harness maps.
 fn small_job(name: &str) -> Value {
-    json!({
-        "apiVersion": "distillery.dev/v1alpha1", "kind": "DistillationJob",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "task": "sequence-classification",
-            "teacher": {"uri": "file:///models/all-minilm-l6-v2", "volumeClaim": "models",
-                        "head": {"mode": "fine-tune", "trainableLayers": 1, "epochs": 1, "learningRate": 0.0001, "batchSize": 16}},
-            "student": {"initFromTeacher": {"layers": [0]}, "pruneVocabulary": true, "embeddingSize": 64},
-            "dataset": {"uri": "file:///data/rotten_tomatoes_corpus_full.csv.bz2", "volumeClaim": "datasets",
-                        "labelField": "category", "groupField": "movie_name", "labels": ["fresh", "rotten"],
-                        "skipLabels": ["plot"], "validationSplit": {"fraction": 0.2, "byGroup": true, "seed": 0},
-                        "maxSequenceLength": 48, "maxExamples": 600},
-            "loss": {"alpha": 0.3, "temperature": {"start": 3, "end": 1, "schedule": "linear"}},
-            "training": {"epochs": 2, "batchSize": 16, "learningRate": 0.0003, "seed": 0, "checkpointInterval": 5},
-            "resources": {"gpu": {"count": 0}},
-            "output": {"uri": format!("file:///artifacts/{name}"), "volumeClaim": "artifacts"},
-            "backoffLimit": 2,
-        }
-    })
+    let mut job = distillery_tests::read_documents(&distillery_tests::small_job_spec()).unwrap().remove(0);
+    job["metadata"] = json!({"name": name, "namespace": "default"});
+    let spec = &mut job["spec"];
+    spec["teacher"]["uri"] = json!("file:///models/all-minilm-l6-v2");
+    spec["teacher"]["volumeClaim"] = json!("models");
+    spec["dataset"]["uri"] = json!("file:///data/rotten_tomatoes_corpus_full.csv.bz2");
+    spec["dataset"]["volumeClaim"] = json!("datasets");
+    spec["output"] = json!({"uri": format!("file:///artifacts/{name}"), "volumeClaim": "artifacts"});
+    spec["backoffLimit"] = json!(2);
+    job
 }
 
 /// The directory a run of `dj` writes under its `output.uri`, as the CRD documents it:
@@ -180,8 +172,13 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
     let manifest = artifact.join("distillery.json");
     let digest = distillery_worker_digest(&manifest);
     assert_eq!(result.artifact_digest, digest, "the digest is the manifest's sha256");
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    distillery_tests::assert_small_student_learned(&manifest["metrics"]);
     let accuracy = result.student.accuracy.unwrap();
-    assert!((0.5..=1.0).contains(&accuracy), "{accuracy}");
+    assert!(
+        (accuracy - manifest["metrics"]["studentAccuracy"].as_f64().unwrap()).abs() < 1e-9,
+        "status has the manifest's figure"
+    );
     assert!(result.student.parameters > 0 && result.teacher.parameters > result.student.parameters);
     // The pod exported and quantized the student (ONNX Runtime from the worker image's
     // ORT_DYLIB_PATH); the status says which variant is served and why.

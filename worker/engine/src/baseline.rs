@@ -37,6 +37,22 @@ impl Default for BagOfWordsSettings {
     }
 }
 
+/// The held-out accuracy of always answering the most common label of the training split (the
+/// lowest label on a tie): the floor a model that learned anything must clear.
+pub fn majority_class_accuracy(train_labels: &[u32], held_out_labels: &[u32]) -> f64 {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for &l in train_labels {
+        *counts.entry(l).or_default() += 1;
+    }
+    let Some((&majority, _)) = counts.iter().max_by_key(|&(&label, &n)| (n, std::cmp::Reverse(label))) else {
+        return 0.0;
+    };
+    if held_out_labels.is_empty() {
+        return 0.0;
+    }
+    held_out_labels.iter().filter(|&&l| l == majority).count() as f64 / held_out_labels.len() as f64
+}
+
 /// Lower-cased word tokens of two or more alphanumeric characters (scikit-learn's default
 /// `token_pattern`, `(?u)\b\w\w+\b`).
 pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
@@ -206,5 +222,17 @@ mod tests {
         let got: Vec<f32> = row.iter().map(|(_, v)| *v).collect();
         assert!((got[0] - aa / norm).abs() < 1e-6 && (got[1] - bb / norm).abs() < 1e-6, "{got:?}");
         assert!(model.features("zz yy").is_empty(), "unknown words are ignored");
+    }
+
+    #[test]
+    fn the_majority_class_is_the_training_splits_most_common_label() {
+        // Label 1 leads the training split; the held-out split is mostly 0, so always answering 1
+        // scores its share of 1s, not the held-out majority.
+        assert!((majority_class_accuracy(&[1, 1, 0], &[0, 0, 0, 1]) - 0.25).abs() < 1e-12);
+        assert!(
+            (majority_class_accuracy(&[0, 1], &[0, 1, 0]) - 2.0 / 3.0).abs() < 1e-12,
+            "a tie goes to the lowest label"
+        );
+        assert_eq!(majority_class_accuracy(&[], &[0]), 0.0);
     }
 }

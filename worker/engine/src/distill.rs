@@ -11,12 +11,12 @@ use candle_nn::{VarBuilder, VarMap};
 use distillery_crds::DistillationJob;
 use distillery_crds::distillation::{AlignmentKind, LayerPair, QuantizationMode};
 use distillery_crds::manifest::{
-    ArtifactManifest, FileEntry, Lineage, MANIFEST_FILE, MANIFEST_VERSION, quality_warnings,
+    ArtifactManifest, FileEntry, HeldOutAccuracies, Lineage, MANIFEST_FILE, MANIFEST_VERSION, quality_warnings,
 };
 use serde_json::{Value, json};
 
 use crate::align::HiddenAlignment;
-use crate::baseline::{BagOfWords, BagOfWordsSettings};
+use crate::baseline::{BagOfWords, BagOfWordsSettings, majority_class_accuracy};
 use crate::checkpoint::CheckpointError;
 use crate::classifier::Classifier;
 use crate::inputs::{self, InputError, Inputs};
@@ -269,6 +269,8 @@ pub fn run(
         check_layer_map(&f.layer_map, student_layers, teacher_layers)?;
     }
     let held_out_labels: Vec<u32> = inputs.split.validation.iter().map(|&i| inputs.labels[i]).collect();
+    let train_labels: Vec<u32> = inputs.split.train.iter().map(|&i| inputs.labels[i]).collect();
+    let majority_accuracy = majority_class_accuracy(&train_labels, &held_out_labels);
     let classes = inputs.dataset.labels.len();
 
     let bow_accuracy = bag_of_words(&inputs);
@@ -404,6 +406,7 @@ pub fn run(
         ("studentAccuracy", *student_accuracy),
         ("labelOnlyAccuracy", label_only_accuracy),
         ("bagOfWordsAccuracy", bow_accuracy),
+        ("majorityClassAccuracy", majority_accuracy),
         ("retention", student_accuracy / teacher.preparation.held_out_accuracy),
         ("distillationGain", student_accuracy - label_only_accuracy),
         ("teacherParameters", teacher_params as f64),
@@ -452,12 +455,13 @@ pub fn run(
         variants: BTreeMap::new(),
         served_variant: None,
         served_variant_reason: None,
-        warnings: quality_warnings(
-            teacher.preparation.held_out_accuracy,
-            bow_accuracy,
-            *student_accuracy,
-            (trained.len() > 1).then_some(label_only_accuracy),
-        ),
+        warnings: quality_warnings(&HeldOutAccuracies {
+            teacher: teacher.preparation.held_out_accuracy,
+            bag_of_words: bow_accuracy,
+            majority_class: majority_accuracy,
+            distilled: *student_accuracy,
+            label_only: (trained.len() > 1).then_some(label_only_accuracy),
+        }),
     };
     let manifest_path = output.join(MANIFEST_FILE);
     write_atomically(&manifest_path, &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))

@@ -55,6 +55,12 @@ fn a_small_job_writes_a_verifiable_artifact_and_a_killed_run_resumes_to_the_same
         assert!((0.0..=2.0).contains(&metrics[key].as_f64().unwrap()), "{key}");
     }
     assert!(metrics["parameterFraction"].as_f64().unwrap() < 0.15);
+    // The student learned (margins from the figures measured in the fixture's header): ten points
+    // above always answering the majority label, and distillation not below labels alone.
+    let figure = |k: &str| metrics[k].as_f64().unwrap();
+    assert!(figure("studentAccuracy") >= figure("majorityClassAccuracy") + 0.10, "{metrics}");
+    assert!(figure("studentAccuracy") >= figure("labelOnlyAccuracy"), "{metrics}");
+    assert!(m["warnings"].as_array().is_none_or(Vec::is_empty), "the small job warns of nothing: {}", m["warnings"]);
     assert_eq!(m["lineage"]["specHash"].as_str().unwrap().len(), 64);
     // The artifact's tokenizer and config agree: the pruned vocabulary is what the weights hold.
     let config: serde_json::Value =
@@ -192,7 +198,7 @@ fn a_small_job_writes_a_verifiable_artifact_and_a_killed_run_resumes_to_the_same
     config["id2label"] = serde_json::json!({"0": "rotten", "1": "fresh"});
     std::fs::write(shipped.join("config.json"), config.to_string()).unwrap();
     std::fs::copy(cache.join("teacher/all-minilm-l6-v2/tokenizer.json"), shipped.join("tokenizer.json")).unwrap();
-    let head = "    head:\n      mode: fine-tune\n      trainableLayers: 1\n      epochs: 1\n      learningRate: 0.0001\n      batchSize: 16\n";
+    let head = "    head:\n      mode: fine-tune\n      trainableLayers: 1\n      epochs: 1\n      learningRate: 0.001\n      batchSize: 16\n";
     let with_head = std::fs::read_to_string(small_job())
         .unwrap()
         .replace("file://${DISTILLERY_CACHE}/teacher/all-minilm-l6-v2", &format!("file://{}", shipped.display()))
