@@ -429,6 +429,8 @@ async fn injected_faults_reach_the_client_once() {
         verb: Some("create".into()),
         resource: Some("configmaps".into()),
         name: None,
+        user: None,
+        every: 1,
         error: ApiError::internal("injected"),
         times: 1,
     });

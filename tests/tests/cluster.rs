@@ -224,6 +224,122 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
     .await;
 }
 
+/// The operator under API faults: while the small job runs, one in three of the operator's patches
+/// (its server-side applies of the Job, the worker's ServiceAccount and RoleBinding, and status)
+/// gets a 500, one in five a 409, one in two of its creates (Events) a 500, and every open watch is
+/// dropped every two seconds. The job ends as it does without faults (Succeeded, with its result),
+/// one Job and one pod are made, the operator's request rate stays bounded (no hot loop), and
+/// once the faults stop nobody writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_api_faults_a_distillation_job_converges_without_duplicates_or_a_hot_loop() {
+    use distillery_tests::apiserver::status::ApiError;
+    use distillery_tests::apiserver::store::Fault;
+    const OPERATOR: &str = "distillery-operator";
+    let h = Harness::start().await;
+    let kubeconfig = h.root.path().join("operator.kubeconfig");
+    h.server.write_kubeconfig_as(&kubeconfig, OPERATOR).unwrap();
+    let conflict = ApiError {
+        code: 409,
+        reason: "Conflict",
+        message: "Operation cannot be fulfilled: the object has been modified; please apply your changes to the \
+                  latest version and try again (injected)"
+            .into(),
+        details: None,
+    };
+    for (verb, every, error) in [
+        ("patch", 3, ApiError::internal("injected: etcdserver: request timed out")),
+        ("patch", 5, conflict),
+        ("create", 2, ApiError::internal("injected: etcdserver: request timed out")),
+    ] {
+        h.server.inject(Fault {
+            verb: Some(verb.into()),
+            resource: None,
+            name: None,
+            user: Some(OPERATOR.into()),
+            every,
+            error,
+            times: usize::MAX,
+        });
+    }
+    let _operator = Operator::start(&kubeconfig, &h.operator_log(), &[]);
+    let djs: Api<DistillationJob> = Api::default_namespaced(h.server.client());
+    let name = "faulty";
+    djs.patch(name, &PatchParams::apply("kubectl"), &Patch::Apply(&small_job(name))).await.unwrap();
+    let started = Instant::now();
+    let mut polls = 0u32;
+    let done = wait_for(
+        "the DistillationJob to succeed under faults",
+        Duration::from_secs(900),
+        async || {
+            polls += 1;
+            if polls.is_multiple_of(10) {
+                h.server.drop_watches();
+            }
+            let dj = djs.get(name).await.ok()?;
+            let phase = serde_json::to_value(dj.status.as_ref()?.phase).ok()?;
+            assert_ne!(phase, "Failed", "{:?}\n{}", dj.status, h.diagnostics());
+            (phase == "Succeeded" && dj.status.as_ref()?.result.is_some()).then_some(dj)
+        },
+        &h,
+    )
+    .await;
+    let run_time = started.elapsed();
+    h.server.clear_faults();
+
+    // The same end as without faults: Complete, the result, one Job, one pod.
+    let run = run_id(&done);
+    let status = done.status.unwrap();
+    assert!(distillery_crds::conditions::is_true(&status.conditions, "Complete"), "{status:?}");
+    let result = status.result.unwrap();
+    assert_eq!(result.artifact_uri, format!("file:///artifacts/{name}/{run}"));
+    let jobs: Api<Job> = Api::default_namespaced(h.server.client());
+    assert_eq!(jobs.list(&ListParams::default()).await.unwrap().items.len(), 1, "one Job");
+    let pods: Api<Pod> = Api::default_namespaced(h.server.client());
+    assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 1, "one pod");
+
+    // Bounded: the operator's requests per second, over the run and in its busiest second.
+    let (requests, writes) = {
+        let state = h.server.state();
+        let mine: Vec<_> = state.requests().iter().filter(|r| r.user == OPERATOR).cloned().collect();
+        let writes = mine.iter().filter(|r| matches!(r.verb, "create" | "patch" | "update" | "delete")).count();
+        (mine, writes)
+    };
+    let first = requests.first().expect("the operator made requests").at;
+    let mut per_second: HashMap<u64, usize> = HashMap::new();
+    for r in &requests {
+        *per_second.entry(r.at.duration_since(first).as_secs()).or_default() += 1;
+    }
+    let busiest = per_second.values().copied().max().unwrap_or(0);
+    let average = requests.len() as f64 / run_time.as_secs_f64();
+    let mut by_verb: HashMap<&str, usize> = HashMap::new();
+    for r in &requests {
+        *by_verb.entry(r.verb).or_default() += 1;
+    }
+    eprintln!(
+        "under faults: {} operator requests ({writes} writes) in {:.0} s, {average:.2}/s on average, {busiest} in the busiest second; by verb {by_verb:?}",
+        requests.len(),
+        run_time.as_secs_f64()
+    );
+    // Every dropped watch is opened again (the operator has fewer than ten): that is the cost of
+    // the drops, not a loop. Measured (AMD EPYC, 2 cores): 248 watches over 31 drops, 84 other
+    // requests (gets, lists, 11 writes) in 62 s — 1.4/s —, 24 requests in the busiest second.
+    let drops = (polls / 10) as usize;
+    let watches = by_verb.get("watch").copied().unwrap_or(0);
+    assert!(watches <= 10 * (drops + 1), "{watches} watches for {drops} drops: watches reopened in a loop");
+    let others = requests.len() - watches;
+    let rate = others as f64 / run_time.as_secs_f64();
+    assert!(rate < 3.0, "{rate:.2} requests/s besides watches: a hot loop");
+    assert!(busiest <= 40, "{busiest} requests in one second: a hot loop");
+    assert!(by_verb.get("patch").copied().unwrap_or(0) >= 5, "too few patches for the faults to have been met");
+
+    // Quiet once the faults stop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = h.server.state().writes().len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after: Vec<_> = h.server.state().writes()[before..].to_vec();
+    assert!(after.is_empty(), "writes during the quiet period: {after:?}");
+}
+
 fn distillery_worker_digest(path: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))

@@ -70,14 +70,155 @@ fn selector_matches_template(object: &Value, causes: &mut Causes) {
     }
 }
 
-/// The `(field, message)` violations of a built-in object (empty when it is valid).
-pub fn validate(rt: &ResourceType, object: &Value) -> Causes {
+/// A Job's `podFailurePolicy`, checked as the real API server checks it (`ValidateJob` in
+/// `pkg/apis/batch/validation`): at most 20 rules; each with exactly one of `onExitCodes` and
+/// `onPodConditions`; exit-code values 1–255 for `In` (0 is allowed only for `NotIn`), unique and
+/// ordered, at most 255; a `containerName` that names a container or init container of the
+/// template; pod-condition statuses `True`, `False` or `Unknown`; and `restartPolicy: Never`.
+fn pod_failure_policy(spec: &Value, causes: &mut Causes) {
+    let Some(policy) = spec.get("podFailurePolicy").filter(|p| !p.is_null()) else { return };
+    let template = &spec["template"]["spec"];
+    if let Some(restart) = template["restartPolicy"].as_str()
+        && restart != "Never"
+    {
+        causes.push((
+            "spec.template.spec.restartPolicy".into(),
+            format!("Invalid value: \"{restart}\": only \"Never\" is supported when podFailurePolicy is specified"),
+        ));
+    }
+    let rules = policy["rules"].as_array().cloned().unwrap_or_default();
+    if rules.len() > 20 {
+        causes.push((
+            "spec.podFailurePolicy.rules".into(),
+            format!("Too many: {}: must have at most 20 items", rules.len()),
+        ));
+    }
+    let containers: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| template[*k].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for (i, rule) in rules.iter().enumerate() {
+        let at = format!("spec.podFailurePolicy.rules[{i}]");
+        let action = rule["action"].as_str().unwrap_or_default();
+        if !["FailJob", "Ignore", "Count", "FailIndex"].contains(&action) {
+            causes.push((
+                format!("{at}.action"),
+                format!("Unsupported value: \"{action}\": supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\""),
+            ));
+        } else if action == "FailIndex" && spec["backoffLimitPerIndex"].is_null() {
+            causes.push((
+                format!("{at}.action"),
+                "Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set".into(),
+            ));
+        }
+        let on_exit = rule.get("onExitCodes").filter(|v| !v.is_null());
+        let on_conditions = rule.get("onPodConditions").filter(|v| !v.is_null());
+        match (on_exit, on_conditions) {
+            (None, None) => causes.push((
+                at.clone(),
+                "Invalid value: specifying one of OnExitCodes and OnPodConditions is required".into(),
+            )),
+            (Some(_), Some(_)) => causes.push((
+                at.clone(),
+                "Invalid value: specifying both OnExitCodes and OnPodConditions is not supported".into(),
+            )),
+            (Some(on), None) => {
+                let at = format!("{at}.onExitCodes");
+                let operator = on["operator"].as_str().unwrap_or_default();
+                if !["In", "NotIn"].contains(&operator) {
+                    causes.push((
+                        format!("{at}.operator"),
+                        format!("Unsupported value: \"{operator}\": supported values: \"In\", \"NotIn\""),
+                    ));
+                }
+                if let Some(name) = on["containerName"].as_str()
+                    && !containers.contains(&name)
+                {
+                    causes.push((
+                        format!("{at}.containerName"),
+                        format!("Invalid value: \"{name}\": must be one of the container or initContainer names in the pod template"),
+                    ));
+                }
+                let values: Vec<i64> =
+                    on["values"].as_array().into_iter().flatten().filter_map(Value::as_i64).collect();
+                if values.is_empty() {
+                    required(causes, &format!("{at}.values"), ": at least one value is required");
+                }
+                if values.len() > 255 {
+                    causes.push((
+                        format!("{at}.values"),
+                        format!("Too many: {}: must have at most 255 items", values.len()),
+                    ));
+                }
+                for (k, &v) in values.iter().enumerate() {
+                    let field = format!("{at}.values[{k}]");
+                    if operator == "In" && v == 0 {
+                        causes.push((field, "Invalid value: 0: must not be 0 for the In operator".into()));
+                    } else if values[..k].contains(&v) {
+                        causes.push((field, format!("Duplicate value: {v}")));
+                    } else if k > 0 && values[k - 1] > v {
+                        causes.push((field, format!("Invalid value: {v}: must be ordered")));
+                    }
+                }
+            }
+            (None, Some(conditions)) => {
+                for (k, c) in conditions.as_array().into_iter().flatten().enumerate() {
+                    let status = c["status"].as_str().unwrap_or_default();
+                    if !["True", "False", "Unknown"].contains(&status) {
+                        causes.push((
+                            format!("{at}.onPodConditions[{k}].status"),
+                            format!(
+                                "Unsupported value: \"{status}\": supported values: \"False\", \"True\", \"Unknown\""
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A Job's template is immutable once created, except that a suspended Job that never started
+/// may change its scheduling directives (labels, annotations, node selector, tolerations,
+/// scheduling gates), as the real API server allows for queueing controllers.
+fn job_template_unchanged(old: &Value, new: &Value, causes: &mut Causes) {
+    let (before, after) = (&old["spec"]["template"], &new["spec"]["template"]);
+    if before == after {
+        return;
+    }
+    let never_started = old["spec"]["suspend"] == true && old["status"]["startTime"].is_null();
+    let without_directives = |t: &Value| {
+        let mut t = t.clone();
+        if let Some(m) = t["metadata"].as_object_mut() {
+            m.remove("labels");
+            m.remove("annotations");
+        }
+        if let Some(s) = t["spec"].as_object_mut() {
+            for k in ["nodeSelector", "tolerations", "schedulingGates"] {
+                s.remove(k);
+            }
+        }
+        t
+    };
+    if !(never_started && without_directives(before) == without_directives(after)) {
+        causes.push(("spec.template".into(), "Invalid value: field is immutable".into()));
+    }
+}
+
+/// The `(field, message)` violations of a built-in object (empty when it is valid); `old` is the
+/// stored object on an update.
+pub fn validate(rt: &ResourceType, object: &Value, old: Option<&Value>) -> Causes {
     let mut causes = vec![];
     let spec = &object["spec"];
     match rt.kind.as_str() {
         "Pod" => pod_spec(spec, "spec", &mut causes),
         "Job" => {
             pod_spec(&spec["template"]["spec"], "spec.template.spec", &mut causes);
+            pod_failure_policy(spec, &mut causes);
+            if let Some(old) = old {
+                job_template_unchanged(old, object, &mut causes);
+            }
             match spec["template"]["spec"]["restartPolicy"].as_str() {
                 Some("Never") | Some("OnFailure") => {}
                 _ => required(
@@ -139,11 +280,11 @@ mod tests {
         let registry = Registry::default();
         let jobs = registry.find("batch", "v1", "jobs").unwrap();
         let job = json!({"spec": {"template": {"spec": {"containers": [{"name": "w"}]}}}});
-        let causes = validate(jobs, &job);
+        let causes = validate(jobs, &job, None);
         let fields: Vec<&str> = causes.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, vec!["spec.template.spec.containers[0].image", "spec.template.spec.restartPolicy"]);
         let good = json!({"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "w", "image": "x"}]}}}});
-        assert!(validate(jobs, &good).is_empty());
+        assert!(validate(jobs, &good, None).is_empty());
     }
 
     #[test]
@@ -151,8 +292,68 @@ mod tests {
         let registry = Registry::default();
         let deployments = registry.find("apps", "v1", "deployments").unwrap();
         let d = json!({"spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "s", "image": "x"}]}}}});
-        let causes = validate(deployments, &d);
+        let causes = validate(deployments, &d, None);
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].0, "spec.template.metadata.labels");
+    }
+
+    fn job_with(policy: serde_json::Value, restart: &str) -> serde_json::Value {
+        json!({"spec": {"podFailurePolicy": policy, "template": {"spec": {"restartPolicy": restart,
+            "containers": [{"name": "worker", "image": "x"}]}}}})
+    }
+
+    #[test]
+    fn a_pod_failure_policy_is_refused_as_the_real_server_refuses_it() {
+        let registry = Registry::default();
+        let jobs = registry.find("batch", "v1", "jobs").unwrap();
+        let good = json!({"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]});
+        assert!(validate(jobs, &job_with(good.clone(), "Never"), None).is_empty());
+        let fields = |job: serde_json::Value| -> Vec<String> {
+            validate(jobs, &job, None).into_iter().map(|(f, _)| f).collect()
+        };
+        assert_eq!(fields(job_with(good, "OnFailure")), ["spec.template.spec.restartPolicy"]);
+        let bad = json!({"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": "other", "operator": "In", "values": [0, 3, 3, 1]}},
+            {"action": "Ignore"},
+            {"action": "Restart", "onPodConditions": [{"type": "DisruptionTarget", "status": "Maybe"}]}]});
+        assert_eq!(
+            fields(job_with(bad, "Never")),
+            [
+                "spec.podFailurePolicy.rules[0].onExitCodes.containerName",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[0]",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[2]",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[3]",
+                "spec.podFailurePolicy.rules[1]",
+                "spec.podFailurePolicy.rules[2].action",
+                "spec.podFailurePolicy.rules[2].onPodConditions[0].status",
+            ]
+        );
+        let many: Vec<_> =
+            (1..=21).map(|v| json!({"action": "Count", "onExitCodes": {"operator": "In", "values": [v]}})).collect();
+        assert_eq!(fields(job_with(json!({"rules": many}), "Never")), ["spec.podFailurePolicy.rules"]);
+        let not_in_zero = json!({"rules": [{"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [0]}}]});
+        assert!(fields(job_with(not_in_zero, "Never")).is_empty(), "0 is allowed with NotIn");
+    }
+
+    #[test]
+    fn a_jobs_template_is_immutable_except_scheduling_directives_before_it_starts() {
+        let registry = Registry::default();
+        let jobs = registry.find("batch", "v1", "jobs").unwrap();
+        let job = |suspend: bool, image: &str, node: &str| {
+            json!({"spec": {"suspend": suspend, "template": {"spec": {"restartPolicy": "Never",
+                "nodeSelector": {"pool": node}, "containers": [{"name": "w", "image": image}]}}}})
+        };
+        let running = job(false, "a", "x");
+        let causes = validate(jobs, &job(false, "b", "x"), Some(&running));
+        assert_eq!(causes, [("spec.template".to_string(), "Invalid value: field is immutable".to_string())]);
+        assert!(validate(jobs, &job(false, "a", "x"), Some(&running)).is_empty(), "unchanged is fine");
+        let queued = job(true, "a", "x");
+        assert!(validate(jobs, &job(true, "a", "y"), Some(&queued)).is_empty(), "a queued Job may move nodes");
+        assert_eq!(validate(jobs, &job(true, "b", "x"), Some(&queued)).len(), 1, "but not change its container");
+        let mut started = queued.clone();
+        started["status"] = json!({"startTime": "2026-01-01T00:00:00Z"});
+        assert_eq!(validate(jobs, &job(true, "a", "y"), Some(&started)).len(), 1, "once started, nothing");
     }
 }

@@ -108,7 +108,13 @@ async fn handle(
         (&Method::DELETE, _, _) => "delete",
         _ => return ApiError::method_not_allowed(format!("{method} is not supported")).into_response(),
     };
-    if let Some(error) = shared.lock().take_fault(verb, &target.rt.plural, target.name.as_deref()) {
+    let user = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("anonymous")
+        .to_string();
+    if let Some(error) = shared.lock().take_fault(verb, &target.rt.plural, target.name.as_deref(), &user) {
         return error.into_response();
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown").to_string();

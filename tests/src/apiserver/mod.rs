@@ -138,9 +138,17 @@ impl ApiServer {
 
     /// Writes a kubeconfig for the server (context `harness`, namespace `default`) to `path`.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        self.write_kubeconfig_as(path, "harness")
+    }
+
+    /// Writes a kubeconfig whose requests carry the bearer token `user`, by which the server
+    /// tells clients apart ([`RequestRecord::user`], [`Fault::user`]).
+    ///
+    /// [`RequestRecord::user`]: store::RequestRecord::user
+    pub fn write_kubeconfig_as(&self, path: &Path, user: &str) -> std::io::Result<()> {
         let config = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: harness\n  cluster:\n    server: {}\nusers:\n- name: harness\n  \
-             user:\n    token: harness\ncontexts:\n- name: harness\n  context:\n    cluster: harness\n    user: harness\n    \
+             user:\n    token: {user}\ncontexts:\n- name: harness\n  context:\n    cluster: harness\n    user: harness\n    \
              namespace: default\ncurrent-context: harness\n",
             self.url()
         );
@@ -161,6 +169,11 @@ impl ApiServer {
     /// Makes matching requests fail with `fault.error`, `fault.times` times.
     pub fn inject(&self, fault: Fault) {
         self.state().inject(fault);
+    }
+
+    /// Removes every injected fault.
+    pub fn clear_faults(&self) {
+        self.state().clear_faults();
     }
 
     /// Ends every open watch (clients must re-watch from their last `resourceVersion`).

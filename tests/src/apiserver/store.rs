@@ -144,10 +144,33 @@ pub struct Fault {
     pub resource: Option<String>,
     /// Object name; any when `None`.
     pub name: Option<String>,
+    /// The client, by its bearer token ([`ApiServer::write_kubeconfig_as`]); any when `None`.
+    ///
+    /// [`ApiServer::write_kubeconfig_as`]: super::ApiServer::write_kubeconfig_as
+    pub user: Option<String>,
+    /// It applies to every `every`-th matching request (1: each one), so that a stated share of
+    /// a client's requests fail.
+    pub every: usize,
     /// What the request gets instead of being served.
     pub error: ApiError,
     /// How many requests it applies to.
     pub times: usize,
+}
+
+/// One request the server received (before any fault), for rate and hot-loop checks.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// The client, by its bearer token: `harness` for processes using [`ApiServer::write_kubeconfig`]'s
+    /// kubeconfig, `anonymous` for in-process clients (no token).
+    ///
+    /// [`ApiServer::write_kubeconfig`]: super::ApiServer::write_kubeconfig
+    pub user: String,
+    /// `get`, `list`, `watch`, `create`, `update`, `patch` or `delete`.
+    pub verb: &'static str,
+    /// Plural of the resource.
+    pub resource: String,
 }
 
 /// How many watch events the server keeps; a watch from an older `resourceVersion` gets 410 Gone.
@@ -163,7 +186,9 @@ pub struct State {
     log: VecDeque<Event>,
     /// Events up to and including this `resourceVersion` are no longer in the log.
     compacted: u64,
-    faults: Vec<Fault>,
+    /// Each fault with how many matching requests it has seen.
+    faults: Vec<(Fault, usize)>,
+    requests: Vec<RequestRecord>,
     /// Bumped to make every open watch end (fault injection).
     pub watch_epoch: u64,
     writes: Vec<WriteRecord>,
@@ -262,6 +287,7 @@ impl Default for State {
             log: VecDeque::new(),
             compacted: 0,
             faults: vec![],
+            requests: vec![],
             watch_epoch: 0,
             writes: vec![],
             names: 0,
@@ -305,23 +331,56 @@ impl State {
 
     /// Adds a fault.
     pub fn inject(&mut self, fault: Fault) {
-        self.faults.push(fault);
+        self.faults.push((fault, 0));
     }
 
-    /// The fault a request meets, if any (consuming one of its uses).
-    pub fn take_fault(&mut self, verb: &str, resource: &str, name: Option<&str>) -> Option<ApiError> {
-        let i = self.faults.iter().position(|f| {
-            f.times > 0
+    /// Removes every fault.
+    pub fn clear_faults(&mut self) {
+        self.faults.clear();
+    }
+
+    /// Records a request and returns the fault it meets, if any (consuming one of its uses).
+    pub fn take_fault(
+        &mut self,
+        verb: &'static str,
+        resource: &str,
+        name: Option<&str>,
+        user: &str,
+    ) -> Option<ApiError> {
+        self.requests.push(RequestRecord {
+            at: std::time::Instant::now(),
+            user: user.to_string(),
+            verb,
+            resource: resource.to_string(),
+        });
+        let mut fired = None;
+        for (i, (f, seen)) in self.faults.iter_mut().enumerate() {
+            let matches = f.times > 0
                 && f.verb.as_deref().is_none_or(|v| v == verb)
                 && f.resource.as_deref().is_none_or(|r| r == resource)
                 && f.name.as_deref().is_none_or(|n| Some(n) == name)
-        })?;
-        self.faults[i].times -= 1;
-        let error = self.faults[i].error.clone();
-        if self.faults[i].times == 0 {
+                && f.user.as_deref().is_none_or(|u| u == user);
+            if !matches {
+                continue;
+            }
+            *seen += 1;
+            if fired.is_none() && *seen % f.every.max(1) == 0 {
+                fired = Some(i);
+            }
+        }
+        let i = fired?;
+        let fault = &mut self.faults[i].0;
+        fault.times -= 1;
+        let error = fault.error.clone();
+        if fault.times == 0 {
             self.faults.remove(i);
         }
         Some(error)
+    }
+
+    /// Every request so far, in order of arrival.
+    pub fn requests(&self) -> &[RequestRecord] {
+        &self.requests
     }
 
     /// Every successful write so far.
@@ -434,7 +493,7 @@ impl State {
                 return Err(ApiError::invalid(rt, name, &violations));
             }
         } else {
-            let violations = super::builtin::validate(rt, object);
+            let violations = super::builtin::validate(rt, object, old);
             if !violations.is_empty() {
                 return Err(ApiError::invalid(rt, name, &violations));
             }

@@ -349,18 +349,24 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
         };
         let killed = !processes.running(&uid);
         processes.remove(&uid);
+        // A process ended by a signal exits with 128 + the signal's number, as a container runtime
+        // reports it (143 after SIGTERM, 137 after SIGKILL).
         let code = match &exit {
-            Ok(s) => s.code().unwrap_or(137),
+            Ok(s) => s.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(s).unwrap_or(9)),
             Err(_) => 128,
         };
-        let mut message = std::fs::read_to_string(&prepared.termination_file).unwrap_or_default();
+        // The kubelet reads at most the last 4,096 bytes of the file, and, falling back to the
+        // logs, at most their last 80 lines and 2,048 bytes.
+        let file = std::fs::read(&prepared.termination_file).unwrap_or_default();
+        let mut message = String::from_utf8_lossy(last_bytes(&file, TERMINATION_MESSAGE_MAX)).into_owned();
         if message.trim().is_empty()
             && code != 0
             && container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
         {
             let log = std::fs::read_to_string(prepared.dir.join("stderr.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(80).collect();
-            message = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            message = String::from_utf8_lossy(last_bytes(tail.as_bytes(), TERMINATION_LOG_TAIL_MAX)).into_owned();
         }
         let message = prepared.paths.to_container(&message);
         let again = !killed
@@ -376,15 +382,25 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        if killed {
-            return;
-        }
-        let phase = if code == 0 { "Succeeded" } else { "Failed" };
+        // A pod deleted while it ran ends too: its container was stopped, and the pod is marked
+        // terminal (Failed, unless the process still exited 0) before it is removed, so that
+        // whoever tracks it (the Job controller's finalizer) sees how it ended.
+        let phase = if code == 0 && !killed { "Succeeded" } else { "Failed" };
         let status = json!({"phase": phase, "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now()}],
                             "containerStatuses": [{"name": container.name, "image": image, "imageID": "", "ready": false,
                                                    "restartCount": restarts, "state": {"terminated": terminated}}]});
         return set_status(&pods, &name, status).await;
     }
+}
+
+/// The most of a termination-message file the kubelet reads (its last bytes).
+pub const TERMINATION_MESSAGE_MAX: usize = 4096;
+/// The most of a log tail the kubelet uses as a termination message (`FallbackToLogsOnError`).
+pub const TERMINATION_LOG_TAIL_MAX: usize = 2048;
+
+/// The last `max` bytes of `bytes`.
+fn last_bytes(bytes: &[u8], max: usize) -> &[u8] {
+    &bytes[bytes.len().saturating_sub(max)..]
 }
 
 /// An HTTP GET on `ip`:`port` answered with a 2xx status.
