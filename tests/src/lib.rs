@@ -6,6 +6,7 @@
 pub mod apiserver;
 pub mod chart;
 pub mod cluster;
+pub mod identity;
 pub mod operator;
 
 use std::path::{Path, PathBuf};

@@ -12,6 +12,16 @@ impl OperatorProcess {
     /// Starts `distillery-operator run` against `kubeconfig` with the test images and `extra`
     /// flags, logging to `log`. `DISTILLERY_OPERATOR_BIN` runs another build (e.g. release).
     pub fn start(kubeconfig: &Path, log: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(kubeconfig, &[], log, extra)
+    }
+
+    /// Starts the operator as the chart runs it: as its ServiceAccount, with the chart's
+    /// environment (the test's flags still win).
+    pub fn start_as(identity: &crate::identity::OperatorIdentity, log: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(&identity.kubeconfig, &identity.env, log, extra)
+    }
+
+    fn start_with_env(kubeconfig: &Path, env: &[(String, String)], log: &Path, extra: &[&str]) -> Self {
         let log = std::fs::File::create(log).expect("the operator's log file");
         let binary = std::env::var_os("DISTILLERY_OPERATOR_BIN")
             .map(PathBuf::from)
@@ -21,6 +31,7 @@ impl OperatorProcess {
             .args(["--worker-image", "ghcr.io/distillery-dev/distillery-worker:test"])
             .args(["--server-image", "ghcr.io/distillery-dev/distillery-server:test"])
             .args(extra)
+            .envs(env.iter().cloned())
             .env("KUBECONFIG", kubeconfig)
             .env("DISTILLERY_LOG_LEVEL", "info,kube=warn")
             .stdout(Stdio::null())

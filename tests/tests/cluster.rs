@@ -11,6 +11,7 @@ use distillery_crds::DistillationJob;
 use distillery_crds::distillation::JobPhase;
 use distillery_tests::apiserver::ApiServer;
 use distillery_tests::cluster::{Cluster, pod_ready, workspace_binary};
+use distillery_tests::identity::{OperatorIdentity, RELEASE_NAMESPACE, install_chart_rbac, remove_rule};
 use distillery_tests::operator::OperatorProcess as Operator;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -22,6 +23,8 @@ struct Harness {
     cluster: Cluster,
     root: tempfile::TempDir,
     artifacts: PathBuf,
+    /// The operator's chart identity; RBAC is enforced.
+    identity: OperatorIdentity,
 }
 
 impl Harness {
@@ -38,7 +41,13 @@ impl Harness {
         ]);
         let cluster = Cluster::start(&server, images, claims, &root.path().join("cluster")).unwrap();
         server.install_crds("kubectl").await.unwrap();
-        Self { server, cluster, root, artifacts }
+        let identity = install_chart_rbac(&server, root.path(), |_| {}).await.unwrap();
+        Self { server, cluster, root, artifacts, identity }
+    }
+
+    /// The operator as the chart runs it (its ServiceAccount, under RBAC), logging to `log`.
+    fn operator(&self, log: &Path) -> Operator {
+        Operator::start_as(&self.identity, log, &[])
     }
 
     fn kubeconfig(&self) -> PathBuf {
@@ -98,7 +107,7 @@ async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_cleans_up() {
     let h = Harness::start().await;
-    let _operator = Operator::start(&h.kubeconfig(), &h.operator_log(), &[]);
+    let _operator = h.operator(&h.operator_log());
     let djs: Api<DistillationJob> = Api::default_namespaced(h.server.client());
     let name = "small";
     // Applied with kubectl, as a user would; `kubectl wait` sees it succeed.
@@ -196,7 +205,7 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = h.server.state().writes().len();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after: Vec<_> = h.server.state().writes()[before..].to_vec();
+    let after = h.server.state().writes_since(before);
     assert!(after.is_empty(), "writes during the quiet period: {after:?}");
 
     // The Job deleted by hand (or by a TTL): the finished DistillationJob is not run again and
@@ -234,10 +243,8 @@ async fn a_distillation_job_runs_to_success_reports_progress_goes_quiet_and_clea
 async fn under_api_faults_a_distillation_job_converges_without_duplicates_or_a_hot_loop() {
     use distillery_tests::apiserver::status::ApiError;
     use distillery_tests::apiserver::store::Fault;
-    const OPERATOR: &str = "distillery-operator";
     let h = Harness::start().await;
-    let kubeconfig = h.root.path().join("operator.kubeconfig");
-    h.server.write_kubeconfig_as(&kubeconfig, OPERATOR).unwrap();
+    let operator = h.identity.token.clone();
     let conflict = ApiError {
         code: 409,
         reason: "Conflict",
@@ -255,13 +262,13 @@ async fn under_api_faults_a_distillation_job_converges_without_duplicates_or_a_h
             verb: Some(verb.into()),
             resource: None,
             name: None,
-            user: Some(OPERATOR.into()),
+            user: Some(operator.clone()),
             every,
             error,
             times: usize::MAX,
         });
     }
-    let _operator = Operator::start(&kubeconfig, &h.operator_log(), &[]);
+    let _operator = h.operator(&h.operator_log());
     let djs: Api<DistillationJob> = Api::default_namespaced(h.server.client());
     let name = "faulty";
     djs.patch(name, &PatchParams::apply("kubectl"), &Patch::Apply(&small_job(name))).await.unwrap();
@@ -300,7 +307,7 @@ async fn under_api_faults_a_distillation_job_converges_without_duplicates_or_a_h
     // Bounded: the operator's requests per second, over the run and in its busiest second.
     let (requests, writes) = {
         let state = h.server.state();
-        let mine: Vec<_> = state.requests().iter().filter(|r| r.user == OPERATOR).cloned().collect();
+        let mine: Vec<_> = state.requests().iter().filter(|r| r.user == operator).cloned().collect();
         let writes = mine.iter().filter(|r| matches!(r.verb, "create" | "patch" | "update" | "delete")).count();
         (mine, writes)
     };
@@ -336,7 +343,7 @@ async fn under_api_faults_a_distillation_job_converges_without_duplicates_or_a_h
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = h.server.state().writes().len();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after: Vec<_> = h.server.state().writes()[before..].to_vec();
+    let after = h.server.state().writes_since(before);
     assert!(after.is_empty(), "writes during the quiet period: {after:?}");
 }
 
@@ -362,7 +369,7 @@ fn worker_events(cluster_root: &Path) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_named_job_runs_and_a_spec_the_worker_refuses_fails_at_once_with_its_message() {
     let h = Harness::start().await;
-    let _operator = Operator::start(&h.kubeconfig(), &h.operator_log(), &[]);
+    let _operator = h.operator(&h.operator_log());
     let djs: Api<DistillationJob> = Api::default_namespaced(h.server.client());
     let name = format!("{}.refused", "a".repeat(245));
     assert_eq!(name.len(), 253);
@@ -396,7 +403,7 @@ async fn a_long_named_job_runs_and_a_spec_the_worker_refuses_fails_at_once_with_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_makes_no_second_job() {
     let h = Harness::start().await;
-    let operator = Operator::start(&h.kubeconfig(), &h.operator_log(), &[]);
+    let operator = h.operator(&h.operator_log());
     let djs: Api<DistillationJob> = Api::default_namespaced(h.server.client());
     let name = "resumed";
     let mut job = small_job(name);
@@ -420,7 +427,7 @@ async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_ma
     pods.delete(&kube::ResourceExt::name_any(&first[0]), &DeleteParams::default()).await.unwrap();
 
     // A new operator picks the job up where the first left it.
-    let _operator = Operator::start(&h.kubeconfig(), &h.root.path().join("operator-2.log"), &[]);
+    let _operator = h.operator(&h.root.path().join("operator-2.log"));
     let done = wait_for(
         "the DistillationJob to succeed after the restarts",
         Duration::from_secs(900),
@@ -468,9 +475,9 @@ async fn a_thousand_distillation_jobs_and_two_hundred_model_deployments_settle()
     const MDEPS: usize = 200;
     // No kubelet: the Jobs are suspended, nothing runs; each ModelDeployment waits for its
     // (suspended) DistillationJob, settled with ModelReady=False.
-    let (server, root, kubeconfig) = harness_without_kubelet().await;
+    let (server, root, identity) = harness_without_kubelet().await;
     let log = root.path().join("operator.log");
-    let operator = Operator::start(&kubeconfig, &log, &[]);
+    let operator = Operator::start_as(&identity, &log, &[]);
     let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
     for i in 0..COUNT {
         let name = format!("job-{i:04}");
@@ -527,8 +534,8 @@ async fn a_thousand_distillation_jobs_and_two_hundred_model_deployments_settle()
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = server.state().writes().len();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let writes = server.state().writes().len() - before;
-    assert_eq!(writes, 0, "writes after settling");
+    let writes = server.state().writes_since(before);
+    assert!(writes.is_empty(), "writes after settling: {writes:?}");
     // Reported, not asserted: memory depends on the build (CI runs a debug build).
     eprintln!(
         "operator resident memory with {COUNT} DistillationJobs (and their Jobs) and {MDEPS} settled ModelDeployments: {} KiB",
@@ -536,29 +543,66 @@ async fn a_thousand_distillation_jobs_and_two_hundred_model_deployments_settle()
     );
 }
 
-async fn harness_without_kubelet() -> (ApiServer, tempfile::TempDir, PathBuf) {
+/// A server with the CRDs and the chart's RBAC (enforced), and no kubelet: the operator runs as
+/// its chart identity and nothing it creates runs.
+async fn harness_without_kubelet() -> (ApiServer, tempfile::TempDir, OperatorIdentity) {
+    harness_without_kubelet_and(|_| {}).await
+}
+
+/// [`harness_without_kubelet`] with the rendered RBAC objects changed by `edit` first.
+async fn harness_without_kubelet_and(
+    edit: impl FnOnce(&mut Vec<Value>),
+) -> (ApiServer, tempfile::TempDir, OperatorIdentity) {
     let server = ApiServer::start().await.unwrap();
     let root = tempfile::tempdir().unwrap();
-    let kubeconfig = root.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
     server.install_crds("kubectl").await.unwrap();
-    (server, root, kubeconfig)
+    let identity = install_chart_rbac(&server, root.path(), edit).await.unwrap();
+    (server, root, identity)
+}
+
+/// Least privilege, proven both ways: the other cluster tests run the operator with exactly the
+/// chart's roles; here the rule for `jobs` is removed from its ClusterRole, and the operator
+/// cannot make the worker Job — the API server answers 403, which the operator logs — while it
+/// still reads and reports on the DistillationJob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_charts_rule_for_jobs_the_operator_is_refused_with_a_403() {
+    let (server, root, identity) =
+        harness_without_kubelet_and(|objects| remove_rule(objects, "distillery", "jobs")).await;
+    let log = root.path().join("operator.log");
+    let _operator = Operator::start_as(&identity, &log, &[]);
+    let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
+    djs.patch("denied", &PatchParams::apply("kubectl"), &Patch::Apply(&small_job("denied"))).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let refused = text
+            .lines()
+            .any(|l| l.contains("403") && l.contains(&identity.user) && l.contains("cannot") && l.contains("jobs"));
+        if refused {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 403 for jobs in the operator's log:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let jobs: Api<Job> = Api::default_namespaced(server.client());
+    assert!(jobs.list(&ListParams::default()).await.unwrap().items.is_empty(), "no Job was made");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_lease_holder_reconciles_and_a_stopped_leader_hands_over() {
     use k8s_openapi::api::coordination::v1::Lease;
-    let (server, root, kubeconfig) = harness_without_kubelet().await;
-    let leases: Api<Lease> = Api::default_namespaced(server.client());
+    let (server, root, identity) = harness_without_kubelet().await;
+    // The chart turns leader election on, with the Lease in the release namespace (its Role).
+    let leases: Api<Lease> = Api::namespaced(server.client(), RELEASE_NAMESPACE);
     let holder = async || -> Option<String> { leases.get_opt("distillery").await.ok()??.spec?.holder_identity };
-    let election = |id: &'static str| ["--leader-election", "true", "--identity", id];
-    let a = Operator::start(&kubeconfig, &root.path().join("a.log"), &election("a"));
+    let election = |id: &'static str| ["--identity", id];
+    let a = Operator::start_as(&identity, &root.path().join("a.log"), &election("a"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while holder().await.as_deref() != Some("a") {
         assert!(Instant::now() < deadline, "a never took the Lease");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let b = Operator::start(&kubeconfig, &root.path().join("b.log"), &election("b"));
+    let b = Operator::start_as(&identity, &root.path().join("b.log"), &election("b"));
     let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
     let jobs: Api<Job> = Api::default_namespaced(server.client());
     let apply = async |name: &str| {
@@ -715,8 +759,8 @@ async fn a_deployment_rolls_out_behind_a_service_on_a_loopback_cluster_ip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_the_operator_cannot_run_fails_with_a_condition_and_an_event_and_is_not_retried() {
     use k8s_openapi::api::events::v1::Event;
-    let (server, root, kubeconfig) = harness_without_kubelet().await;
-    let _operator = Operator::start(&kubeconfig, &root.path().join("operator.log"), &[]);
+    let (server, root, identity) = harness_without_kubelet().await;
+    let _operator = Operator::start_as(&identity, &root.path().join("operator.log"), &[]);
     let djs: Api<DistillationJob> = Api::default_namespaced(server.client());
     // Valid for the schema, but the dataset would need a second claim at /models.
     let mut job = small_job("clash");
@@ -764,7 +808,7 @@ async fn a_spec_the_operator_cannot_run_fails_with_a_condition_and_an_event_and_
     // Not retried: nothing is written while the spec stays as it is.
     let before = server.state().writes().len();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let after: Vec<_> = server.state().writes()[before..].to_vec();
+    let after = server.state().writes_since(before);
     assert!(after.is_empty(), "writes while waiting for a spec change: {after:?}");
     // Fixing the spec lets it run (here: a Job is created).
     job["spec"]["dataset"]["uri"] = json!("file:///data/rotten_tomatoes_corpus_full.csv.bz2");

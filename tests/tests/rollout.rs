@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use distillery_crds::ModelDeployment;
 use distillery_tests::apiserver::ApiServer;
 use distillery_tests::cluster::{Cluster, workspace_binary};
+use distillery_tests::identity::{OperatorIdentity, install_chart_rbac};
 use distillery_tests::operator::OperatorProcess;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -179,6 +180,8 @@ struct Harness {
     cluster: Cluster,
     root: tempfile::TempDir,
     operator: Option<OperatorProcess>,
+    /// The operator's chart identity; RBAC is enforced.
+    identity: OperatorIdentity,
 }
 
 const OPERATOR_FLAGS: &[&str] = &["--canary-ready-deadline-seconds", "30"];
@@ -210,12 +213,9 @@ impl Harness {
         ]);
         let cluster = Cluster::start(&server, images, claims, &root.path().join("cluster")).unwrap();
         server.install_crds("kubectl").await.unwrap();
-        let operator = OperatorProcess::start(
-            &root.path().join("cluster/kubeconfig"),
-            &root.path().join("operator.log"),
-            OPERATOR_FLAGS,
-        );
-        Self { server, cluster, root, operator: Some(operator) }
+        let identity = install_chart_rbac(&server, root.path(), |_| {}).await.unwrap();
+        let operator = OperatorProcess::start_as(&identity, &root.path().join("operator.log"), OPERATOR_FLAGS);
+        Self { server, cluster, root, operator: Some(operator), identity }
     }
 
     fn diagnostics(&self) -> String {
@@ -649,7 +649,7 @@ async fn a_grossly_bad_canary_is_rolled_back_quickly_then_left_alone() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = h.server.state().writes().len();
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let writes: Vec<_> = h.server.state().writes()[before..].to_vec();
+    let writes = h.server.state().writes_since(before);
     assert!(writes.is_empty(), "writes during the quiet period: {writes:?}");
     let deployments: Api<Deployment> = Api::default_namespaced(h.server.client());
     assert!(
@@ -831,7 +831,7 @@ async fn writes_over(h: &Harness, seconds: u64) -> Vec<String> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = h.server.state().writes().len();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    h.server.state().writes()[before..].iter().map(|w| format!("{w:?}")).collect()
+    h.server.state().writes_since(before).iter().map(|w| format!("{w:?}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -943,11 +943,7 @@ async fn a_restarted_operator_continues_the_rollout_at_the_same_step() {
     let revision = at["canary"]["revision"].clone();
     drop(h.operator.take());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    h.operator = Some(OperatorProcess::start(
-        &h.root.path().join("cluster/kubeconfig"),
-        &h.root.path().join("operator-2.log"),
-        OPERATOR_FLAGS,
-    ));
+    h.operator = Some(OperatorProcess::start_as(&h.identity, &h.root.path().join("operator-2.log"), OPERATOR_FLAGS));
     let after = h
         .wait_status(name, "the new operator's first status", Duration::from_secs(30), |s| {
             s["currentStep"].as_u64().filter(|step| *step >= 1).map(|_| s.clone())

@@ -19,7 +19,7 @@ use super::select::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError, ApiResult};
 use super::store::{Deletion, EventType, Preconditions, Propagation, State, WriteOptions, Written};
 use super::table::Representation;
-use super::{Shared, openapi};
+use super::{Shared, openapi, rbac};
 
 /// How often a watch that asked for bookmarks gets one.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
@@ -117,6 +117,9 @@ async fn handle(
     if let Some(error) = shared.lock().take_fault(verb, &target.rt.plural, target.name.as_deref(), &user) {
         return error.into_response();
     }
+    if let Err(error) = authorize(&shared, &user, verb, &target, &body) {
+        return error.into_response();
+    }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown").to_string();
     let representation = headers
         .get(header::ACCEPT)
@@ -154,6 +157,38 @@ async fn handle(
         Ok((code, value, warnings)) => json_response(code, &value, &warnings),
         Err(e) => e.into_response(),
     }
+}
+
+/// RBAC, when the server enforces it ([`super::rbac`]): the request itself, and for a write of a
+/// role binding the escalation check on the role it binds.
+fn authorize(shared: &Shared, token: &str, verb: &'static str, target: &Target, body: &Bytes) -> ApiResult<()> {
+    let state = shared.lock();
+    if !state.rbac_enforced {
+        return Ok(());
+    }
+    let user = rbac::authenticate((token != "anonymous").then_some(token));
+    let attributes = rbac::Attributes {
+        verb,
+        group: &target.rt.group,
+        resource: &target.rt.plural,
+        subresource: target.subresource.as_deref(),
+        name: target.name.as_deref(),
+        namespace: target.namespace.as_deref(),
+    };
+    if !rbac::allowed(&state, &user, &attributes) {
+        return Err(rbac::forbidden(&user, &attributes));
+    }
+    let binding = matches!(target.rt.plural.as_str(), "rolebindings" | "clusterrolebindings")
+        && target.rt.group == "rbac.authorization.k8s.io";
+    if binding && matches!(verb, "create" | "update" | "patch") {
+        let object: Option<Value> = serde_json::from_slice(body)
+            .ok()
+            .or_else(|| crate::parse_documents(&String::from_utf8_lossy(body)).ok()?.into_iter().next());
+        if let Some(role_ref) = object.as_ref().map(|o| &o["roleRef"]).filter(|r| r.is_object()) {
+            rbac::may_bind(&state, &user, role_ref, &attributes)?;
+        }
+    }
+    Ok(())
 }
 
 fn resolve(shared: &Shared, segments: &[&str]) -> ApiResult<Target> {

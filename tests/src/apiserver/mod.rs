@@ -14,6 +14,7 @@ pub mod fields;
 mod http;
 pub mod labels;
 pub mod openapi;
+pub mod rbac;
 pub mod registry;
 pub mod schema;
 pub mod select;
@@ -169,6 +170,18 @@ impl ApiServer {
     /// Makes matching requests fail with `fault.error`, `fault.times` times.
     pub fn inject(&self, fault: Fault) {
         self.state().inject(fault);
+    }
+
+    /// Authorizes every request by RBAC from now on ([`rbac`]): the harness's own clients stay
+    /// administrators; pods and processes with a service account's token get what its bindings
+    /// grant, and a 403 for anything else.
+    pub fn enforce_rbac(&self) {
+        self.state().rbac_enforced = true;
+    }
+
+    /// Writes a kubeconfig that authenticates as the service account `namespace`/`name`.
+    pub fn write_service_account_kubeconfig(&self, path: &Path, namespace: &str, name: &str) -> std::io::Result<()> {
+        self.write_kubeconfig_as(path, &rbac::service_account_token(namespace, name))
     }
 
     /// Removes every injected fault.

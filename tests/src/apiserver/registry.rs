@@ -145,6 +145,15 @@ impl Default for Registry {
                 ResourceType::builtin("batch", "v1", "jobs", "Job", true).with_status().with_generation(),
                 ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
                 ResourceType::builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true),
+                ResourceType::builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", true),
+                ResourceType::builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false),
+                ResourceType::builtin(
+                    "rbac.authorization.k8s.io",
+                    "v1",
+                    "clusterrolebindings",
+                    "ClusterRoleBinding",
+                    false,
+                ),
                 ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true).with_short_names(&["ev"]),
                 ResourceType::builtin(
                     "apiextensions.k8s.io",

@@ -191,6 +191,8 @@ pub struct State {
     requests: Vec<RequestRecord>,
     /// Bumped to make every open watch end (fault injection).
     pub watch_epoch: u64,
+    /// Whether requests are authorized by RBAC ([`super::rbac`]); off by default.
+    pub rbac_enforced: bool,
     writes: Vec<WriteRecord>,
     names: u64,
     /// ClusterIPs handed out so far.
@@ -288,6 +290,7 @@ impl Default for State {
             compacted: 0,
             faults: vec![],
             requests: vec![],
+            rbac_enforced: false,
             watch_epoch: 0,
             writes: vec![],
             names: 0,
@@ -386,6 +389,17 @@ impl State {
     /// Every successful write so far.
     pub fn writes(&self) -> &[WriteRecord] {
         &self.writes
+    }
+
+    /// The writes after the first `before`, except leader-election Lease renewals: a leader
+    /// renews its Lease every few seconds in a real cluster too, and that heartbeat is not a
+    /// reconcile's write. What "quiet" means for a settled operator.
+    pub fn writes_since(&self, before: usize) -> Vec<WriteRecord> {
+        self.writes[before.min(self.writes.len())..]
+            .iter()
+            .filter(|w| w.key.resource != "leases.coordination.k8s.io")
+            .cloned()
+            .collect()
     }
 
     fn record(&mut self, rv: u64, verb: &'static str, key: &Key, opts: &WriteOptions) {

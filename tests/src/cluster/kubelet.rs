@@ -8,7 +8,8 @@
 //! readiness probes, the termination-message file (read back into the container's terminated
 //! state; the log tail with `FallbackToLogsOnError`). Deleting a pod kills its process group;
 //! dropping the kubelet kills every process it started. The pod gets `KUBECONFIG` for the
-//! harness's API server in place of a service-account token.
+//! harness's API server, with the token of the pod's `serviceAccountName` (`default` when unset)
+//! in place of a mounted service-account token: under RBAC it has what that account is bound to.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -226,10 +227,17 @@ fn prepare(
     let termination_file = dir.join("termination-log");
     let _ = std::fs::remove_file(&termination_file);
     paths.add(&termination_path, &termination_file);
+    let account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+    let kubeconfig = dir.join("kubeconfig");
+    let token = crate::apiserver::rbac::service_account_token(&pod.namespace().unwrap_or_default(), &account);
+    let text = std::fs::read_to_string(&config.kubeconfig)
+        .map_err(|e| ("CreateContainerError".to_string(), format!("{}: {e}", config.kubeconfig.display())))?;
+    std::fs::write(&kubeconfig, text.replace("token: harness", &format!("token: {token}")))
+        .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
     let mut env = vec![
         ("PATH".to_string(), std::env::var("PATH").unwrap_or_default()),
         ("HOME".to_string(), dir.display().to_string()),
-        ("KUBECONFIG".to_string(), config.kubeconfig.display().to_string()),
+        ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
         // Pods share the host's network here, each on its own loopback address: what a network
         // namespace gives a real pod (its own 0.0.0.0), the server gets by binding that address.
         // The container's own env still wins.
