@@ -609,7 +609,13 @@ fn operator_metric(h: &Harness, metric: &str) -> Option<f64> {
         }
     }
     let line = plain.as_str();
-    let address = line.split("address=").nth(1)?.split_whitespace().next()?.trim_matches('"').to_string();
+    // Text (`address=127.0.0.1:8080`) or JSON (`"address":"127.0.0.1:8080"`, the chart's format).
+    let after = line.split("address").nth(1)?;
+    let address: String = after
+        .trim_start_matches(['=', '"', ':'])
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
     let mut stream = std::net::TcpStream::connect(&address).ok()?;
     stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).ok()?;
     let mut text = String::new();
