@@ -24,19 +24,18 @@ CCCL_SHA=d5230098fa2df5021e1a00c0c4eee41797671a91119d31e892463e5ccf3ee326
 
 platform=(--python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64
           --platform manylinux2010_x86_64 --platform manylinux_2_12_x86_64)
-wheels=(
-  "$(fetch nvidia-cuda-nvcc==13.4.92 "$NVCC_SHA" "${platform[@]}")"
-  "$(fetch nvidia-nvvm==13.4.92 "$NVVM_SHA" "${platform[@]}")"
-  "$(fetch nvidia-cuda-crt==13.4.92 "$CRT_SHA" "${platform[@]}")"
-  "$(fetch nvidia-cuda-runtime==13.4.92 "$RUNTIME_SHA" "${platform[@]}")"
-  "$(fetch nvidia-cuda-cccl==13.3.5.0.6 "$CCCL_SHA" "${platform[@]}")"
-)
 root="$CACHE/cuda-13.4.92"
 stamp="$NVCC_SHA $NVVM_SHA $CRT_SHA $RUNTIME_SHA $CCCL_SHA"
 if [[ ! -f "$root/.stamp" || "$(cat "$root/.stamp")" != "$stamp" ]]; then
+  # One assignment per wheel: a failed fetch inside an array literal would not stop the script.
+  nvcc=$(fetch nvidia-cuda-nvcc==13.4.92 "$NVCC_SHA" "${platform[@]}")
+  nvvm=$(fetch nvidia-nvvm==13.4.92 "$NVVM_SHA" "${platform[@]}")
+  crt=$(fetch nvidia-cuda-crt==13.4.92 "$CRT_SHA" "${platform[@]}")
+  runtime=$(fetch nvidia-cuda-runtime==13.4.92 "$RUNTIME_SHA" "${platform[@]}")
+  cccl=$(fetch nvidia-cuda-cccl==13.3.5.0.6 "$CCCL_SHA" "${platform[@]}")
   log "extracting the CUDA 13.4 compiler into $root"
   rm -rf "$root.tmp"; mkdir -p "$root.tmp"
-  for whl in "${wheels[@]}"; do
+  for whl in "$nvcc" "$nvvm" "$crt" "$runtime" "$cccl"; do
     "$PYTHON" - "$whl" "$root.tmp" <<'PY'
 import os, shutil, sys, zipfile
 whl, dest = sys.argv[1:]

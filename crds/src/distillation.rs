@@ -736,7 +736,10 @@ pub enum JobPhase {
     Failed,
 }
 
-/// What a distillation run is doing, in the order a run passes the stages (a stage may be
+/// What a distillation run is doing, in the order a run passes the stages. (Workers before this
+/// enum wrote `data`, `teacher`, `student`, `eval`, `artifact`, `export`, `quantize`; those still
+/// read, as aliases, so an operator upgraded mid-run can read the DistillationJobs they wrote.)
+/// (a stage may be
 /// skipped: a cached teacher is not prepared again, `trainingLabelOnly` only runs when the spec
 /// asks for the comparison, `quantizing` only for `int8-dynamic`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -745,22 +748,29 @@ pub enum ProgressStage {
     /// The spec was read and checked; the run begins.
     Starting,
     /// Reading the dataset (and transfer set) and splitting it.
+    #[serde(alias = "data")]
     ReadingData,
     /// Fine-tuning the teacher (or loading the prepared one from the cache).
+    #[serde(alias = "teacher")]
     PreparingTeacher,
     /// Running the teacher once over the training texts and caching its outputs.
     CachingTeacherOutputs,
     /// Training the student by distillation.
+    #[serde(alias = "student")]
     Training,
     /// Training the same student on labels alone, for the comparison.
     TrainingLabelOnly,
     /// Measuring the trained models on the held-out split.
+    #[serde(alias = "eval")]
     Evaluating,
     /// Writing the artifact's files and manifest.
+    #[serde(alias = "artifact")]
     WritingArtifact,
     /// Exporting to ONNX and checking it against the trained model.
+    #[serde(alias = "export")]
     Exporting,
     /// Quantizing to int8 within the accuracy budget.
+    #[serde(alias = "quantize")]
     Quantizing,
 }
 

@@ -577,7 +577,7 @@ async fn without_the_charts_rule_for_jobs_the_operator_is_refused_with_a_403() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let refused = text
             .lines()
-            .any(|l| l.contains("403") && l.contains(&identity.user) && l.contains("cannot") && l.contains("jobs"));
+            .any(|l| l.contains("403") && l.contains(&identity.user) && l.contains("jobs.batch is forbidden"));
         if refused {
             break;
         }

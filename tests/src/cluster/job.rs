@@ -86,11 +86,18 @@ async fn release_orphans(client: kube::Client) {
         if pod.metadata.deletion_timestamp.is_none() || !pod.finalizers().iter().any(|f| f == TRACKING_FINALIZER) {
             continue;
         }
-        let Some(owner) = pod.owner_references().iter().find(|o| o.kind == "Job") else { continue };
         let jobs: Api<Job> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-        let alive =
-            jobs.get_opt(&owner.name).await.ok().flatten().is_some_and(|j| j.uid().as_deref() == Some(&owner.uid));
-        if !alive {
+        // Only a Job known to be gone (404, another Job of the same name, or no owning Job at all
+        // after an orphaning delete) lets its pods go; an error says nothing, the next event retries.
+        let gone = match pod.owner_references().iter().find(|o| o.kind == "Job") {
+            None => true,
+            Some(owner) => match jobs.get_opt(&owner.name).await {
+                Ok(None) => true,
+                Ok(Some(j)) => j.uid().as_deref() != Some(&owner.uid),
+                Err(_) => false,
+            },
+        };
+        if gone {
             let _ = release(&Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default()), &pod).await;
         }
     }
@@ -123,12 +130,18 @@ fn condition(type_: &str, reason: &str, message: &str) -> Value {
            "lastProbeTime": now(), "lastTransitionTime": now()})
 }
 
-async fn reconcile(job: Arc<Job>, context: Arc<Context>) -> Result<Action, kube::Error> {
+async fn reconcile(cached: Arc<Job>, context: Arc<Context>) -> Result<Action, kube::Error> {
     let client = &context.client;
-    let namespace = job.namespace().unwrap_or_default();
-    let name = job.name_any();
-    let uid = job.uid().unwrap_or_default();
+    let namespace = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    // The counts are read from the Job as stored now, not from the watch's copy, which may not
+    // have seen the last reconcile's status write yet (a pod released then would be lost).
+    let Some(job) = jobs.get_opt(&name).await? else { return Ok(Action::await_change()) };
+    if job.uid() != cached.uid() {
+        return Ok(Action::await_change());
+    }
+    let uid = job.uid().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let spec = job.spec.clone().unwrap_or_default();
     let status = job.status.clone().unwrap_or_default();
@@ -250,6 +263,10 @@ async fn reconcile(job: Arc<Job>, context: Arc<Context>) -> Result<Action, kube:
     }
     if stop_active || finished {
         for pod in &active {
+            // A suspended Job's pods are let go uncounted, as the real controller does.
+            if suspended {
+                release(&pods, pod).await?;
+            }
             match pods.delete(&pod.name_any(), &DeleteParams::default()).await {
                 Ok(_) | Err(kube::Error::Api(_)) => {}
                 Err(e) => return Err(e),

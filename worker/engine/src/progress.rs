@@ -274,7 +274,7 @@ mod tests {
         t.report(&step(20));
         t.report(&Event::Stage { stage: ProgressStage::Evaluating, message: "done".into() });
         let text = String::from_utf8(t.out).unwrap();
-        assert!(text.ends_with("20/20 epoch 1  loss 0.5000  100 ex/s  ETA 1m15s\n[eval] done\n"), "{text:?}");
+        assert!(text.ends_with("20/20 epoch 1  loss 0.5000  100 ex/s  ETA 1m15s\n[evaluating] done\n"), "{text:?}");
     }
 
     #[test]
