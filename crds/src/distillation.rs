@@ -736,12 +736,11 @@ pub enum JobPhase {
     Failed,
 }
 
-/// What a distillation run is doing, in the order a run passes the stages. (Workers before this
-/// enum wrote `data`, `teacher`, `student`, `eval`, `artifact`, `export`, `quantize`; those still
-/// read, as aliases, so an operator upgraded mid-run can read the DistillationJobs they wrote.)
-/// (a stage may be
-/// skipped: a cached teacher is not prepared again, `trainingLabelOnly` only runs when the spec
-/// asks for the comparison, `quantizing` only for `int8-dynamic`).
+/// What a distillation run is doing, in the order a run passes the stages (a stage may be
+/// skipped: a cached teacher is not prepared again, `training-label-only` only runs when the spec
+/// asks for the comparison, `quantizing` only for `int8-dynamic`). Workers before this enum wrote
+/// `data`, `teacher`, `student`, `eval`, `artifact`, `export` and `quantize`; those still read, as
+/// aliases, so an operator upgraded mid-run can read the DistillationJobs they wrote.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProgressStage {
