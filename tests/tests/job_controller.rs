@@ -67,18 +67,8 @@ fn shell_job(name: &str, script: &str, extra: Value) -> Job {
         "spec": {"backoffLimit": 1, "template": {"spec": {"restartPolicy": "Never",
             "containers": [{"name": "main", "image": "shell:1", "args": ["-c", script]}]}}}
     });
-    json_patch_merge(&mut job["spec"], &extra);
+    json_patch::merge(&mut job["spec"], &extra);
     serde_json::from_value(job).unwrap()
-}
-
-fn json_patch_merge(target: &mut Value, patch: &Value) {
-    if let (Some(t), Some(p)) = (target.as_object_mut(), patch.as_object()) {
-        for (k, v) in p {
-            json_patch_merge(t.entry(k.clone()).or_insert(Value::Null), v);
-        }
-    } else {
-        *target = patch.clone();
-    }
 }
 
 fn running(pod: &Pod) -> bool {
