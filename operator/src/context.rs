@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::runtime::events::{Recorder, Reporter};
 
@@ -75,9 +75,22 @@ pub const DEFAULT_SERVER_IMAGE: &str = "ghcr.io/distillery-dev/distillery-server
 pub const FIELD_MANAGER: &str = "distillery-operator";
 
 /// Per-object exponential backoff: 1 s, 2 s, 4 s, … up to 5 minutes; reset by a success.
+///
+/// Exponential in time, not in failures: a failure while the object is still inside its current
+/// delay (a reconcile that a watch event started early) does not double the delay again, it only
+/// keeps the retry where it was. Otherwise a burst of events under a flaky API server (each
+/// reconcile failing within the same second) would push one object's retry minutes out.
 #[derive(Default)]
 pub struct Backoff {
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Mutex<HashMap<String, Failing>>,
+}
+
+/// How an object has been failing.
+struct Failing {
+    /// Delays handed out so far (the next one is 2^n seconds).
+    doublings: u32,
+    /// When the current delay ends.
+    until: Instant,
 }
 
 impl Backoff {
@@ -86,10 +99,18 @@ impl Backoff {
 
     /// Records a failure of `key` and returns how long to wait before retrying it.
     pub fn next(&self, key: &str) -> Duration {
+        self.next_at(key, Instant::now())
+    }
+
+    fn next_at(&self, key: &str, now: Instant) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = failures.entry(key.to_string()).or_insert(0);
-        let delay = Duration::from_secs(1u64 << (*n).min(9)).min(Self::MAX);
-        *n += 1;
+        let failing = failures.entry(key.to_string()).or_insert(Failing { doublings: 0, until: now });
+        if failing.until > now {
+            return failing.until - now;
+        }
+        let delay = Duration::from_secs(1u64 << failing.doublings.min(9)).min(Self::MAX);
+        failing.doublings += 1;
+        failing.until = now + delay;
         delay
     }
 
@@ -106,11 +127,34 @@ mod tests {
     #[test]
     fn backoff_doubles_caps_and_resets() {
         let b = Backoff::default();
-        let delays: Vec<u64> = (0..12).map(|_| b.next("a").as_secs()).collect();
+        let start = Instant::now();
+        // Each failure after the previous delay ended doubles it.
+        let mut at = start;
+        let mut delays = vec![];
+        for _ in 0..12 {
+            let delay = b.next_at("a", at);
+            delays.push(delay.as_secs());
+            at += delay;
+        }
         assert_eq!(&delays[..4], &[1, 2, 4, 8]);
         assert_eq!(*delays.last().unwrap(), 300);
-        assert_eq!(b.next("other").as_secs(), 1, "per object");
+        assert_eq!(b.next_at("other", start).as_secs(), 1, "per object");
         b.reset("a");
-        assert_eq!(b.next("a").as_secs(), 1);
+        assert_eq!(b.next_at("a", at).as_secs(), 1);
+    }
+
+    #[test]
+    fn failures_inside_the_current_delay_do_not_double_it() {
+        let b = Backoff::default();
+        let start = Instant::now();
+        assert_eq!(b.next_at("a", start), Duration::from_secs(1));
+        assert_eq!(b.next_at("a", start + Duration::from_millis(1001)), Duration::from_secs(2));
+        // Seven failures in the next half second (watch events) keep the retry 2 s after the
+        // second failure, instead of pushing it out to 2 minutes.
+        let burst: Vec<Duration> =
+            (1..=7).map(|i| b.next_at("a", start + Duration::from_millis(1001 + 70 * i))).collect();
+        assert!(burst.iter().all(|d| *d < Duration::from_secs(2)), "{burst:?}");
+        assert_eq!(burst[6], Duration::from_millis(2000 - 490));
+        assert_eq!(b.next_at("a", start + Duration::from_millis(3001)), Duration::from_secs(4));
     }
 }

@@ -5,9 +5,14 @@
 //! with `Accepted=False` and waits for the spec to change.
 
 /// A reconcile failure.
+///
+/// A 403 is retried like the rest (a platform team may grant the permission without restarting
+/// the operator), and is also reported on the object as a `Forbidden` Warning Event naming what
+/// the operator's ServiceAccount may not do ([`crate::pipeline::instrumented`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The API server refused or failed a request (conflicts, timeouts, 5xx). Retried with backoff.
+    /// The API server refused or failed a request (conflicts, timeouts, 5xx, a permission the
+    /// operator lacks). Retried with backoff.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     /// The object lacks a field the API server always sets. Retried with backoff (a cache
@@ -25,6 +30,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(status)) if status.code == 403 => "forbidden",
             Error::Kube(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => "rejected",
             Error::Kube(kube::Error::Api(_)) => "kube-api",
             Error::Kube(_) => "kube-transport",

@@ -72,6 +72,22 @@ pub fn strip_nulls(value: Value) -> Value {
     }
 }
 
+/// Whether `live` holds every field `desired` sets, with the same value: objects member by
+/// member (`live` may have more), arrays of the same length item by item, other values equal.
+/// What "already applied" means for a server-side apply of `desired`, whose server fills in
+/// defaults and status beside it.
+pub fn contains(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (Value::Object(live), Value::Object(desired)) => {
+            desired.iter().all(|(k, v)| live.get(k).is_some_and(|l| contains(l, v)))
+        }
+        (Value::Array(live), Value::Array(desired)) => {
+            live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains(l, d))
+        }
+        (live, desired) => live == desired,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +106,21 @@ mod tests {
     fn nulls_are_stripped_at_every_depth() {
         let v = strip_nulls(json!({"a": null, "b": {"c": null, "d": 1}, "e": [{"f": null}]}));
         assert_eq!(v, json!({"b": {"d": 1}, "e": [{}]}));
+    }
+
+    #[test]
+    fn contains_sees_every_set_field_and_ignores_what_the_server_added() {
+        let desired =
+            json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "s", "image": "a"}]}}}});
+        let live = json!({"metadata": {"uid": "u"}, "spec": {"replicas": 3, "strategy": {},
+            "template": {"spec": {"containers": [{"name": "s", "image": "a", "imagePullPolicy": "IfNotPresent"}]}}},
+            "status": {"readyReplicas": 1}});
+        assert!(contains(&live, &desired));
+        let scaled =
+            json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "s", "image": "a"}]}}}});
+        assert!(!contains(&scaled, &desired), "a changed value");
+        let two = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "s", "image": "a"}, {"name": "t"}]}}}});
+        assert!(!contains(&two, &desired), "an extra item in a list");
+        assert!(!contains(&json!({"spec": {}}), &desired), "a missing field");
     }
 }

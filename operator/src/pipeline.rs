@@ -63,7 +63,11 @@ pub fn key<K: ResourceExt>(obj: &K) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-/// Runs one reconcile of `obj` with its metrics, and forgets its backoff when it succeeds.
+/// Runs one reconcile of `obj` with its metrics, and forgets its backoff when it succeeds. A
+/// reconcile refused for a permission the operator lacks (403) is reported on `obj` as a
+/// `Forbidden` Warning Event, one whose child object the API server refused (422, 400, e.g. an
+/// admission policy) as `Rejected` — where a platform team looks first (`kubectl describe`),
+/// not only in the operator's log. Both are retried with the object's backoff.
 pub async fn instrumented<K: Reconciled>(
     obj: &K,
     ctx: &Context,
@@ -73,8 +77,25 @@ pub async fn instrumented<K: Reconciled>(
     ctx.metrics.reconcile_started(K::CONTROLLER);
     let result = reconcile.await;
     ctx.metrics.reconcile_finished(K::CONTROLLER, started.elapsed());
-    if result.is_ok() {
-        ctx.backoff.reset(&key(obj));
+    match &result {
+        Ok(_) => ctx.backoff.reset(&key(obj)),
+        Err(Error::Kube(kube::Error::Api(status))) if status.code == 403 => {
+            let note = format!(
+                "the operator is not allowed to do what this {} needs: {} — grant it in the operator's ClusterRole (the chart's templates/rbac.yaml) and it retries",
+                K::kind(&()),
+                status.message
+            );
+            publish(ctx, obj, EventType::Warning, "Forbidden", note).await;
+        }
+        Err(Error::Kube(kube::Error::Api(status))) if status.code == 422 || status.code == 400 => {
+            let note = format!(
+                "the API server refused an object the operator made for this {}: {} — an admission policy of the cluster, or a bug in the operator (please report it); it retries",
+                K::kind(&()),
+                status.message
+            );
+            publish(ctx, obj, EventType::Warning, "Rejected", note).await;
+        }
+        Err(_) => {}
     }
     result
 }
@@ -96,8 +117,16 @@ pub async fn log_outcome<T, E: std::fmt::Display>(outcome: Result<T, E>) {
     }
 }
 
+/// Annotation on each child the operator applies: the sha256 of the configuration it applied,
+/// so that a reconcile that would apply the same again writes nothing.
+pub const APPLIED_HASH: &str = "distillery.dev/applied-hash";
+
 /// Server-side applies `desired` (a child the operator owns) under the operator's field manager
-/// and returns what the server stored.
+/// and returns what the server stored — unless the live object already is what it would make
+/// (the same [`APPLIED_HASH`], so no field was dropped from the configuration, and every field it
+/// sets has its value, so nobody changed one since): then it writes nothing and returns the live
+/// object. A reconcile re-applies its children every time; without this each would be a write,
+/// and under a flaky API server a reconcile with several would rarely get through them all.
 pub async fn apply<C>(
     ctx: &Context,
     namespace: &str,
@@ -105,10 +134,37 @@ pub async fn apply<C>(
     desired: &(impl Serialize + Debug),
 ) -> Result<C, Error>
 where
-    C: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
+    C: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned + Serialize,
 {
     let api: Api<C> = Api::namespaced(ctx.client.clone(), namespace);
-    Ok(api.patch(name, &PatchParams::apply(&ctx.field_manager), &Patch::Apply(desired)).await?)
+    let body = with_applied_hash(desired)?;
+    if let Some(live) = api.get_opt(name).await?
+        && crate::objects::contains(&serde_json::to_value(&live).map_err(|e| Error::Build(e.to_string()))?, &body)
+    {
+        return Ok(live);
+    }
+    Ok(api.patch(name, &PatchParams::apply(&ctx.field_manager), &Patch::Apply(&body)).await?)
+}
+
+/// `desired` as JSON with its [`APPLIED_HASH`] annotation: the sha256 of its JSON without it.
+fn with_applied_hash(desired: &(impl Serialize + Debug)) -> Result<serde_json::Value, Error> {
+    use sha2::{Digest, Sha256};
+    let mut body = serde_json::to_value(desired).map_err(|e| Error::Build(format!("{desired:?}: {e}")))?;
+    let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
+    let metadata = body
+        .as_object_mut()
+        .map(|o| o.entry("metadata").or_insert_with(|| json!({})))
+        .and_then(|m| m.as_object_mut())
+        .ok_or_else(|| Error::Build(format!("{desired:?} is not an object with metadata")))?;
+    let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+    if annotations.is_null() {
+        *annotations = json!({});
+    }
+    annotations
+        .as_object_mut()
+        .ok_or_else(|| Error::Build("metadata.annotations is not an object".into()))?
+        .insert(APPLIED_HASH.into(), hash.into());
+    Ok(body)
 }
 
 /// Applies the operator's status fields of `obj` when they differ from the stored ones; returns

@@ -5,8 +5,8 @@
 //! The semantics live in [`store`] (verbs, metadata, generations, finalizers, garbage collection,
 //! the watch log), [`schema`] (pruning, defaulting and validation of custom resources),
 //! [`builtin`] (validation of built-in kinds), [`fields`] (managed fields), [`select`] (label and
-//! field selectors) and [`registry`] (resource types and discovery); this module is the HTTP
-//! layer. See `tests/README.md` for what it does not simulate.
+//! field selectors) and [`registry`] (resource types and discovery), [`traffic`] (faults aimed at
+//! a client and checks on its requests); this module is the HTTP layer. See `tests/README.md` for what it does not simulate.
 
 pub mod apply;
 pub mod builtin;
@@ -21,6 +21,7 @@ pub mod select;
 pub mod status;
 pub mod store;
 pub mod table;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -91,6 +92,22 @@ impl ApiServer {
     /// A client that talks to the server in process (no sockets).
     pub fn client(&self) -> kube::Client {
         kube::Client::new(http::router(self.shared.clone(), self.address), "default")
+    }
+
+    /// A client in process that authenticates with the bearer token `token` (e.g.
+    /// [`rbac::service_account_token`]): under RBAC it has what that identity is bound to.
+    pub fn client_as(&self, token: &str) -> kube::Client {
+        let value = axum::http::HeaderValue::from_str(&format!("Bearer {token}")).expect("a token fits a header");
+        let router = http::router(self.shared.clone(), self.address).layer(axum::middleware::map_request(
+            move |mut request: axum::extract::Request| {
+                let value = value.clone();
+                async move {
+                    request.headers_mut().insert(axum::http::header::AUTHORIZATION, value);
+                    request
+                }
+            },
+        ));
+        kube::Client::new(router, "default")
     }
 
     /// Installs the Distillery CRDs by server-side apply as `manager`, as `kubectl apply
