@@ -1,6 +1,8 @@
 //! A local playground a user drives with `kubectl`: the in-process API server, the simulated
 //! cluster (pods run this workspace's `distillery-worker` and `distillery-server` binaries) and
-//! the operator, with the setup cache as the claims the examples name:
+//! the operator — as the chart runs it: its ServiceAccount, ClusterRoles and bindings rendered
+//! from the chart, RBAC enforced, the chart's environment —, with the setup cache as the claims
+//! the examples name:
 //!
 //! | claim | host directory |
 //! | --- | --- |
@@ -15,12 +17,14 @@
 //!
 //! Everything stops with Ctrl-C (or SIGTERM); the artifacts stay in the cache.
 //! `DISTILLERY_PLAYGROUND_DIR` puts the playground's own files (artifacts, pods, kubeconfig,
-//! operator log) elsewhere than `$DISTILLERY_CACHE/playground`.
+//! operator log) elsewhere than `$DISTILLERY_CACHE/playground`. The exported kubeconfig is an
+//! administrator's, as a platform engineer's would be.
 
 use std::collections::HashMap;
 
 use distillery_tests::apiserver::ApiServer;
 use distillery_tests::cluster::{Cluster, workspace_binary};
+use distillery_tests::identity::install_chart_rbac;
 use distillery_tests::operator::OperatorProcess;
 
 #[tokio::main]
@@ -50,7 +54,8 @@ async fn main() {
     let cluster = Cluster::start(&server, images, claims, &root.join("cluster")).expect("start the simulated cluster");
     let kubeconfig = root.join("cluster/kubeconfig");
     let log = root.join("operator.log");
-    let operator = OperatorProcess::start(&kubeconfig, &log, &[]);
+    let identity = install_chart_rbac(&server, &root, |_| {}).await.expect("install the chart's RBAC");
+    let operator = OperatorProcess::start_as(&identity, &log, &[]);
     println!("export KUBECONFIG={}", kubeconfig.display());
     eprintln!(
         "playground ready: API server {}, operator log {}, pod logs under {}; Ctrl-C to stop",

@@ -14,6 +14,10 @@ use crate::apiserver::ApiServer;
 /// The namespace the chart is rendered into (`chart::render`'s release namespace).
 pub const RELEASE_NAMESPACE: &str = "distillery-system";
 
+/// The value of the `metadata.name` field reference in [`OperatorIdentity::env`]: each started
+/// operator gets its own pod name in its place.
+pub const POD_NAME_PLACEHOLDER: &str = "$(POD_NAME)";
+
 /// The kinds of the rendered chart that make up its identities.
 const RBAC_KINDS: [&str; 5] = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
 
@@ -22,7 +26,9 @@ pub struct OperatorIdentity {
     /// A kubeconfig that authenticates as the chart's operator ServiceAccount.
     pub kubeconfig: PathBuf,
     /// The environment the chart's Deployment gives the operator container (field references
-    /// resolved: the release namespace, a pod name).
+    /// resolved: the release namespace; the pod name is [`POD_NAME_PLACEHOLDER`], which
+    /// [`crate::operator::OperatorProcess::start_as`] replaces with a new name for each start, as
+    /// a Deployment's replacement pod gets one).
     pub env: Vec<(String, String)>,
     /// `system:serviceaccount:<namespace>:<name>`.
     pub user: String,
@@ -84,7 +90,7 @@ pub async fn install_chart_rbac(
         let value = match (&e["value"], e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
             (Value::String(v), _) => v.clone(),
             (_, Some("metadata.namespace")) => RELEASE_NAMESPACE.to_string(),
-            (_, Some("metadata.name")) => "distillery-0".to_string(),
+            (_, Some("metadata.name")) => POD_NAME_PLACEHOLDER.to_string(),
             _ => continue,
         };
         env.push((name, value));

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::cluster::workspace_binary;
 
@@ -9,16 +10,20 @@ use crate::cluster::workspace_binary;
 pub struct OperatorProcess(Child);
 
 impl OperatorProcess {
-    /// Starts `distillery-operator run` against `kubeconfig` with the test images and `extra`
-    /// flags, logging to `log`. `DISTILLERY_OPERATOR_BIN` runs another build (e.g. release).
-    pub fn start(kubeconfig: &Path, log: &Path, extra: &[&str]) -> Self {
-        Self::start_with_env(kubeconfig, &[], log, extra)
-    }
-
-    /// Starts the operator as the chart runs it: as its ServiceAccount, with the chart's
-    /// environment (the test's flags still win).
+    /// Starts `distillery-operator run` as the chart runs it — as its ServiceAccount, with the chart's
+    /// environment (the test's flags still win) and a pod name of its own: a restarted operator
+    /// is a new pod to leader election, which waits for the old one's Lease to expire unless it
+    /// was released. It uses the test images and logs to `log`; `DISTILLERY_OPERATOR_BIN` runs
+    /// another build (e.g. release).
     pub fn start_as(identity: &crate::identity::OperatorIdentity, log: &Path, extra: &[&str]) -> Self {
-        Self::start_with_env(&identity.kubeconfig, &identity.env, log, extra)
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let pod = format!("distillery-{}-{}", std::process::id(), STARTS.fetch_add(1, Ordering::Relaxed));
+        let env: Vec<(String, String)> = identity
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), if v == crate::identity::POD_NAME_PLACEHOLDER { pod.clone() } else { v.clone() }))
+            .collect();
+        Self::start_with_env(&identity.kubeconfig, &env, log, extra)
     }
 
     fn start_with_env(kubeconfig: &Path, env: &[(String, String)], log: &Path, extra: &[&str]) -> Self {
@@ -45,6 +50,11 @@ impl OperatorProcess {
     pub fn terminate(mut self) -> std::process::ExitStatus {
         Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().expect("kill runs");
         self.0.wait().expect("the operator exits")
+    }
+
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
     }
 
     /// Resident memory in KiB, from /proc.

@@ -504,3 +504,70 @@ async fn server_side_apply_owns_fields_conflicts_and_creates_body(t: &Target) {
     let merged = cms.patch("c", &PatchParams::apply("b"), &Patch::Apply(cm(json!({"y": "2"})))).await.unwrap();
     assert_eq!(merged.data.unwrap().len(), 2);
 }
+
+/// RBAC's escalation check, as the real server makes it: a service account that may write
+/// RoleBindings may bind a role whose permissions it holds, but not one granting more — neither
+/// by creating a binding nor by patching the subjects of an existing one (the body carries no
+/// `roleRef`; the stored one counts) — and not a role that does not exist (nothing to confirm).
+#[tokio::test]
+async fn a_binding_may_grant_only_what_its_author_holds_on_every_write() {
+    use distillery_tests::apiserver::rbac::service_account_token;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+    let server = ApiServer::start().await.unwrap();
+    let admin = server.client();
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let role = |name: &str, rules: Value| -> ClusterRole {
+        serde_json::from_value(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name}, "rules": rules}))
+        .unwrap()
+    };
+    let binding = |name: &str, role: &str, subjects: Value| -> RoleBinding {
+        serde_json::from_value(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": "default"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": subjects}))
+        .unwrap()
+    };
+    let sa = |name: &str| json!([{"kind": "ServiceAccount", "name": name, "namespace": "default"}]);
+    let post = PostParams::default();
+    roles
+        .create(&post, &role("binder", json!([
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["create", "patch", "get"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}])))
+        .await
+        .unwrap();
+    roles
+        .create(&post, &role("reader", json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}])))
+        .await
+        .unwrap();
+    roles
+        .create(&post, &role("secrets", json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])))
+        .await
+        .unwrap();
+    let bindings: Api<RoleBinding> = Api::default_namespaced(admin);
+    bindings.create(&post, &binding("binder", "binder", sa("ops"))).await.unwrap();
+    bindings.create(&post, &binding("secrets", "secrets", sa("someone"))).await.unwrap();
+    server.enforce_rbac();
+
+    let ops: Api<RoleBinding> = Api::default_namespaced(server.client_as(&service_account_token("default", "ops")));
+    ops.create(&post, &binding("readers", "reader", sa("app")))
+        .await
+        .expect("binding a role whose permissions it holds");
+    let (code, _, message) = api_error(ops.create(&post, &binding("more", "secrets", sa("app"))).await);
+    assert_eq!(code, 403);
+    assert!(message.contains("attempting to grant RBAC permissions not currently held"), "{message}");
+    // A patch that only adds a subject to a binding of a role it does not hold.
+    let subjects = json!({"subjects": [{"kind": "ServiceAccount", "name": "someone", "namespace": "default"},
+                                       {"kind": "ServiceAccount", "name": "ops", "namespace": "default"}]});
+    let (code, _, message) = api_error(ops.patch("secrets", &PatchParams::default(), &Patch::Merge(&subjects)).await);
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("attempting to grant"), "{message}");
+    // The same patch on a binding of a role it holds is allowed.
+    ops.patch("readers", &PatchParams::default(), &Patch::Merge(&subjects))
+        .await
+        .expect("adding a subject to a role it holds");
+    // A role that does not exist cannot be confirmed.
+    let (code, _, message) = api_error(ops.create(&post, &binding("ghostly", "ghost", sa("app"))).await);
+    assert_eq!(code, 403);
+    assert!(message.contains("clusterroles.rbac.authorization.k8s.io \"ghost\" not found"), "{message}");
+}

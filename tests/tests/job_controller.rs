@@ -1,7 +1,8 @@
 //! The simulated cluster's Job controller and kubelet count and report what the real ones do:
 //! a pod deleted while it runs is a failure, a retry waits its backoff, `podFailurePolicy` fails
-//! the Job at once, a termination message is cut to its last 4,096 bytes, and a Job's template
-//! cannot be changed. Pods run `/bin/sh` (image repository `shell`).
+//! the Job at once, a termination message is cut to its last 4,096 bytes, a Job's template
+//! cannot be changed, and a deleted pod is killed after its grace period or, when its container
+//! never ran, marked Failed. Pods run `/bin/sh` (image repository `shell`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -172,4 +173,56 @@ async fn a_jobs_template_cannot_be_changed_nor_a_bad_failure_policy_created() {
         }
         other => panic!("{other}"),
     }
+}
+
+/// A deleted pod's container gets SIGTERM, then SIGKILL once its grace period has passed: one
+/// that ignores SIGTERM still ends (137), and its Job counts the failure. A pod whose container
+/// never ran (no binary for its image: `ErrImagePull`) is marked Failed when deleted, so that the
+/// Job controller's finalizer is released and the pod goes away — not left terminating for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pod_is_killed_after_its_grace_period_and_one_that_never_ran_is_marked_failed() {
+    let h = Harness::start().await;
+    // Its end is read from the Job: a failure policy that fails it on exit code 137 (SIGKILL).
+    let stubborn = json!({"backoffLimit": 0, "template": {"spec": {"terminationGracePeriodSeconds": 2}},
+        "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [137]}}]}});
+    h.jobs().create(&PostParams::default(), &shell_job("stubborn", "trap '' TERM; sleep 600", stubborn)).await.unwrap();
+    let mut unpullable = shell_job("unpullable", "true", json!({"backoffLimit": 0}));
+    unpullable.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image =
+        Some("no-such-image:1".into());
+    h.jobs().create(&PostParams::default(), &unpullable).await.unwrap();
+
+    let pod = h
+        .wait("the stubborn pod to run", Duration::from_secs(20), async || {
+            h.pods_of("stubborn").await.into_iter().find(running)
+        })
+        .await;
+    // Let the shell set its trap before the signal.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.pods().delete(&pod.name_any(), &DeleteParams::default()).await.unwrap();
+    let deleted_at = Instant::now();
+    let (reason, message) = h
+        .wait("the stubborn pod's Job to fail", Duration::from_secs(20), async || {
+            h.job_condition("stubborn", "Failed").await
+        })
+        .await;
+    let took = deleted_at.elapsed();
+    assert_eq!(reason, "PodFailurePolicy", "{message}");
+    assert!(message.contains("failed with exit code 137"), "SIGKILL: {message}");
+    assert!(took >= Duration::from_millis(1800), "killed after {took:?}, before its 2 s grace period");
+
+    let waiting = h
+        .wait("the unpullable pod to wait for its image", Duration::from_secs(20), async || {
+            let pod = h.pods_of("unpullable").await.into_iter().next()?;
+            let status = pod.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.waiting.clone()?;
+            (status.reason.as_deref() == Some("ErrImagePull")).then_some(pod)
+        })
+        .await;
+    h.pods().delete(&waiting.name_any(), &DeleteParams::default()).await.unwrap();
+    h.wait("the unpullable pod to be gone", Duration::from_secs(20), async || {
+        h.pods().get_opt(&waiting.name_any()).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let job = h.jobs().get("unpullable").await.unwrap();
+    assert_eq!(job.status.as_ref().unwrap().failed, Some(1), "counted as a failure: {:?}", job.status);
+    h.wait("the Job to fail", Duration::from_secs(20), async || h.job_condition("unpullable", "Failed").await).await;
 }

@@ -181,14 +181,39 @@ fn authorize(shared: &Shared, token: &str, verb: &'static str, target: &Target, 
     let binding = matches!(target.rt.plural.as_str(), "rolebindings" | "clusterrolebindings")
         && target.rt.group == "rbac.authorization.k8s.io";
     if binding && matches!(verb, "create" | "update" | "patch") {
-        let object: Option<Value> = serde_json::from_slice(body)
+        let body: Value = serde_json::from_slice(body)
             .ok()
-            .or_else(|| crate::parse_documents(&String::from_utf8_lossy(body)).ok()?.into_iter().next());
-        if let Some(role_ref) = object.as_ref().map(|o| &o["roleRef"]).filter(|r| r.is_object()) {
-            rbac::may_bind(&state, &user, role_ref, &attributes)?;
+            .or_else(|| crate::parse_documents(&String::from_utf8_lossy(body)).ok()?.into_iter().next())
+            .unwrap_or(Value::Null);
+        // Every write is checked against the binding's role — the body's, else the stored one's
+        // (`roleRef` is immutable, so a patch of the subjects keeps it) — except one that only
+        // touches what the garbage collector needs, as the real RBAC storage exempts it.
+        let stored = target
+            .name
+            .as_deref()
+            .and_then(|name| state.get(&target.rt, target.namespace.as_deref().unwrap_or_default(), name).ok());
+        let role_ref = match &body["roleRef"] {
+            r if r.is_object() => Some(r.clone()),
+            _ => stored.map(|s| s["roleRef"].clone()).filter(Value::is_object),
+        };
+        if let Some(role_ref) = role_ref
+            && !only_garbage_collection_fields(&body)
+        {
+            rbac::may_bind(&state, &user, &role_ref, &attributes)?;
         }
     }
     Ok(())
+}
+
+/// Whether a write's body changes nothing but `metadata.ownerReferences` and
+/// `metadata.finalizers` (identifying fields aside).
+fn only_garbage_collection_fields(body: &Value) -> bool {
+    let Some(object) = body.as_object() else { return false };
+    let identifying = ["apiVersion", "kind", "metadata"];
+    let metadata = ["name", "namespace", "uid", "resourceVersion", "ownerReferences", "finalizers"];
+    object.contains_key("metadata")
+        && object.keys().all(|k| identifying.contains(&k.as_str()))
+        && body["metadata"].as_object().is_some_and(|m| m.keys().all(|k| metadata.contains(&k.as_str())))
 }
 
 fn resolve(shared: &Shared, segments: &[&str]) -> ApiResult<Target> {

@@ -118,17 +118,20 @@ fn objects(state: &State, plural: &str, namespace: Option<&str>) -> Vec<Value> {
     }
 }
 
-fn role_rules(state: &State, role_ref: &Value, namespace: &str) -> Vec<Value> {
+/// The rules of the role `role_ref` names, or `None` when it does not exist (a binding to a
+/// missing role grants nothing).
+fn find_role_rules(state: &State, role_ref: &Value, namespace: &str) -> Option<Vec<Value>> {
     let name = role_ref["name"].as_str().unwrap_or_default();
     let (plural, ns) = match role_ref["kind"].as_str() {
         Some("ClusterRole") => ("clusterroles", None),
         _ => ("roles", Some(namespace)),
     };
-    objects(state, plural, ns)
-        .into_iter()
-        .find(|r| r["metadata"]["name"] == name)
-        .and_then(|r| r["rules"].as_array().cloned())
-        .unwrap_or_default()
+    let role = objects(state, plural, ns).into_iter().find(|r| r["metadata"]["name"] == name)?;
+    Some(role["rules"].as_array().cloned().unwrap_or_default())
+}
+
+fn role_rules(state: &State, role_ref: &Value, namespace: &str) -> Vec<Value> {
+    find_role_rules(state, role_ref, namespace).unwrap_or_default()
 }
 
 /// Every rule that applies to `user` in `namespace` (cluster-wide rules only when `None`).
@@ -185,7 +188,8 @@ pub fn forbidden(user: &User, a: &Attributes) -> ApiError {
 
 /// The escalation check on a write of a RoleBinding or ClusterRoleBinding whose `roleRef` is
 /// `role_ref`: allowed with `bind` on that role, or when the user holds every permission it
-/// grants where the binding applies.
+/// grants where the binding applies. Without `bind`, a role that does not exist is refused (its
+/// permissions cannot be confirmed), as the real server refuses it.
 pub fn may_bind(state: &State, user: &User, role_ref: &Value, binding: &Attributes) -> Result<(), ApiError> {
     if user.administrator() {
         return Ok(());
@@ -203,7 +207,21 @@ pub fn may_bind(state: &State, user: &User, role_ref: &Value, binding: &Attribut
     if allowed(state, user, &bind) {
         return Ok(());
     }
-    let granted = role_rules(state, role_ref, binding.namespace.unwrap_or_default());
+    let kind = if binding.resource == "clusterrolebindings" { "clusterrolebindings" } else { "rolebindings" };
+    let refused = |why: String| ApiError {
+        code: 403,
+        reason: "Forbidden",
+        message: format!(
+            "{kind}.rbac.authorization.k8s.io \"{}\" is forbidden: {why}",
+            binding.name.unwrap_or_default()
+        ),
+        details: Some(
+            json!({"name": binding.name.unwrap_or_default(), "group": "rbac.authorization.k8s.io", "kind": kind}),
+        ),
+    };
+    let Some(granted) = find_role_rules(state, role_ref, binding.namespace.unwrap_or_default()) else {
+        return Err(refused(format!("{plural}.rbac.authorization.k8s.io \"{role_name}\" not found")));
+    };
     let held = rules_for(state, user, binding.namespace);
     let covered = granted.iter().all(|rule| {
         let each = |k: &str| rule[k].as_array().cloned().unwrap_or_default();
@@ -234,22 +252,12 @@ pub fn may_bind(state: &State, user: &User, role_ref: &Value, binding: &Attribut
     if covered {
         return Ok(());
     }
-    let kind = if binding.resource == "clusterrolebindings" { "clusterrolebindings" } else { "rolebindings" };
-    Err(ApiError {
-        code: 403,
-        reason: "Forbidden",
-        message: format!(
-            "{kind}.rbac.authorization.k8s.io \"{}\" is forbidden: user \"{}\" (groups={:?}) is attempting to grant RBAC \
-             permissions not currently held: {} {role_name} (and has no bind permission on it)",
-            binding.name.unwrap_or_default(),
-            user.name,
-            user.groups,
-            role_ref["kind"].as_str().unwrap_or_default()
-        ),
-        details: Some(
-            json!({"name": binding.name.unwrap_or_default(), "group": "rbac.authorization.k8s.io", "kind": kind}),
-        ),
-    })
+    Err(refused(format!(
+        "user \"{}\" (groups={:?}) is attempting to grant RBAC permissions not currently held: {} {role_name} (and has no bind permission on it)",
+        user.name,
+        user.groups,
+        role_ref["kind"].as_str().unwrap_or_default()
+    )))
 }
 
 #[cfg(test)]

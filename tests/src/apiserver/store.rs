@@ -849,7 +849,13 @@ impl State {
         let m = meta_mut(&mut new);
         if m.get("deletionTimestamp").is_none_or(Value::is_null) {
             m.insert("deletionTimestamp".into(), json!(now()));
-            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            // A pod's is its termination grace period (the kubelet's time between SIGTERM and
+            // SIGKILL); other objects' is 0.
+            let grace = match (rt.group.as_str(), rt.plural.as_str()) {
+                ("", "pods") => old["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30),
+                _ => 0,
+            };
+            m.insert("deletionGracePeriodSeconds".into(), json!(grace));
             if rt.generation {
                 let generation = m.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
                 m.insert("generation".into(), json!(generation));

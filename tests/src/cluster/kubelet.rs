@@ -6,7 +6,9 @@
 //! `persistentVolumeClaim` volumes (host directories; container paths in env and args are
 //! rewritten, see [`super::paths`]), `restartPolicy` (`Never`, `OnFailure`, `Always`), HTTP
 //! readiness probes, the termination-message file (read back into the container's terminated
-//! state; the log tail with `FallbackToLogsOnError`). Deleting a pod kills its process group;
+//! state; the log tail with `FallbackToLogsOnError`). Deleting a pod sends its process group
+//! SIGTERM, then SIGKILL after the grace period; a deleted pod with no running container is
+//! marked Failed (`ContainerStatusUnknown`), as a kubelet does;
 //! dropping the kubelet kills every process it started. The pod gets `KUBECONFIG` for the
 //! harness's API server, with the token of the pod's `serviceAccountName` (`default` when unset)
 //! in place of a mounted service-account token: under RBAC it has what that account is bound to.
@@ -74,28 +76,78 @@ pub struct KubeletConfig {
     pub kubeconfig: PathBuf,
 }
 
-/// Process groups of running pods, by pod uid.
+/// Process groups of running pods, and the pods being deleted, by pod uid.
 #[derive(Default, Clone)]
-pub struct Processes(Arc<Mutex<HashMap<String, u32>>>);
+pub struct Processes(Arc<Mutex<ProcessTable>>);
+
+#[derive(Default)]
+struct ProcessTable {
+    groups: HashMap<String, u32>,
+    deleting: std::collections::HashSet<String>,
+}
 
 impl Processes {
-    fn insert(&self, uid: &str, pgid: u32) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.to_string(), pgid);
+    fn table(&self) -> std::sync::MutexGuard<'_, ProcessTable> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a started container; false (and nothing recorded) when its pod is being deleted,
+    /// so that the caller stops it.
+    fn insert(&self, uid: &str, pgid: u32) -> bool {
+        let mut table = self.table();
+        if table.deleting.contains(uid) {
+            return false;
+        }
+        table.groups.insert(uid.to_string(), pgid);
+        true
     }
 
     fn remove(&self, uid: &str) -> Option<u32> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(uid)
+        self.table().groups.remove(uid)
     }
 
     fn running(&self, uid: &str) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains_key(uid)
+        self.table().groups.contains_key(uid)
+    }
+
+    /// Marks the pod as being deleted (no container of it starts again) and takes its running
+    /// process group, if any.
+    fn start_deleting(&self, uid: &str) -> Option<u32> {
+        let mut table = self.table();
+        table.deleting.insert(uid.to_string());
+        table.groups.remove(uid)
+    }
+
+    fn deleting(&self, uid: &str) -> bool {
+        self.table().deleting.contains(uid)
     }
 
     /// Kills every process group (when the harness ends).
     pub fn kill_all(&self) {
-        let all: Vec<u32> = self.0.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, g)| g).collect();
+        let all: Vec<u32> = self.table().groups.drain().map(|(_, g)| g).collect();
         all.into_iter().for_each(|g| signal_group(g, "KILL"));
     }
+}
+
+/// How long a deleted pod's container gets between SIGTERM and SIGKILL: the deletion's grace
+/// period, else the pod's `terminationGracePeriodSeconds`, else Kubernetes' default of 30 s.
+fn grace_period(pod: &Pod) -> Duration {
+    let seconds = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30);
+    Duration::from_secs(seconds.max(0) as u64)
+}
+
+/// Stops a deleted pod's container as a kubelet does: SIGTERM to its process group, then SIGKILL
+/// once the grace period has passed (a process that ignores SIGTERM ends all the same).
+fn stop_group(pgid: u32, grace: Duration) {
+    signal_group(pgid, "TERM");
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        signal_group(pgid, "KILL");
+    });
 }
 
 fn signal_group(pgid: u32, signal: &str) {
@@ -121,8 +173,20 @@ pub async fn run(client: kube::Client, config: KubeletConfig, processes: Process
                     .and_then(|s| s.phase.as_deref())
                     .is_some_and(|p| p == "Succeeded" || p == "Failed");
                 if pod.metadata.deletion_timestamp.is_some() {
-                    if let Some(g) = processes.remove(&uid) {
-                        signal_group(g, "TERM");
+                    started.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.clone(), ());
+                    let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
+                    match processes.start_deleting(&uid) {
+                        // Its end is reported by `run_pod` when the process exits.
+                        Some(g) => stop_group(g, grace_period(&pod)),
+                        // Its container never ran (no binary, or not started yet): nothing to
+                        // stop, so the kubelet marks it terminal itself — else a finalizer (the
+                        // Job controller's) would keep it terminating for ever. (A pod between
+                        // restarts is marked by `run_pod`.)
+                        None if pending => {
+                            let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+                            set_status(&pods, &pod.name_any(), never_ran(&pod)).await;
+                        }
+                        None => {}
                     }
                     continue;
                 }
@@ -133,12 +197,8 @@ pub async fn run(client: kube::Client, config: KubeletConfig, processes: Process
             }
             Event::Delete(pod) => {
                 let uid = pod.uid().unwrap_or_default();
-                if let Some(g) = processes.remove(&uid) {
-                    signal_group(g, "TERM");
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        signal_group(g, "KILL");
-                    });
+                if let Some(g) = processes.start_deleting(&uid) {
+                    stop_group(g, grace_period(&pod));
                 }
             }
             Event::Init | Event::InitDone => {}
@@ -151,6 +211,26 @@ pub async fn run(client: kube::Client, config: KubeletConfig, processes: Process
 async fn set_status(pods: &Api<Pod>, name: &str, status: Value) {
     let params = PatchParams { field_manager: Some("kubelet".into()), ..Default::default() };
     let _ = pods.patch_status(name, &params, &Patch::Merge(json!({"status": status}))).await;
+}
+
+/// The status of a pod deleted before its container ran (or while it waited to restart): Failed,
+/// its container terminated with 137 and `ContainerStatusUnknown`, as the kubelet reports a
+/// container it cannot find at termination.
+fn never_ran(pod: &Pod) -> Value {
+    let container = pod.spec.as_ref().and_then(|s| s.containers.first());
+    let name = container.map(|c| c.name.clone()).unwrap_or_default();
+    let image = container.and_then(|c| c.image.clone()).unwrap_or_default();
+    let restarts = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map_or(0, |c| c.restart_count);
+    json!({"phase": "Failed", "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now()}],
+           "containerStatuses": [{"name": name, "image": image, "imageID": "", "ready": false, "restartCount": restarts,
+               "state": {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
+                   "message": "The container could not be located when the pod was terminated",
+                   "startedAt": null, "finishedAt": now()}}}]})
 }
 
 fn waiting(container: &str, image: &str, reason: &str, message: &str) -> Value {
@@ -315,7 +395,12 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
             }
         };
         let pgid = child.id().unwrap_or_default();
-        processes.insert(&uid, pgid);
+        if !processes.insert(&uid, pgid) {
+            // Deleted while it started: stop what started and mark the pod terminal.
+            signal_group(pgid, "KILL");
+            let _ = child.wait().await;
+            return set_status(&pods, &name, never_ran(&pod)).await;
+        }
         let running_since = now();
         let running = |ready: bool| {
             json!({"phase": "Running", "startTime": start_time, "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": "127.0.0.1",
@@ -355,7 +440,7 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
                 }
             }
         };
-        let killed = !processes.running(&uid);
+        let killed = !processes.running(&uid) || processes.deleting(&uid);
         processes.remove(&uid);
         // A process ended by a signal exits with 128 + the signal's number, as a container runtime
         // reports it (143 after SIGTERM, 137 after SIGKILL).
@@ -386,14 +471,17 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
         let terminated = json!({"exitCode": code, "reason": if code == 0 {"Completed"} else {"Error"},
                                 "message": message, "startedAt": running_since, "finishedAt": now()});
         if again {
-            restarts += 1;
             tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
+            // Deleted between restarts: it ends here, marked terminal below.
+            if !processes.deleting(&uid) {
+                restarts += 1;
+                continue;
+            }
         }
         // A pod deleted while it ran ends too: its container was stopped, and the pod is marked
         // terminal (Failed, unless the process still exited 0) before it is removed, so that
         // whoever tracks it (the Job controller's finalizer) sees how it ended.
-        let phase = if code == 0 && !killed { "Succeeded" } else { "Failed" };
+        let phase = if code == 0 && !killed && !processes.deleting(&uid) { "Succeeded" } else { "Failed" };
         let status = json!({"phase": phase, "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now()}],
                             "containerStatuses": [{"name": container.name, "image": image, "imageID": "", "ready": false,
                                                    "restartCount": restarts, "state": {"terminated": terminated}}]});
