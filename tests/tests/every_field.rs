@@ -2,11 +2,13 @@
 //! the generated schemas, so a new field lands here whether or not anyone remembers) and requires
 //! each to be one of:
 //!
-//! - **read**: the code that honours it is named (a file and the expression that reads it), and
-//!   that expression is found in the file outside comments and unit tests — so removing the code
-//!   that reads a field, or adding a field nobody reads, fails this test;
+//! - **read**: the code that honours it is named (a file, where a needle is not unique the
+//!   function, and the expression that reads it), and that expression is found there outside
+//!   comments and unit tests — so removing the code that reads a field, or adding a field nobody
+//!   reads, fails this test;
 //! - **refused**: setting it is refused at admission (the CRD's schema and CEL rules, the code the
-//!   API server runs) with a message that says it is not supported or not built yet;
+//!   API server runs) with a message that names the field and says it is not supported or not
+//!   built yet;
 //! - a listed **exception**, with its reason.
 //!
 //! Values of a field that is read can still be refused (an `s3://` URI, `task: causal-lm`): those
@@ -25,6 +27,10 @@ use serde_json::{Value, json};
 enum Use {
     /// Read in `file` by code containing `needle`.
     Read(&'static str, &'static str),
+    /// Read in `file`, inside the function whose signature contains the second string, by code
+    /// containing the third: for a needle that also appears elsewhere in the file (the dataset's
+    /// and the transfer set's `spec.format` are read by different functions).
+    ReadIn(&'static str, &'static str, &'static str),
     /// Refused at admission when set to this JSON value.
     Refused(&'static str),
     /// Refused at admission when the field at this path (the field or a parent it needs, with
@@ -42,6 +48,9 @@ const MD_BUILD: &str = "operator/src/modeldeployment/build.rs";
 const MD_ROLLOUT: &str = "operator/src/modeldeployment/rollout.rs";
 const MD_MOD: &str = "operator/src/modeldeployment/mod.rs";
 const DATA: &str = "worker/engine/src/data.rs";
+const INPUTS: &str = "worker/engine/src/inputs.rs";
+const READ_DATASET: &str = "fn read_dataset(";
+const READ_TRANSFER: &str = "fn read_transfer(";
 const DISTILL: &str = "worker/engine/src/distill.rs";
 const PREPARE: &str = "worker/engine/src/prepare.rs";
 const STUDENT: &str = "worker/engine/src/student.rs";
@@ -93,23 +102,23 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("DistillationJob", "spec.student.initFromTeacher.layers", Read(STUDENT, "from.layers")),
     ("DistillationJob", "spec.student.pruneVocabulary", Read(STUDENT, "spec.prune_vocabulary")),
     ("DistillationJob", "spec.student.embeddingSize", Read(STUDENT, "spec.embedding_size")),
-    ("DistillationJob", "spec.dataset.uri", Read(DISTILL, "spec.dataset.uri")),
-    ("DistillationJob", "spec.dataset.format", Read(DATA, "spec.format")),
-    ("DistillationJob", "spec.dataset.compression", Read(DATA, "spec.compression")),
-    ("DistillationJob", "spec.dataset.textField", Read(DATA, "spec.text_field")),
-    ("DistillationJob", "spec.dataset.labelField", Read(DATA, "spec.label_field")),
-    ("DistillationJob", "spec.dataset.groupField", Read(DATA, "spec.group_field")),
-    ("DistillationJob", "spec.dataset.labels", Read(DATA, "&spec.labels")),
-    ("DistillationJob", "spec.dataset.skipLabels", Read(DATA, "spec.skip_labels")),
+    ("DistillationJob", "spec.dataset.uri", ReadIn(INPUTS, "fn labelled(", "read_dataset(&local_path(&spec.uri)?")),
+    ("DistillationJob", "spec.dataset.format", ReadIn(DATA, READ_DATASET, "spec.format")),
+    ("DistillationJob", "spec.dataset.compression", ReadIn(DATA, READ_DATASET, "spec.compression")),
+    ("DistillationJob", "spec.dataset.textField", ReadIn(DATA, READ_DATASET, "spec.text_field")),
+    ("DistillationJob", "spec.dataset.labelField", ReadIn(DATA, READ_DATASET, "spec.label_field")),
+    ("DistillationJob", "spec.dataset.groupField", ReadIn(DATA, READ_DATASET, "spec.group_field")),
+    ("DistillationJob", "spec.dataset.labels", ReadIn(DATA, READ_DATASET, "&spec.labels")),
+    ("DistillationJob", "spec.dataset.skipLabels", ReadIn(DATA, READ_DATASET, "spec.skip_labels")),
     ("DistillationJob", "spec.dataset.validationSplit.fraction", Read(DATA, ".fraction")),
     ("DistillationJob", "spec.dataset.validationSplit.byGroup", Read(DATA, ".by_group")),
     ("DistillationJob", "spec.dataset.validationSplit.seed", Read(DATA, "split.seed")),
     ("DistillationJob", "spec.dataset.maxSequenceLength", Read("worker/engine/src/inputs.rs", ".max_sequence_length")),
     ("DistillationJob", "spec.dataset.maxExamples", Read("worker/engine/src/inputs.rs", ".max_examples")),
-    ("DistillationJob", "spec.dataset.transferSet.uri", Read("worker/engine/src/inputs.rs", "&spec.transfer_set")),
-    ("DistillationJob", "spec.dataset.transferSet.format", Read(DATA, "spec.format")),
-    ("DistillationJob", "spec.dataset.transferSet.compression", Read(DATA, "spec.compression")),
-    ("DistillationJob", "spec.dataset.transferSet.textField", Read(DATA, "spec.text_field")),
+    ("DistillationJob", "spec.dataset.transferSet.uri", ReadIn(INPUTS, "fn load(", "let path = local_path(&t.uri)?")),
+    ("DistillationJob", "spec.dataset.transferSet.format", ReadIn(DATA, READ_TRANSFER, "spec.format")),
+    ("DistillationJob", "spec.dataset.transferSet.compression", ReadIn(DATA, READ_TRANSFER, "spec.compression")),
+    ("DistillationJob", "spec.dataset.transferSet.textField", ReadIn(DATA, READ_TRANSFER, "spec.text_field")),
     ("DistillationJob", "spec.loss.alpha", Read(DISTILL, ".alpha")),
     ("DistillationJob", "spec.loss.temperature.start", Read("worker/engine/src/schedule.rs", "spec.start")),
     ("DistillationJob", "spec.loss.temperature.end", Read("worker/engine/src/schedule.rs", "spec.end")),
@@ -176,7 +185,7 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("ModelDeployment", "spec.model.volumeClaim", Read(MD_BUILD, "md.spec.model.volume_claim")),
     ("ModelDeployment", "spec.model.variant", Read(MD_MOD, "md.spec.model.variant")),
     ("ModelDeployment", "spec.model.distillationJobRef.name", Read(MD_MOD, "md.spec.model.distillation_job_ref")),
-    ("ModelDeployment", "spec.replicas", Read(MD_ROLLOUT, ".replicas")),
+    ("ModelDeployment", "spec.replicas", ReadIn(MD_ROLLOUT, "fn replicas(", "self.md.spec.replicas")),
     ("ModelDeployment", "spec.autoRollback", Read(MD_ROLLOUT, "spec.auto_rollback")),
     ("ModelDeployment", "spec.server.image", Read(MD_BUILD, "server.image")),
     ("ModelDeployment", "spec.server.threads", Read(MD_BUILD, "server.threads")),
@@ -276,6 +285,16 @@ fn code_of(file: &str) -> String {
     code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
 }
 
+/// The body of the function in `code` whose signature contains `signature`: from there to the
+/// next item at the same indentation (a closing brace at its start of line).
+fn function_body(code: &str, signature: &str) -> Option<String> {
+    let start = code.find(signature)?;
+    let line_start = code[..start].rfind('\n').map_or(0, |i| i + 1);
+    let indent: String = code[line_start..].chars().take_while(|c| c.is_whitespace()).collect();
+    let end = code[start..].find(&format!("\n{indent}}}")).map_or(code.len(), |i| start + i);
+    Some(code[start..end].to_string())
+}
+
 /// A valid object of `kind` to change one field of.
 fn base(kind: &str) -> Value {
     let file = match kind {
@@ -312,8 +331,9 @@ fn set(doc: &mut Value, path: &str, value: Value) {
     }
 }
 
-/// The refusal of `doc`, which must be refused for something not built.
-fn refusal(doc: &Value, what: &str) -> String {
+/// The refusal of `doc`, which must be refused for something not built, naming `field` or the
+/// object it is part of.
+fn refusal(doc: &Value, what: &str, field: &str) -> String {
     match validate_document(doc) {
         Ok(()) => panic!("{what} was accepted; it must be refused at apply"),
         Err(e @ ValidationError::Invalid { .. }) => {
@@ -322,6 +342,11 @@ fn refusal(doc: &Value, what: &str) -> String {
                 NOT_BUILT.iter().any(|m| message.contains(m)),
                 "{what} was refused, but not as something not built yet:\n{message}"
             );
+            // The field itself, or the object it belongs to when that is refused whole
+            // (`spec.output.s3` for each of its fields) — never just `spec`, unless asked.
+            let parts: Vec<&str> = field.split('.').collect();
+            let named = (parts.len().min(2)..=parts.len()).any(|n| message.contains(&parts[..n].join(".")));
+            assert!(named, "{what} was refused without naming {field}:\n{message}");
             message
         }
         Err(other) => panic!("{what} refused for the wrong reason: {other}"),
@@ -351,21 +376,27 @@ fn every_spec_field_is_read_or_refused_at_apply() {
                     problems.push(format!("{kind} {path}: {file} no longer reads it ({needle:?} not found)"));
                 }
             }
+            ReadIn(file, function, needle) => match function_body(&code_of(file), function) {
+                None => problems.push(format!("{kind} {path}: {file} has no {function:?} any more")),
+                Some(body) if !body.contains(needle) => problems
+                    .push(format!("{kind} {path}: {function:?} in {file} no longer reads it ({needle:?} not found)")),
+                Some(_) => {}
+            },
             Refused(value) => {
                 let mut doc = base(kind);
                 set(&mut doc, path, serde_json::from_str(value).unwrap());
-                refusal(&doc, &format!("{kind} {path}: {value}"));
+                refusal(&doc, &format!("{kind} {path}: {value}"), path);
             }
             RefusedAs(at, value) => {
                 assert!(path.starts_with(at), "{path}: {at} is not the field or a parent of it");
                 let mut doc = base(kind);
                 set(&mut doc, at, serde_json::from_str(value).unwrap());
-                refusal(&doc, &format!("{kind} {at}: {value}"));
+                refusal(&doc, &format!("{kind} {at}: {value}"), at);
             }
             KindRefused => {
                 let doc = &read_documents(&repo_root().join("examples/invalid/bench-not-built-yet.yaml")).unwrap()[0];
                 assert_eq!(doc["kind"], *kind);
-                let message = refusal(doc, &format!("a {kind}"));
+                let message = refusal(doc, &format!("a {kind}"), "spec");
                 assert!(message.contains("not run by the operator yet"), "{message}");
             }
             Exception(reason) => assert!(!reason.is_empty()),
@@ -391,7 +422,7 @@ fn values_not_built_yet_are_refused_at_apply() {
         {
             doc["spec"]["rollout"]["analysis"]["goldenDataset"]["labelField"] = json!("label");
         }
-        refusal(&doc, &format!("{kind} {path}: {value}"));
+        refusal(&doc, &format!("{kind} {path}: {value}"), path);
     }
 }
 
