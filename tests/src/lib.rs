@@ -56,6 +56,43 @@ pub fn fresh_small_artifact(dir: PathBuf) -> PathBuf {
     dir
 }
 
+/// The small job's artifact, trained once per build of the worker and shared by every test
+/// binary that only reads it (the server and analysis tests): kept in the target directory's
+/// scratch space (`target/tmp/small-artifact/<key>/small`), keyed by the worker binary (size and
+/// modification time: a rebuild makes a new key) and the spec, and checked to have learned
+/// ([`assert_small_student_learned`]) each time it is handed out. Readers must not change it
+/// (copy it first).
+pub fn shared_small_artifact() -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    static ARTIFACT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = ARTIFACT.get_or_init(|| {
+        let worker = cluster::workspace_binary("distillery-worker");
+        let meta = std::fs::metadata(&worker).expect("the worker binary");
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        meta.len().hash(&mut hasher);
+        meta.modified().ok().hash(&mut hasher);
+        std::fs::read(small_job_spec()).expect("the small job's spec").hash(&mut hasher);
+        let target = worker.parent().and_then(Path::parent).expect("target/<profile>/distillery-worker");
+        let root = target.join("tmp/small-artifact");
+        // `<key>/small`: a server names the model it serves after the directory.
+        let keyed = root.join(format!("{:016x}", hasher.finish()));
+        if !keyed.join("small/distillery.json").is_file() {
+            // Trained beside it and renamed into place, so that an interrupted run leaves no
+            // half-written artifact under the key; older keys go.
+            let _ = std::fs::remove_dir_all(&root);
+            let staging = root.join(format!("training-{}", std::process::id()));
+            std::fs::create_dir_all(&staging).unwrap();
+            fresh_small_artifact(staging.join("small"));
+            std::fs::rename(&staging, &keyed).unwrap();
+        }
+        keyed.join("small")
+    });
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("distillery.json")).unwrap()).unwrap();
+    assert_small_student_learned(&manifest["metrics"]);
+    dir.clone()
+}
+
 /// How far above always answering the majority label the small job's student must be: ten points
 /// (12 of 120 held-out examples). Measured: 69.17% against 48.33%, 20.8 points; a student that
 /// answers one label for every text scores 48.33% or 51.67% and fails.

@@ -19,13 +19,11 @@ use distillery_tests::cluster::workspace_binary;
 use serde_json::{Value, json};
 use sha2::Digest;
 
-/// The small job's artifact, trained once per test run (under cargo's target-directory scratch
-/// space, replaced each run).
+/// The small job's artifact, trained once per worker build and shared with the other test
+/// binaries that read it ([`distillery_tests::shared_small_artifact`]).
 fn artifact() -> &'static Path {
     static ARTIFACT: OnceLock<PathBuf> = OnceLock::new();
-    ARTIFACT.get_or_init(|| {
-        distillery_tests::fresh_small_artifact(Path::new(env!("CARGO_TARGET_TMPDIR")).join("analyze-test/small"))
-    })
+    ARTIFACT.get_or_init(distillery_tests::shared_small_artifact)
 }
 
 fn manifest(dir: &Path) -> Value {

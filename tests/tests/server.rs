@@ -15,13 +15,11 @@ use std::time::{Duration, Instant};
 use distillery_tests::cluster::workspace_binary;
 use serde_json::{Value, json};
 
-/// The small job's artifact, trained once per test run (under cargo's target-directory scratch
-/// space, replaced each run, so nothing accumulates in /tmp).
+/// The small job's artifact, trained once per worker build and shared with the other test
+/// binaries that read it ([`distillery_tests::shared_small_artifact`]).
 fn artifact() -> &'static Path {
     static ARTIFACT: OnceLock<PathBuf> = OnceLock::new();
-    ARTIFACT.get_or_init(|| {
-        distillery_tests::fresh_small_artifact(Path::new(env!("CARGO_TARGET_TMPDIR")).join("server-test/small"))
-    })
+    ARTIFACT.get_or_init(distillery_tests::shared_small_artifact)
 }
 
 fn manifest(dir: &Path) -> Value {

@@ -96,80 +96,45 @@ fn a_small_job_writes_a_verifiable_artifact_and_a_killed_run_resumes_to_the_same
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--accuracy-budget 1.5: must be between 0 and 1"));
 
-    // Run b: killed once its student has checkpointed at step 10 or later, then restarted.
-    let mut child = worker()
-        .args(["distill", "-f"])
-        .arg(small_job())
-        .arg("--output")
-        .arg(&b)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let state = b.join("checkpoints/student/state.json");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let killed_at = loop {
-        assert!(Instant::now() < deadline, "no student checkpoint within 10 minutes");
-        assert!(child.try_wait().unwrap().is_none(), "run b finished before it could be killed");
-        if let Ok(text) = std::fs::read_to_string(&state)
-            && let Ok(s) = serde_json::from_str::<serde_json::Value>(&text)
-            && s["step"].as_u64().unwrap() >= 10
-        {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break s["step"].as_u64().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!b.join("distillery.json").exists(), "a killed run leaves no manifest");
-    let out = worker().args(["distill", "-f"]).arg(small_job()).arg("--output").arg(&b).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mb = manifest(&b);
-    let resumed = mb["training"]["student"]["resumedFrom"].as_u64().expect("the student resumed");
-    assert!(resumed >= killed_at, "resumed from {resumed}, killed after {killed_at}");
-    assert_eq!(mb["lineage"]["teacherPreparation"]["reusedFromCache"], true);
-    let (acc_a, acc_b) =
-        (metrics["studentAccuracy"].as_f64().unwrap(), mb["metrics"]["studentAccuracy"].as_f64().unwrap());
-    assert!((acc_a - acc_b).abs() <= 0.01, "uninterrupted {acc_a}, resumed {acc_b}");
-
-    // Run c: a narrower fresh student (hidden 192) that also learns from unlabelled transfer texts
-    // and aligns its layer 0 with the teacher's layer 2 through a learned projection.
-    let transfer = dir.path().join("transfer.txt");
-    let texts = transfer_texts(160);
-    std::fs::write(&transfer, texts.join("\n")).unwrap();
-    let spec = with_transfer_and_alignment(&transfer);
-    let c_spec = dir.path().join("c.yaml");
-    std::fs::write(&c_spec, &spec).unwrap();
-    let c = dir.path().join("c");
-    let out = worker().args(["distill", "-f"]).arg(&c_spec).arg("--output").arg(&c).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    // (Computed now, or reused from an earlier run of this test: the cache outlives it.)
-    assert!(stderr.contains("its outputs on 160 transfer texts"), "{stderr}");
-    assert!(stderr.contains("its hidden states of layers [2]"), "{stderr}");
-    let mc = manifest(&c);
-    let train = mc["metrics"]["trainExamples"].as_f64().unwrap() as u64;
-    assert_eq!(mc["metrics"]["transferExamples"].as_f64(), Some(160.0));
-    let steps = 2 * (train + 160).div_ceil(16);
-    assert_eq!(mc["training"]["student"]["steps"], steps, "the transfer texts are trained on");
-    assert_eq!(mc["training"]["label-only"]["steps"], steps, "the baseline takes as many steps on labels");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(c.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["hidden_size"], 192);
-    let weights = candle_core::safetensors::load(c.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
-    assert!(weights.keys().all(|k| !k.starts_with("alignment.")), "the projection is not part of the student");
-    let curve = &mc["training"]["student"];
-    let (first, last) = (curve["firstLoss"].as_f64().unwrap(), curve["lastLoss"].as_f64().unwrap());
-    assert!(last < first, "the loss with the alignment term falls: {first} → {last}");
-    // The teacher's transfer outputs and hidden states are cached: a rerun reuses them.
-    let quick = spec.replace("    epochs: 2\n", "    maxSteps: 2\n");
-    std::fs::write(&c_spec, quick).unwrap();
-    let out =
-        worker().args(["distill", "-f"]).arg(&c_spec).arg("--output").arg(dir.path().join("c2")).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("reusing its outputs on 160 transfer texts"), "{stderr}");
-    assert!(stderr.contains("reusing its hidden states of layers [2]"), "{stderr}");
+    // Runs b and c need only run a's prepared teacher: they train side by side, one a core.
+    std::thread::scope(|both| {
+        both.spawn(|| run_with_transfer_and_alignment(dir.path()));
+        // Run b: killed once its student has checkpointed at step 10 or later, then restarted.
+        let mut child = worker()
+            .args(["distill", "-f"])
+            .arg(small_job())
+            .arg("--output")
+            .arg(&b)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let state = b.join("checkpoints/student/state.json");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let killed_at = loop {
+            assert!(Instant::now() < deadline, "no student checkpoint within 10 minutes");
+            assert!(child.try_wait().unwrap().is_none(), "run b finished before it could be killed");
+            if let Ok(text) = std::fs::read_to_string(&state)
+                && let Ok(s) = serde_json::from_str::<serde_json::Value>(&text)
+                && s["step"].as_u64().unwrap() >= 10
+            {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break s["step"].as_u64().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!b.join("distillery.json").exists(), "a killed run leaves no manifest");
+        let out = worker().args(["distill", "-f"]).arg(small_job()).arg("--output").arg(&b).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mb = manifest(&b);
+        let resumed = mb["training"]["student"]["resumedFrom"].as_u64().expect("the student resumed");
+        assert!(resumed >= killed_at, "resumed from {resumed}, killed after {killed_at}");
+        assert_eq!(mb["lineage"]["teacherPreparation"]["reusedFromCache"], true);
+        let (acc_a, acc_b) =
+            (metrics["studentAccuracy"].as_f64().unwrap(), mb["metrics"]["studentAccuracy"].as_f64().unwrap());
+        assert!((acc_a - acc_b).abs() <= 0.01, "uninterrupted {acc_a}, resumed {acc_b}");
+    });
 
     // Run d: a teacher that ships its classifier head, in HuggingFace's BertForSequenceClassification
     // layout (encoder under `bert.`, rows named by config.json's id2label, here in the opposite
@@ -222,6 +187,48 @@ fn a_small_job_writes_a_verifiable_artifact_and_a_killed_run_resumes_to_the_same
     let (shipped_acc, prepared_acc) =
         (md["metrics"]["teacherAccuracy"].as_f64().unwrap(), metrics["teacherAccuracy"].as_f64().unwrap());
     assert!((shipped_acc - prepared_acc).abs() < 1e-9, "shipped {shipped_acc}, prepared {prepared_acc}");
+}
+
+/// Run c of the test above: a narrower fresh student (hidden 192) that also learns from
+/// unlabelled transfer texts and aligns its layer 0 with the teacher's layer 2 through a learned
+/// projection; then a rerun that reuses the teacher's cached outputs. Needs the small job's
+/// prepared teacher (run a's) in the cache.
+fn run_with_transfer_and_alignment(dir: &Path) {
+    let transfer = dir.join("transfer.txt");
+    let texts = transfer_texts(160);
+    std::fs::write(&transfer, texts.join("\n")).unwrap();
+    let spec = with_transfer_and_alignment(&transfer);
+    let c_spec = dir.join("c.yaml");
+    std::fs::write(&c_spec, &spec).unwrap();
+    let c = dir.join("c");
+    let out = worker().args(["distill", "-f"]).arg(&c_spec).arg("--output").arg(&c).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // (Computed now, or reused from an earlier run of this test: the cache outlives it.)
+    assert!(stderr.contains("its outputs on 160 transfer texts"), "{stderr}");
+    assert!(stderr.contains("its hidden states of layers [2]"), "{stderr}");
+    let mc = manifest(&c);
+    let train = mc["metrics"]["trainExamples"].as_f64().unwrap() as u64;
+    assert_eq!(mc["metrics"]["transferExamples"].as_f64(), Some(160.0));
+    let steps = 2 * (train + 160).div_ceil(16);
+    assert_eq!(mc["training"]["student"]["steps"], steps, "the transfer texts are trained on");
+    assert_eq!(mc["training"]["label-only"]["steps"], steps, "the baseline takes as many steps on labels");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["hidden_size"], 192);
+    let weights = candle_core::safetensors::load(c.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(weights.keys().all(|k| !k.starts_with("alignment.")), "the projection is not part of the student");
+    let curve = &mc["training"]["student"];
+    let (first, last) = (curve["firstLoss"].as_f64().unwrap(), curve["lastLoss"].as_f64().unwrap());
+    assert!(last < first, "the loss with the alignment term falls: {first} → {last}");
+    // The teacher's transfer outputs and hidden states are cached: a rerun reuses them.
+    let quick = spec.replace("    epochs: 2\n", "    maxSteps: 2\n");
+    std::fs::write(&c_spec, quick).unwrap();
+    let out = worker().args(["distill", "-f"]).arg(&c_spec).arg("--output").arg(dir.join("c2")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("reusing its outputs on 160 transfer texts"), "{stderr}");
+    assert!(stderr.contains("reusing its hidden states of layers [2]"), "{stderr}");
 }
 
 /// `n` texts of the dataset's training side that the small job does not use (as unlabelled
