@@ -29,6 +29,9 @@ pub struct Context {
     pub backoff: Backoff,
     /// Namespaces whose worker ServiceAccount and RoleBinding this run has applied.
     pub accounts_ready: Mutex<HashSet<String>>,
+    /// The `resourceVersion` of the operator's last write of each object's status, until the
+    /// controller's cache has caught up with it ([`crate::pipeline::instrumented`]).
+    pub written: Mutex<HashMap<String, u64>>,
     /// How many objects a controller reconciles at once.
     pub concurrency: u16,
     /// How ModelDeployments' servers and analysis Jobs are built.
@@ -60,6 +63,7 @@ impl Context {
             metrics,
             backoff: Backoff::default(),
             accounts_ready: Mutex::new(HashSet::new()),
+            written: Mutex::new(HashMap::new()),
             concurrency: DEFAULT_CONCURRENCY,
         }
     }

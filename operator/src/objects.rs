@@ -75,17 +75,74 @@ pub fn strip_nulls(value: Value) -> Value {
 /// Whether `live` holds every field `desired` sets, with the same value: objects member by
 /// member (`live` may have more), arrays of the same length item by item, other values equal.
 /// What "already applied" means for a server-side apply of `desired`, whose server fills in
-/// defaults and status beside it.
+/// defaults and status beside it, leaves out empty values (`value: ""`, `{}`, `[]`, `null` are
+/// met by an absent field) and writes resource quantities in canonical form (`0.5` is `500m`
+/// under `limits` and `requests`).
 pub fn contains(live: &Value, desired: &Value) -> bool {
+    contains_at(live, desired, false)
+}
+
+/// `quantities`: `desired` is a `limits` or `requests` map, whose members are quantities.
+fn contains_at(live: &Value, desired: &Value, quantities: bool) -> bool {
     match (live, desired) {
-        (Value::Object(live), Value::Object(desired)) => {
-            desired.iter().all(|(k, v)| live.get(k).is_some_and(|l| contains(l, v)))
-        }
+        (Value::Object(live), Value::Object(desired)) => desired.iter().all(|(k, v)| match live.get(k) {
+            Some(l) if quantities => same_quantity(l, v),
+            Some(l) => contains_at(l, v, k == "limits" || k == "requests"),
+            None => is_empty(v),
+        }),
         (Value::Array(live), Value::Array(desired)) => {
-            live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains(l, d))
+            live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains_at(l, d, false))
         }
         (live, desired) => live == desired,
     }
+}
+
+/// Two quantities of the same value however written (`0.5`, `500m`), or equal values.
+fn same_quantity(live: &Value, desired: &Value) -> bool {
+    match (quantity(live), quantity(desired)) {
+        (Some(l), Some(d)) => (l - d).abs() <= 1e-9 * d.abs().max(1.0),
+        _ => live == desired,
+    }
+}
+
+/// A value the API server leaves out of a stored object.
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// A resource quantity's value (`500m` = 0.5, `1Gi` = 2^30), or `None` for anything else.
+fn quantity(value: &Value) -> Option<f64> {
+    let text = match value {
+        Value::String(s) => s.as_str(),
+        Value::Number(n) => return n.as_f64(),
+        _ => return None,
+    };
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let factor = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => return None,
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
 }
 
 #[cfg(test)]
@@ -122,5 +179,21 @@ mod tests {
         let two = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "s", "image": "a"}, {"name": "t"}]}}}});
         assert!(!contains(&two, &desired), "an extra item in a list");
         assert!(!contains(&json!({"spec": {}}), &desired), "a missing field");
+    }
+
+    #[test]
+    fn contains_meets_what_the_server_leaves_out_or_rewrites() {
+        let desired = json!({"env": [{"name": "D", "value": ""}], "metadata": {"annotations": {}},
+            "resources": {"limits": {"cpu": "0.5", "memory": "1024Mi"}}});
+        let live = json!({"env": [{"name": "D"}], "metadata": {},
+            "resources": {"limits": {"cpu": "500m", "memory": "1Gi"}}});
+        assert!(contains(&live, &desired));
+        let more =
+            json!({"env": [{"name": "D"}], "metadata": {}, "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}});
+        assert!(!contains(&more, &desired), "another quantity");
+        assert!(
+            !contains(&json!({"value": "0.5"}), &json!({"value": "500m"})),
+            "quantities only under limits and requests"
+        );
     }
 }

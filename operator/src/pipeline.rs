@@ -58,12 +58,20 @@ pub fn controller<K: Reconciled>(api: Api<K>, concurrency: u16) -> Controller<K>
     Controller::for_stream(objects, reader).with_config(controller::Config::default().concurrency(concurrency))
 }
 
-/// `namespace/name`, the key of backoff and logs.
+/// The key of an object's retry backoff: its controller's name and `namespace/name` (a
+/// DistillationJob and a ModelDeployment may share a name).
+fn backoff_key<K: Reconciled>(obj: &K) -> String {
+    format!("{}:{}", K::CONTROLLER, key(obj))
+}
+
+/// `namespace/name`, the key of logs.
 pub fn key<K: ResourceExt>(obj: &K) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-/// Runs one reconcile of `obj` with its metrics, and forgets its backoff when it succeeds. A
+/// Runs one reconcile of `obj` with its metrics, and forgets its backoff when it succeeds —
+/// unless `obj` (from the controller's cache) is older than the operator's own last status write
+/// of it: then it waits for the cache rather than act on a status it has replaced. A
 /// reconcile refused for a permission the operator lacks (403) is reported on `obj` as a
 /// `Forbidden` Warning Event, one whose child object the API server refused (422, 400, e.g. an
 /// admission policy) as `Rejected` — where a platform team looks first (`kubectl describe`),
@@ -73,15 +81,28 @@ pub async fn instrumented<K: Reconciled>(
     ctx: &Context,
     reconcile: impl Future<Output = Result<Action, Error>>,
 ) -> Result<Action, Error> {
+    if cache_behind_own_write(obj, ctx) {
+        // The cache has not seen the status this operator last wrote: acting on the older one
+        // would redo what that status records as done (make a deleted child again). The watch
+        // event of the write brings the object back soon; this is a fallback.
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
     let started = Instant::now();
     ctx.metrics.reconcile_started(K::CONTROLLER);
     let result = reconcile.await;
     ctx.metrics.reconcile_finished(K::CONTROLLER, started.elapsed());
     match &result {
-        Ok(_) => ctx.backoff.reset(&key(obj)),
+        Ok(_) => ctx.backoff.reset(&backoff_key(obj)),
         Err(Error::Kube(kube::Error::Api(status))) if status.code == 403 => {
+            // RBAC's denials read "User … cannot <verb> resource …"; quotas, PodSecurity and a
+            // terminating namespace answer 403 too, and a ClusterRole does not fix those.
+            let hint = if status.message.contains(" cannot ") && status.message.contains("resource") {
+                "grant it in the operator's ClusterRole (the chart's templates/rbac.yaml)"
+            } else {
+                "check the namespace's quotas and admission policies"
+            };
             let note = format!(
-                "the operator is not allowed to do what this {} needs: {} — grant it in the operator's ClusterRole (the chart's templates/rbac.yaml) and it retries",
+                "the API server refused a request for this {}: {} — {hint}; it retries",
                 K::kind(&()),
                 status.message
             );
@@ -89,7 +110,7 @@ pub async fn instrumented<K: Reconciled>(
         }
         Err(Error::Kube(kube::Error::Api(status))) if status.code == 422 || status.code == 400 => {
             let note = format!(
-                "the API server refused an object the operator made for this {}: {} — an admission policy of the cluster, or a bug in the operator (please report it); it retries",
+                "the API server refused a write the operator made for this {}: {} — an admission policy of the cluster, or a bug in the operator (please report it); it retries",
                 K::kind(&()),
                 status.message
             );
@@ -104,7 +125,7 @@ pub async fn instrumented<K: Reconciled>(
 /// object's own exponential backoff.
 pub fn error_policy<K: Reconciled>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_error(K::CONTROLLER, error.category());
-    let delay = ctx.backoff.next(&key(obj.as_ref()));
+    let delay = ctx.backoff.next(&backoff_key(obj.as_ref()));
     tracing::warn!(controller = K::CONTROLLER, object = %key(obj.as_ref()), error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -122,11 +143,14 @@ pub async fn log_outcome<T, E: std::fmt::Display>(outcome: Result<T, E>) {
 pub const APPLIED_HASH: &str = "distillery.dev/applied-hash";
 
 /// Server-side applies `desired` (a child the operator owns) under the operator's field manager
-/// and returns what the server stored — unless the live object already is what it would make
-/// (the same [`APPLIED_HASH`], so no field was dropped from the configuration, and every field it
-/// sets has its value, so nobody changed one since): then it writes nothing and returns the live
-/// object. A reconcile re-applies its children every time; without this each would be a write,
-/// and under a flaky API server a reconcile with several would rarely get through them all.
+/// and returns what the server stored — unless the live object already is what it would make:
+/// the same [`APPLIED_HASH`] (no field was dropped from the configuration since), applied by the
+/// operator's field manager (it owns those fields), and every field the configuration sets has
+/// its value (nobody changed one; see [`crate::objects::contains`]). Then it writes nothing and
+/// returns the live object. A reconcile re-applies its children every time; without this each
+/// would be a write, and under a flaky API server a reconcile with several would rarely get
+/// through them all. Where the comparison cannot tell (a list another writer added to), it
+/// applies: an extra write, never a missed one.
 pub async fn apply<C>(
     ctx: &Context,
     namespace: &str,
@@ -137,13 +161,39 @@ where
     C: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned + Serialize,
 {
     let api: Api<C> = Api::namespaced(ctx.client.clone(), namespace);
+    let live = api.get_opt(name).await?;
+    apply_over(ctx, namespace, name, desired, live.as_ref()).await
+}
+
+/// [`apply`] when the reconcile has just read the child: `live` is what it read (`None`: absent).
+pub async fn apply_over<C>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    desired: &(impl Serialize + Debug),
+    live: Option<&C>,
+) -> Result<C, Error>
+where
+    C: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned + Serialize,
+{
     let body = with_applied_hash(desired)?;
-    if let Some(live) = api.get_opt(name).await?
-        && crate::objects::contains(&serde_json::to_value(&live).map_err(|e| Error::Build(e.to_string()))?, &body)
+    if let Some(live) = live
+        && applied_by(live, &ctx.field_manager)
+        && crate::objects::contains(&serde_json::to_value(live).map_err(|e| Error::Build(e.to_string()))?, &body)
     {
-        return Ok(live);
+        return Ok(live.clone());
     }
+    let api: Api<C> = Api::namespaced(ctx.client.clone(), namespace);
     Ok(api.patch(name, &PatchParams::apply(&ctx.field_manager), &Patch::Apply(&body)).await?)
+}
+
+/// Whether `manager` holds fields of `live` by server-side apply.
+fn applied_by<C: Resource>(live: &C, manager: &str) -> bool {
+    live.meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|m| m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply"))
 }
 
 /// `desired` as JSON with its [`APPLIED_HASH`] annotation: the sha256 of its JSON without it.
@@ -182,8 +232,34 @@ pub async fn write_status<K: Reconciled>(ctx: &Context, obj: &K, status: &K::Sta
         "metadata": {"name": obj.name_any()},
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(&ctx.field_manager), &Patch::Apply(&body)).await?;
+    let written =
+        api.patch_status(&obj.name_any(), &PatchParams::apply(&ctx.field_manager), &Patch::Apply(&body)).await?;
+    remember_write(ctx, &written);
     Ok(true)
+}
+
+/// Remembers the `resourceVersion` of an object the operator wrote, for [`cache_behind_own_write`].
+/// (A `resourceVersion` is opaque to clients in principle; every API server numbers them from
+/// etcd's revision, and one that does not parse as a number is not tracked.)
+pub fn remember_write<K: Reconciled>(ctx: &Context, written: &K) {
+    if let Some(rv) = written.meta().resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()) {
+        ctx.written.lock().unwrap_or_else(|p| p.into_inner()).insert(backoff_key(written), rv);
+    }
+}
+
+/// Whether `obj` from the cache is older than the operator's own last write of it; forgets the
+/// write once the cache has caught up.
+fn cache_behind_own_write<K: Reconciled>(obj: &K, ctx: &Context) -> bool {
+    let mut written = ctx.written.lock().unwrap_or_else(|p| p.into_inner());
+    let key = backoff_key(obj);
+    let Some(&mine) = written.get(&key) else { return false };
+    match obj.meta().resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()) {
+        Some(seen) if seen < mine => true,
+        _ => {
+            written.remove(&key);
+            false
+        }
+    }
 }
 
 /// Records an Event on `obj`; a failure to record is logged, never fatal.

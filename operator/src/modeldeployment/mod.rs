@@ -149,23 +149,28 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     let (model, resolve_job_done) = model_state(md, ctx, &apis, &namespace, controls.retry).await?;
     let stable_digest = status.stable.as_ref().and_then(|s| s.model_digest.clone());
     let canary_digest = status.canary.as_ref().and_then(|s| s.model_digest.clone());
-    let stable = observe_track(apis.deployments.get_opt(&names.stable).await?.as_ref(), stable_digest.as_deref());
-    let canary = observe_track(apis.deployments.get_opt(&names.canary).await?.as_ref(), canary_digest.as_deref());
+    // Read once: observed here, and what the applies below compare with.
+    let stable_live = apis.deployments.get_opt(&names.stable).await?;
+    let canary_live = apis.deployments.get_opt(&names.canary).await?;
+    let stable = observe_track(stable_live.as_ref(), stable_digest.as_deref());
+    let canary = observe_track(canary_live.as_ref(), canary_digest.as_deref());
     let method = md.spec.rollout.traffic_routing.method;
     let route = match method {
         TrafficMethod::GatewayApi => Some(read_route(md, ctx, &namespace).await?),
         TrafficMethod::ReplicaRatio => None,
     };
-    let split_weight = match &route {
-        Some(Ok(route)) => build::observed_route_weight(route, &names),
-        Some(Err(_)) => Some(0),
-        None => {
-            apis.services.get_opt(&names.main).await?.as_ref().and_then(build::observed_selection).map(|s| match s {
-                Selection::StableOnly => 0,
-                Selection::Both => 50,
-                Selection::CanaryOnly => 100,
-            })
-        }
+    let main_live = match route {
+        None => Some(apis.services.get_opt(&names.main).await?),
+        Some(_) => None,
+    };
+    let split_weight = match (&route, &main_live) {
+        (Some(Ok(route)), _) => build::observed_route_weight(route, &names),
+        (Some(Err(_)), _) => Some(0),
+        (None, main) => main.as_ref().and_then(Option::as_ref).and_then(build::observed_selection).map(|s| match s {
+            Selection::StableOnly => 0,
+            Selection::Both => 50,
+            Selection::CanaryOnly => 100,
+        }),
     };
     let analysis = observe_analysis(md, &apis, &status).await?;
     let observed = Observed {
@@ -187,7 +192,7 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     if let Some(stable) = &plan.stable {
         let desired =
             build::deployment(md, Track::Stable, &stable.model, stable.replicas, settings).map_err(spec_bug)?;
-        pipeline::apply::<Deployment>(ctx, &namespace, &names.stable, &desired).await?;
+        pipeline::apply_over(ctx, &namespace, &names.stable, &desired, stable_live.as_ref()).await?;
         let svc = build::track_service(md, Track::Stable).map_err(spec_bug)?;
         pipeline::apply::<Service>(ctx, &namespace, &names.stable, &svc).await?;
         let canary_svc = build::track_service(md, Track::Canary).map_err(spec_bug)?;
@@ -196,26 +201,30 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     if let Some(canary) = &plan.canary {
         let desired =
             build::deployment(md, Track::Canary, &canary.model, canary.replicas, settings).map_err(spec_bug)?;
-        pipeline::apply::<Deployment>(ctx, &namespace, &names.canary, &desired).await?;
+        pipeline::apply_over(ctx, &namespace, &names.canary, &desired, canary_live.as_ref()).await?;
     }
     if plan.stable.is_some() {
         let weight = if plan.canary.is_some() { plan.canary_weight } else { 0 };
         let main = build::main_service(md, Selection::for_weight(weight)).map_err(spec_bug)?;
-        pipeline::apply::<Service>(ctx, &namespace, &names.main, &main).await?;
+        match &main_live {
+            Some(live) => pipeline::apply_over(ctx, &namespace, &names.main, &main, live.as_ref()).await?,
+            None => pipeline::apply::<Service>(ctx, &namespace, &names.main, &main).await?,
+        };
         if let Some(Ok(route)) = &route
             && let Some(updated) = build::route_with_weights(route, &names, 100 - weight, weight)
         {
             write_route(ctx, &namespace, updated).await?;
         }
     }
-    if plan.canary.is_none() && observed.canary.exists {
-        delete_quietly(&apis.deployments, &names.canary).await?;
-    }
-    // Status, then what it announces, then the analysis Jobs (a judged run's Job goes only
-    // once its verdict is stored).
+    // Status, then what it announces: the canary's pods go, and the analysis Jobs change, only
+    // once the status that says so is stored — else a failed status write would leave the next
+    // reconcile reading the old status, which wants them, and it would make them again.
     let before = md.status.clone().unwrap_or_default();
     let status = plan.status.clone();
     pipeline::write_status(ctx, md, &status).await?;
+    if plan.canary.is_none() && observed.canary.exists {
+        delete_quietly(&apis.deployments, &names.canary).await?;
+    }
     sync_analysis_jobs(md, ctx, &apis, &plan, &names).await?;
     if let Some(job) = resolve_job_done {
         delete_quietly(&apis.jobs, &job).await?;
@@ -241,7 +250,8 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         let annotations: BTreeMap<&str, Option<&str>> = plan.clear.iter().map(|a| (*a, None)).collect();
         let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({"metadata": {"annotations": annotations}});
-        api.patch(&owner_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let written = api.patch(&owner_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        pipeline::remember_write(ctx, &written);
     }
     if before.phase != status.phase {
         tracing::info!(modeldeployment = %pipeline::key(md), phase = ?status.phase, message = ?status.message, "phase changed");
