@@ -78,12 +78,21 @@ pub fn shared_small_artifact() -> PathBuf {
         let keyed = root.join(format!("{:016x}", hasher.finish()));
         if !keyed.join("small/distillery.json").is_file() {
             // Trained beside it and renamed into place, so that an interrupted run leaves no
-            // half-written artifact under the key; older keys go.
-            let _ = std::fs::remove_dir_all(&root);
+            // half-written artifact under the key. Older keys go; another process's training
+            // directory stays, and if it renamed its artifact into place first, that one is used.
+            for old in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                if !old.file_name().to_string_lossy().starts_with("training-") {
+                    let _ = std::fs::remove_dir_all(old.path());
+                }
+            }
             let staging = root.join(format!("training-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&staging);
             std::fs::create_dir_all(&staging).unwrap();
             fresh_small_artifact(staging.join("small"));
-            std::fs::rename(&staging, &keyed).unwrap();
+            if std::fs::rename(&staging, &keyed).is_err() {
+                assert!(keyed.join("small/distillery.json").is_file(), "cannot move {} into place", staging.display());
+                let _ = std::fs::remove_dir_all(&staging);
+            }
         }
         keyed.join("small")
     });

@@ -347,7 +347,8 @@ async fn a_long_named_job_runs_and_a_spec_the_worker_refuses_fails_at_once_with_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_resumes_from_its_checkpoint_and_a_restarted_operator_makes_no_second_job() {
     // The replacement pod waits the Job controller's retry backoff: 1 s here instead of a real
-    // cluster's 10 s (the job_controller tests check the real delays' shape).
+    // cluster's 10 s (the job_controller tests check the real delays' shape). For every Job of
+    // this test binary from now on; no other test here asserts on a retry's delay.
     distillery_tests::cluster::job::scale_backoff(Duration::from_secs(1));
     let h = Harness::start().await;
     let operator = h.operator(&h.operator_log());

@@ -345,7 +345,12 @@ fn refusal(doc: &Value, what: &str, field: &str) -> String {
             // The field itself, or the object it belongs to when that is refused whole
             // (`spec.output.s3` for each of its fields) — never just `spec`, unless asked.
             let parts: Vec<&str> = field.split('.').collect();
-            let named = (parts.len().min(2)..=parts.len()).any(|n| message.contains(&parts[..n].join(".")));
+            let names = |path: &str| {
+                message
+                    .match_indices(path)
+                    .any(|(i, _)| !message[i + path.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+            };
+            let named = (parts.len().min(2)..=parts.len()).any(|n| names(&parts[..n].join(".")));
             assert!(named, "{what} was refused without naming {field}:\n{message}");
             message
         }

@@ -222,7 +222,7 @@ async fn a_deleted_pod_is_killed_after_its_grace_period_and_one_that_never_ran_i
         h.pods().get_opt(&waiting.name_any()).await.ok()?.is_none().then_some(())
     })
     .await;
+    h.wait("the Job to fail", Duration::from_secs(20), async || h.job_condition("unpullable", "Failed").await).await;
     let job = h.jobs().get("unpullable").await.unwrap();
     assert_eq!(job.status.as_ref().unwrap().failed, Some(1), "counted as a failure: {:?}", job.status);
-    h.wait("the Job to fail", Duration::from_secs(20), async || h.job_condition("unpullable", "Failed").await).await;
 }

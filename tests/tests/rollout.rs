@@ -1014,7 +1014,7 @@ async fn under_api_faults_a_good_canary_is_promoted_and_a_bad_one_rolled_back_wi
     promote_good_then_roll_back_gross(&h, "calm").await;
     let calm = h.server.request_profile(&operator, started, started.elapsed());
     eprintln!("rollouts without faults: {calm}");
-    let writes = h.server.writes_in_quiet_period(Duration::from_secs(2), Duration::from_secs(3)).await;
+    let writes = h.server.writes_in_quiet_period(Duration::from_secs(3), Duration::from_secs(5)).await;
     assert!(writes.is_empty(), "writes after the calm rollouts: {writes:?}");
 
     h.server.inject_write_faults(&operator);

@@ -82,7 +82,10 @@ pub struct Processes(Arc<Mutex<ProcessTable>>);
 
 #[derive(Default)]
 struct ProcessTable {
+    /// Running containers' process groups.
     groups: HashMap<String, u32>,
+    /// Process groups sent SIGTERM for a deletion, until they exit (or get SIGKILL).
+    stopping: HashMap<String, u32>,
     deleting: std::collections::HashSet<String>,
 }
 
@@ -102,8 +105,12 @@ impl Processes {
         true
     }
 
+    /// Forgets the pod's process group once its process has exited (so that no signal reaches
+    /// another process that reuses the id).
     fn remove(&self, uid: &str) -> Option<u32> {
-        self.table().groups.remove(uid)
+        let mut table = self.table();
+        table.stopping.remove(uid);
+        table.groups.remove(uid)
     }
 
     fn running(&self, uid: &str) -> bool {
@@ -115,7 +122,14 @@ impl Processes {
     fn start_deleting(&self, uid: &str) -> Option<u32> {
         let mut table = self.table();
         table.deleting.insert(uid.to_string());
-        table.groups.remove(uid)
+        let group = table.groups.remove(uid)?;
+        table.stopping.insert(uid.to_string(), group);
+        Some(group)
+    }
+
+    /// Whether `pgid` is still the pod's stopping process group (its process has not exited).
+    fn still_stopping(&self, uid: &str, pgid: u32) -> bool {
+        self.table().stopping.get(uid) == Some(&pgid)
     }
 
     fn deleting(&self, uid: &str) -> bool {
@@ -124,7 +138,10 @@ impl Processes {
 
     /// Kills every process group (when the harness ends).
     pub fn kill_all(&self) {
-        let all: Vec<u32> = self.table().groups.drain().map(|(_, g)| g).collect();
+        let mut table = self.table();
+        let mut all: Vec<u32> = table.groups.drain().map(|(_, g)| g).collect();
+        all.extend(table.stopping.drain().map(|(_, g)| g));
+        drop(table);
         all.into_iter().for_each(|g| signal_group(g, "KILL"));
     }
 }
@@ -141,12 +158,16 @@ fn grace_period(pod: &Pod) -> Duration {
 }
 
 /// Stops a deleted pod's container as a kubelet does: SIGTERM to its process group, then SIGKILL
-/// once the grace period has passed (a process that ignores SIGTERM ends all the same).
-fn stop_group(pgid: u32, grace: Duration) {
+/// once the grace period has passed if it is still running (a process that ignores SIGTERM ends
+/// all the same).
+fn stop_group(processes: &Processes, uid: &str, pgid: u32, grace: Duration) {
     signal_group(pgid, "TERM");
+    let (processes, uid) = (processes.clone(), uid.to_string());
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
-        signal_group(pgid, "KILL");
+        if processes.still_stopping(&uid, pgid) {
+            signal_group(pgid, "KILL");
+        }
     });
 }
 
@@ -177,7 +198,7 @@ pub async fn run(client: kube::Client, config: KubeletConfig, processes: Process
                     let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
                     match processes.start_deleting(&uid) {
                         // Its end is reported by `run_pod` when the process exits.
-                        Some(g) => stop_group(g, grace_period(&pod)),
+                        Some(g) => stop_group(&processes, &uid, g, grace_period(&pod)),
                         // Its container never ran (no binary, or not started yet): nothing to
                         // stop, so the kubelet marks it terminal itself — else a finalizer (the
                         // Job controller's) would keep it terminating for ever. (A pod between
@@ -198,7 +219,7 @@ pub async fn run(client: kube::Client, config: KubeletConfig, processes: Process
             Event::Delete(pod) => {
                 let uid = pod.uid().unwrap_or_default();
                 if let Some(g) = processes.start_deleting(&uid) {
-                    stop_group(g, grace_period(&pod));
+                    stop_group(&processes, &uid, g, grace_period(&pod));
                 }
             }
             Event::Init | Event::InitDone => {}
@@ -213,7 +234,7 @@ async fn set_status(pods: &Api<Pod>, name: &str, status: Value) {
     let _ = pods.patch_status(name, &params, &Patch::Merge(json!({"status": status}))).await;
 }
 
-/// The status of a pod deleted before its container ran (or while it waited to restart): Failed,
+/// The status of a pod deleted before its container ran (or as it started): Failed,
 /// its container terminated with 137 and `ContainerStatusUnknown`, as the kubelet reports a
 /// container it cannot find at termination.
 fn never_ran(pod: &Pod) -> Value {
@@ -369,7 +390,11 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
     let prepared = match prepare(&config, &pod, &container, &pod_ip) {
         Ok(p) => p,
         Err((reason, message)) => {
-            return set_status(&pods, &name, waiting(&container.name, &image, &reason, &message)).await;
+            // (Unless it is being deleted: then it was marked Failed, and a terminal phase stays.)
+            if !processes.deleting(&uid) {
+                set_status(&pods, &name, waiting(&container.name, &image, &reason, &message)).await;
+            }
+            return;
         }
     };
     let restart = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
@@ -390,8 +415,10 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
             Ok(c) => c,
             Err(e) => {
                 let message = format!("cannot start {}: {e}", prepared.program.display());
-                return set_status(&pods, &name, waiting(&container.name, &image, "CreateContainerError", &message))
-                    .await;
+                if !processes.deleting(&uid) {
+                    set_status(&pods, &name, waiting(&container.name, &image, "CreateContainerError", &message)).await;
+                }
+                return;
             }
         };
         let pgid = child.id().unwrap_or_default();
@@ -479,9 +506,10 @@ async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Process
             }
         }
         // A pod deleted while it ran ends too: its container was stopped, and the pod is marked
-        // terminal (Failed, unless the process still exited 0) before it is removed, so that
-        // whoever tracks it (the Job controller's finalizer) sees how it ended.
-        let phase = if code == 0 && !killed && !processes.deleting(&uid) { "Succeeded" } else { "Failed" };
+        // terminal before it is removed, so that whoever tracks it (the Job controller's
+        // finalizer) sees how it ended — Failed when the signal ended it, Succeeded when its
+        // process still exited 0 (as a kubelet since 1.27 reports it).
+        let phase = if code == 0 { "Succeeded" } else { "Failed" };
         let status = json!({"phase": phase, "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now()}],
                             "containerStatuses": [{"name": container.name, "image": image, "imageID": "", "ready": false,
                                                    "restartCount": restarts, "state": {"terminated": terminated}}]});
