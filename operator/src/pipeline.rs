@@ -91,31 +91,35 @@ pub async fn instrumented<K: Reconciled>(
     ctx.metrics.reconcile_started(K::CONTROLLER);
     let result = reconcile.await;
     ctx.metrics.reconcile_finished(K::CONTROLLER, started.elapsed());
+    // What the API server refused is classified once, by `Error::category` (also the metric's).
     match &result {
         Ok(_) => ctx.backoff.reset(&backoff_key(obj)),
-        Err(Error::Kube(kube::Error::Api(status))) if status.code == 403 => {
-            // RBAC's denials read "User … cannot <verb> resource …"; quotas, PodSecurity and a
-            // terminating namespace answer 403 too, and a ClusterRole does not fix those.
-            let hint = if status.message.contains(" cannot ") && status.message.contains("resource") {
-                "grant it in the operator's ClusterRole (the chart's templates/rbac.yaml)"
-            } else {
-                "check the namespace's quotas and admission policies"
-            };
-            let note = format!(
-                "the API server refused a request for this {}: {} — {hint}; it retries",
-                K::kind(&()),
-                status.message
-            );
-            publish(ctx, obj, EventType::Warning, "Forbidden", note).await;
-        }
-        Err(Error::Kube(kube::Error::Api(status))) if status.code == 422 || status.code == 400 => {
-            let note = format!(
-                "the API server refused a write the operator made for this {}: {} — an admission policy of the cluster, or a bug in the operator (please report it); it retries",
-                K::kind(&()),
-                status.message
-            );
-            publish(ctx, obj, EventType::Warning, "Rejected", note).await;
-        }
+        Err(error @ Error::Kube(kube::Error::Api(status))) => match error.category() {
+            "forbidden" => {
+                // RBAC's denials read "User … cannot <verb> resource …"; quotas, PodSecurity and
+                // a terminating namespace answer 403 too, and a ClusterRole does not fix those.
+                let hint = if status.message.contains(" cannot ") && status.message.contains("resource") {
+                    "grant it in the operator's ClusterRole (the chart's templates/rbac.yaml)"
+                } else {
+                    "check the namespace's quotas and admission policies"
+                };
+                let note = format!(
+                    "the API server refused a request for this {}: {} — {hint}; it retries",
+                    K::kind(&()),
+                    status.message
+                );
+                publish(ctx, obj, EventType::Warning, "Forbidden", note).await;
+            }
+            "rejected" => {
+                let note = format!(
+                    "the API server refused a write the operator made for this {}: {} — an admission policy of the cluster, or a bug in the operator (please report it); it retries",
+                    K::kind(&()),
+                    status.message
+                );
+                publish(ctx, obj, EventType::Warning, "Rejected", note).await;
+            }
+            _ => {}
+        },
         Err(_) => {}
     }
     result
