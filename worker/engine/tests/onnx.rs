@@ -52,8 +52,9 @@ fn tiny(config: &EncoderConfig, classes: usize, pooler: bool, seed: u64) -> Hash
         init::add_pooler(&head, None, config.hidden_size, seed, &dev).unwrap();
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    runner::snapshot(&[&encoder, &head])
-        .unwrap()
+    // Values drawn in name order: the snapshot is a HashMap, whose order differs from run to run.
+    let snapshot: BTreeMap<String, Tensor> = runner::snapshot(&[&encoder, &head]).unwrap().into_iter().collect();
+    snapshot
         .into_iter()
         .map(|(name, t)| {
             let base = if name.ends_with("LayerNorm.weight") { 1.0 } else { 0.0 };
