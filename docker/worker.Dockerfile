@@ -1,6 +1,7 @@
 # The worker a DistillationJob or Benchmark pod runs (candle; CUDA optional), with the ONNX
 # Runtime library it exports, quantizes and times models in (from the pinned PyPI wheel, checked
-# by sha256, as scripts/setup.sh does).
+# by sha256, as scripts/setup.sh does), and distillery-server beside it: a Benchmark's artifact
+# targets are served by server processes the worker starts in its own pod.
 #   CPU:  docker build -f docker/worker.Dockerfile -t distillery-worker .
 #   CUDA: docker build -f docker/worker.Dockerfile -t distillery-worker:cuda \
 #           --build-arg FEATURES=cuda \
@@ -22,8 +23,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compil
 ENV PROTOC=/usr/bin/protoc
 WORKDIR /src
 COPY . .
+# The server has no CUDA feature (it links no candle), so it is built on its own.
 RUN cargo build --release --locked -p distillery-worker ${FEATURES:+--features $FEATURES} \
- && install -D target/release/distillery-worker /out/distillery-worker
+ && cargo build --release --locked -p distillery-server \
+ && install -D target/release/distillery-worker /out/distillery-worker \
+ && install -D target/release/distillery-server /out/distillery-server
 
 FROM python:3.11-slim-bookworm AS ort
 ARG ORT_WHEEL_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
@@ -40,5 +44,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=ort /libonnxruntime.so.1.31.1 /opt/onnxruntime/libonnxruntime.so.1.31.1
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so.1.31.1
 COPY --from=build /out/distillery-worker /usr/local/bin/distillery-worker
+COPY --from=build /out/distillery-server /usr/local/bin/distillery-server
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/distillery-worker"]
