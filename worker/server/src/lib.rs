@@ -14,6 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod protocol;
 pub mod runtime;
 pub mod session;

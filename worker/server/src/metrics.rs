@@ -1,6 +1,8 @@
 //! Prometheus metrics of the server (`/metrics`, prefix `distillery_server`). Canary analysis
 //! compares the prediction metrics of a stable and a canary pod: per-class prediction counts and
-//! the confidence histogram (its `_sum / _count` is the mean confidence) per class.
+//! the confidence histogram (its `_sum / _count` is the mean confidence) per class. The process's
+//! CPU time and memory ([`crate::process`]) come with every scrape, for benchmarks and
+//! dashboards.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +42,7 @@ pub struct ClassLabels {
 
 /// Every metric of the server, registered in one registry.
 pub struct Metrics {
+    /// Everything below under the `distillery_server` prefix, and the process metrics.
     registry: Registry,
     model_info: Family<ModelLabels, Gauge>,
     /// Requests answered, by endpoint and status code.
@@ -67,7 +70,9 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("distillery_server");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(crate::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("distillery_server");
         let model_info = Family::<ModelLabels, Gauge>::default();
         registry.register("model_info", "The served model: name, variant, sha256 of its ONNX file", model_info.clone());
         let requests = Family::<RequestLabels, Counter>::default();
@@ -104,7 +109,7 @@ impl Metrics {
         let ready = Gauge::default();
         registry.register("ready", "1 once the model is loaded and warmed up", ready.clone());
         Self {
-            registry,
+            registry: root,
             model_info,
             requests,
             request_duration,
@@ -147,5 +152,28 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrape_has_the_prefixed_metrics_and_the_process_ones() {
+        let m = Metrics::new();
+        m.request("infer", 200);
+        let text = m.encode();
+        for name in [
+            "distillery_server_requests_total{endpoint=\"infer\",code=\"200\"} 1",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_start_time_seconds ",
+            "distillery_server_peak_resident_memory_bytes ",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "{name} in:\n{text}");
+        }
+        assert!(!text.contains("distillery_server_process_"), "process metrics are not prefixed");
+        assert_eq!(text.matches("# EOF").count(), 1);
     }
 }
