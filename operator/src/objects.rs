@@ -1,8 +1,9 @@
 //! Small pieces every controller's `build` and `observe` use on Kubernetes objects: where a
-//! `file://` URI's claim is mounted, the security contexts of the pods the operator creates, a
-//! container's termination message, a Job's terminal condition, and JSON without nulls.
+//! `file://` URI's claim is mounted (and the claim mounts of a worker pod), the security contexts
+//! of the pods the operator creates, a container's termination message, a Job's terminal
+//! condition, and JSON without nulls.
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
@@ -38,6 +39,132 @@ pub fn claim_mount_path(uri: &str) -> Option<String> {
 /// The container path of a `file://` URI (`/models/x` for `file:///models/x`).
 pub fn container_path(uri: &str) -> Option<&str> {
     uri.strip_prefix("file://").filter(|p| p.starts_with('/'))
+}
+
+/// `/models` for `file:///models/x` (and for `file:///models`): the directory a claim holding the
+/// URI is mounted at. `None` for other URIs.
+pub fn top_directory(uri: &str) -> Option<String> {
+    let path = uri.strip_prefix("file://")?;
+    let first = path.strip_prefix('/')?.split('/').next().filter(|s| !s.is_empty())?;
+    Some(format!("/{first}"))
+}
+
+/// One PersistentVolumeClaim mount of a worker pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Volume name in the pod.
+    pub volume: String,
+    /// The claim.
+    pub claim: String,
+    /// Where it is mounted (`/models`).
+    pub path: String,
+    /// Mounted read-only (inputs) or read-write (outputs).
+    pub read_only: bool,
+    /// The field that asked for it first, for error messages.
+    pub field: String,
+}
+
+/// A claim a pod needs for a `file://` location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimUse {
+    /// The field that names the claim (for error messages).
+    pub field: String,
+    /// The claim.
+    pub claim: String,
+    /// The `file://` URI the pod reads or writes on it.
+    pub uri: String,
+    /// Whether the pod only reads there.
+    pub read_only: bool,
+}
+
+/// Why a pod's claims cannot be mounted. The spec must change first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MountError {
+    /// Two URIs need different claims at the same mount path.
+    #[error(
+        "{field}: the claim {claim:?} would be mounted at {path}, where {other_field} already mounts {other_claim:?}; use one claim per top-level directory"
+    )]
+    Clash {
+        /// The field that asks second.
+        field: String,
+        /// Its claim.
+        claim: String,
+        /// The mount path both want.
+        path: String,
+        /// The field that asked first.
+        other_field: String,
+        /// Its claim.
+        other_claim: String,
+    },
+    /// A claim given for a URI that is not a `file://` path with a top-level directory.
+    #[error(
+        "{field}: a volumeClaim needs a file:// URI under a top-level directory (e.g. file:///models/x), got {uri:?}"
+    )]
+    ClaimWithoutPath {
+        /// The field.
+        field: String,
+        /// The URI.
+        uri: String,
+    },
+}
+
+/// The mounts for `uses`, in order: each claim at its URI's [`top_directory`]; the same claim at
+/// the same path is mounted once (read-write if any user writes), two claims at one path are
+/// refused naming both fields.
+pub fn claim_mounts(uses: impl IntoIterator<Item = ClaimUse>) -> Result<Vec<Mount>, MountError> {
+    let mut mounts: Vec<Mount> = Vec::new();
+    for ClaimUse { field, claim, uri, read_only } in uses {
+        let path = top_directory(&uri).ok_or_else(|| MountError::ClaimWithoutPath { field: field.clone(), uri })?;
+        match mounts.iter_mut().find(|m| m.path == path) {
+            Some(m) if m.claim == claim => m.read_only &= read_only,
+            Some(m) => {
+                return Err(MountError::Clash {
+                    field,
+                    claim,
+                    path,
+                    other_field: m.field.clone(),
+                    other_claim: m.claim.clone(),
+                });
+            }
+            None => {
+                mounts.push(Mount { volume: format!("claim-{}", mounts.len()), claim, path, read_only, field });
+            }
+        }
+    }
+    Ok(mounts)
+}
+
+/// The pod's `volumes` and the container's `volumeMounts` for `mounts`.
+pub fn mount_specs(mounts: &[Mount]) -> (Vec<Value>, Vec<Value>) {
+    mounts
+        .iter()
+        .map(|m| {
+            (
+                json!({"name": m.volume, "persistentVolumeClaim": {"claimName": m.claim, "readOnly": m.read_only}}),
+                json!({"name": m.volume, "mountPath": m.path, "readOnly": m.read_only}),
+            )
+        })
+        .unzip()
+}
+
+/// `message` trimmed and cut to at most `max` characters (an ellipsis marks a cut), for quoting
+/// a worker's message in a condition.
+pub fn quote(message: &str, max: usize) -> String {
+    let message = message.trim();
+    match message.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message.to_string(),
+    }
+}
+
+/// The phase of `pod` (`Pending` when it has none yet).
+pub fn pod_phase(pod: &Pod) -> &str {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending")
+}
+
+/// The condition of `type_` of `job` when it is `True`.
+pub fn job_condition<'j>(job: &'j Job, type_: &str) -> Option<&'j JobCondition> {
+    job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_ && c.status == "True")
 }
 
 /// How `container` of `pod` ended, if it did: its exit code and termination message.
@@ -157,6 +284,49 @@ mod tests {
         assert_eq!(claim_mount_path("s3://bucket/x"), None);
         assert_eq!(container_path("file:///artifacts/small"), Some("/artifacts/small"));
         assert_eq!(container_path("s3://b/k"), None);
+    }
+
+    fn uses(list: &[(&str, &str, &str, bool)]) -> Vec<ClaimUse> {
+        list.iter()
+            .map(|(field, claim, uri, read_only)| ClaimUse {
+                field: field.to_string(),
+                claim: claim.to_string(),
+                uri: uri.to_string(),
+                read_only: *read_only,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_claim_at_one_path_is_mounted_once_read_write_if_anyone_writes() {
+        let mounts = claim_mounts(uses(&[
+            ("a", "artifacts", "file:///artifacts/x", true),
+            ("b", "data", "file:///data/d.csv", true),
+            ("c", "artifacts", "file:///artifacts/benchmarks/r", false),
+        ]))
+        .unwrap();
+        let seen: Vec<(&str, &str, bool)> =
+            mounts.iter().map(|m| (m.claim.as_str(), m.path.as_str(), m.read_only)).collect();
+        assert_eq!(seen, vec![("artifacts", "/artifacts", false), ("data", "/data", true)]);
+        let (volumes, volume_mounts) = mount_specs(&mounts);
+        assert_eq!(volumes[0]["persistentVolumeClaim"], json!({"claimName": "artifacts", "readOnly": false}));
+        assert_eq!(volume_mounts[1], json!({"name": "claim-1", "mountPath": "/data", "readOnly": true}));
+    }
+
+    #[test]
+    fn two_claims_at_one_path_and_a_claim_without_a_path_are_refused() {
+        let clash = claim_mounts(uses(&[("a", "one", "file:///m/x", true), ("b", "two", "file:///m/y", true)]));
+        let message = clash.unwrap_err().to_string();
+        assert!(message.starts_with("b: the claim \"two\"") && message.contains("where a already mounts"), "{message}");
+        let s3 = claim_mounts(uses(&[("a", "one", "s3://bucket/x", true)]));
+        assert!(matches!(s3, Err(MountError::ClaimWithoutPath { .. })));
+        assert_eq!(top_directory("file:///models"), Some("/models".into()));
+    }
+
+    #[test]
+    fn quotes_are_trimmed_and_cut() {
+        assert_eq!(quote("  short \n", 10), "short");
+        assert_eq!(quote("abcdef", 3), "abc…");
     }
 
     #[test]

@@ -19,7 +19,10 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::names;
-use crate::objects::{container_security_context, pod_security_context, strip_nulls};
+use crate::objects::{
+    ClaimUse, Mount, MountError, claim_mounts, container_security_context, mount_specs, pod_security_context,
+    strip_nulls, top_directory,
+};
 use sha2::{Digest, Sha256};
 
 /// Annotation holding the sha256 of the Job's pod template: a Job whose hash differs from the one
@@ -68,32 +71,9 @@ pub enum SpecError {
     /// The object lacks what the API server always sets (name, namespace, uid).
     #[error("metadata.{0} is missing")]
     MissingMetadata(&'static str),
-    /// Two URIs need different claims at the same mount path.
-    #[error(
-        "{field}: the claim {claim:?} would be mounted at {path}, where {other_field} already mounts {other_claim:?}; use one claim per top-level directory"
-    )]
-    MountClash {
-        /// The field that asks second.
-        field: String,
-        /// Its claim.
-        claim: String,
-        /// The mount path both want.
-        path: String,
-        /// The field that asked first.
-        other_field: String,
-        /// Its claim.
-        other_claim: String,
-    },
-    /// A claim given for a URI that is not a `file://` path with a top-level directory.
-    #[error(
-        "{field}: a volumeClaim needs a file:// URI under a top-level directory (e.g. file:///models/x), got {uri:?}"
-    )]
-    ClaimWithoutPath {
-        /// The field.
-        field: String,
-        /// The URI.
-        uri: String,
-    },
+    /// The claims cannot be mounted as asked.
+    #[error(transparent)]
+    Mount(#[from] MountError),
 }
 
 /// The deterministic name of a DistillationJob's Job: `<name>-distill`, shortened with a hash
@@ -117,28 +97,6 @@ pub fn run_output_uri(output_uri: &str, run_id: &str) -> String {
     format!("{}/{run_id}", output_uri.trim_end_matches('/'))
 }
 
-/// One PersistentVolumeClaim mount of the worker pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    /// Volume name in the pod.
-    pub volume: String,
-    /// The claim.
-    pub claim: String,
-    /// Where it is mounted (`/models`).
-    pub path: String,
-    /// Mounted read-only (inputs) or read-write (the output).
-    pub read_only: bool,
-    /// The field that asked for it, for error messages.
-    pub field: String,
-}
-
-/// `/models` for `file:///models/x`.
-fn top_directory(uri: &str) -> Option<String> {
-    let path = uri.strip_prefix("file://")?;
-    let first = path.strip_prefix('/')?.split('/').next().filter(|s| !s.is_empty())?;
-    Some(format!("/{first}"))
-}
-
 /// The claim mounts the spec asks for: teacher and dataset read-only, the output read-write. The
 /// same claim at the same path is mounted once (read-write if any user writes).
 pub fn mounts(dj: &DistillationJob) -> Result<Vec<Mount>, SpecError> {
@@ -148,32 +106,10 @@ pub fn mounts(dj: &DistillationJob) -> Result<Vec<Mount>, SpecError> {
         ("spec.dataset.volumeClaim", spec.dataset.volume_claim.as_ref(), spec.dataset.uri.as_str(), true),
         ("spec.output.volumeClaim", spec.output.volume_claim.as_ref(), spec.output.uri.as_str(), false),
     ];
-    let mut mounts: Vec<Mount> = Vec::new();
-    for (field, claim, uri, read_only) in wanted {
-        let Some(claim) = claim else { continue };
-        let path =
-            top_directory(uri).ok_or_else(|| SpecError::ClaimWithoutPath { field: field.into(), uri: uri.into() })?;
-        match mounts.iter_mut().find(|m| m.path == path) {
-            Some(m) if m.claim == *claim => m.read_only &= read_only,
-            Some(m) => {
-                return Err(SpecError::MountClash {
-                    field: field.into(),
-                    claim: claim.clone(),
-                    path,
-                    other_field: m.field.clone(),
-                    other_claim: m.claim.clone(),
-                });
-            }
-            None => mounts.push(Mount {
-                volume: format!("claim-{}", mounts.len()),
-                claim: claim.clone(),
-                path,
-                read_only,
-                field: field.into(),
-            }),
-        }
-    }
-    Ok(mounts)
+    let uses = wanted.into_iter().filter_map(|(field, claim, uri, read_only)| {
+        Some(ClaimUse { field: field.into(), claim: claim?.clone(), uri: uri.into(), read_only })
+    });
+    Ok(claim_mounts(uses)?)
 }
 
 /// The DistillationJob as the worker reads it: identity and spec, no status or managed fields.
@@ -235,11 +171,9 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
     let mut volumes = vec![json!({"name": "cache", "emptyDir": {}}), json!({"name": "tmp", "emptyDir": {}})];
     let mut volume_mounts =
         vec![json!({"name": "cache", "mountPath": CACHE_PATH}), json!({"name": "tmp", "mountPath": "/tmp"})];
-    for m in &mounts {
-        volumes
-            .push(json!({"name": m.volume, "persistentVolumeClaim": {"claimName": m.claim, "readOnly": m.read_only}}));
-        volume_mounts.push(json!({"name": m.volume, "mountPath": m.path, "readOnly": m.read_only}));
-    }
+    let (claim_volumes, claim_mounts) = mount_specs(&mounts);
+    volumes.extend(claim_volumes);
+    volume_mounts.extend(claim_mounts);
     let document = worker_document(dj, name, namespace, uid);
     let template = json!({
         "metadata": {"labels": labels, "annotations": {JOB_LABEL: name}},
@@ -516,6 +450,6 @@ mod tests {
         assert_eq!(job.spec.unwrap().template.spec.unwrap().volumes.unwrap().len(), 4, "cache, tmp, models, artifacts");
         let mut s3 = example();
         s3.spec.teacher.uri = "s3://bucket/teacher".into();
-        assert!(matches!(desired_job(&s3, &settings()), Err(SpecError::ClaimWithoutPath { .. })));
+        assert!(matches!(desired_job(&s3, &settings()), Err(SpecError::Mount(MountError::ClaimWithoutPath { .. }))));
     }
 }

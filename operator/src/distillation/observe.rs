@@ -14,9 +14,10 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::build::{CONTAINER, SpecError};
+use crate::objects::{job_condition, pod_phase};
 
 /// The most of a termination message quoted in a condition.
-const QUOTED_MESSAGE: usize = 400;
+pub const QUOTED_MESSAGE: usize = 400;
 
 /// What the reconciler found.
 #[derive(Clone, Debug, Default)]
@@ -36,29 +37,17 @@ fn terminated(pod: &Pod) -> Option<(i32, String)> {
     crate::objects::terminated(pod, CONTAINER)
 }
 
-fn pod_phase(pod: &Pod) -> &str {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending")
-}
-
 fn created(pod: &Pod) -> Option<&Time> {
     pod.metadata.creation_timestamp.as_ref()
 }
 
 fn quote(message: &str) -> String {
-    let message = message.trim();
-    match message.char_indices().nth(QUOTED_MESSAGE) {
-        Some((cut, _)) => format!("{}…", &message[..cut]),
-        None => message.to_string(),
-    }
+    crate::objects::quote(message, QUOTED_MESSAGE)
 }
 
 /// The summary the worker wrote as its termination message.
 pub fn parse_result(message: &str) -> Result<DistillationResult, String> {
     serde_json::from_str(message.trim()).map_err(|e| format!("the worker's summary is not readable ({e})"))
-}
-
-fn job_condition<'j>(job: &'j Job, type_: &str) -> Option<&'j k8s_openapi::api::batch::v1::JobCondition> {
-    job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_ && c.status == "True")
 }
 
 /// The status for a spec that cannot run: `Failed`, `Accepted=False` with the reason, and nothing
