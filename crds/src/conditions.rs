@@ -74,6 +74,13 @@ pub mod reasons {
     pub const SERVING_DEGRADED: &str = "ServingDegraded";
     /// The referenced DistillationJob has not succeeded yet.
     pub const WAITING_FOR_DISTILLATION: &str = "WaitingForDistillation";
+    /// A Benchmark's deployment target cannot be measured yet: its ModelDeployment does not
+    /// exist, or the track it names is not serving (a canary track exists only during a
+    /// rollout). The message names the target and what is missing; the Benchmark waits.
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    /// A DistillationJob a Benchmark measures failed, so it has no artifact: the Benchmark fails
+    /// and is not run again until its spec changes.
+    pub const DISTILLATION_FAILED: &str = "DistillationFailed";
     /// The artifact is being read to learn its served file's digest.
     pub const RESOLVING: &str = "Resolving";
     /// The artifact is resolved.

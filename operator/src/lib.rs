@@ -3,8 +3,10 @@
 //! `run` connects to the cluster, serves health and metrics endpoints, waits until the Distillery
 //! CRDs are served, takes the leader Lease (when leader election is on) and runs the controllers
 //! until SIGTERM. Each controller is a pipeline — read → validate → build → apply → status — in a
-//! module of its own ([`distillation`]); see docs/architecture.md.
+//! module of its own ([`distillation`], [`modeldeployment`], [`benchmark`]); see
+//! docs/architecture.md.
 
+pub mod benchmark;
 pub mod config;
 pub mod context;
 pub mod distillation;
@@ -129,7 +131,8 @@ async fn lead_and_reconcile(client: kube::Client, args: RunArgs, shared: Shared,
     let controller = async {
         tokio::join!(
             distillation::run(ctx.clone(), stop.clone().wait()),
-            modeldeployment::run(ctx.clone(), stop.clone().wait())
+            modeldeployment::run(ctx.clone(), stop.clone().wait()),
+            benchmark::run(ctx.clone(), stop.clone().wait())
         );
     };
     let result = match &elector {

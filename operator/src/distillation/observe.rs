@@ -11,7 +11,7 @@ use distillery_crds::distillation::{DistillationResult, JobPhase};
 use distillery_crds::{DistillationJob, DistillationJobStatus};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::build::{CONTAINER, SpecError};
 use crate::objects::{job_condition, pod_phase};
@@ -57,12 +57,26 @@ pub fn invalid_status(dj: &DistillationJob, error: &SpecError, now: &Time) -> Di
     let mut status = operator_part(dj);
     status.observed_generation = generation;
     status.phase = Some(JobPhase::Failed);
-    let c = &mut status.conditions;
-    set_condition(c, types::ACCEPTED, false, reasons::INVALID_SPEC, error.to_string(), generation, now);
+    refused_conditions(&mut status.conditions, &error.to_string(), generation, now);
+    status
+}
+
+/// The conditions of a resource whose spec cannot run (`message` says why): `Accepted=False`
+/// and `Failed=True` with reason `InvalidSpec`. Shared by the controllers that run Jobs.
+pub fn refused_conditions(c: &mut Vec<Condition>, message: &str, generation: Option<i64>, now: &Time) {
+    set_condition(c, types::ACCEPTED, false, reasons::INVALID_SPEC, message, generation, now);
     set_condition(c, types::PROGRESSING, false, reasons::INVALID_SPEC, "the spec must be fixed first", generation, now);
     set_condition(c, types::COMPLETE, false, reasons::INVALID_SPEC, "", generation, now);
-    set_condition(c, types::FAILED, true, reasons::INVALID_SPEC, error.to_string(), generation, now);
-    status
+    set_condition(c, types::FAILED, true, reasons::INVALID_SPEC, message, generation, now);
+}
+
+/// The conditions while `job_name` is being created: `Progressing=True` (`Pending`), neither
+/// complete nor failed. Shared by the controllers that run Jobs.
+pub fn creating_conditions(c: &mut Vec<Condition>, job_name: &str, generation: Option<i64>, now: &Time) {
+    let message = format!("creating Job {job_name}");
+    set_condition(c, types::PROGRESSING, true, reasons::PENDING, message, generation, now);
+    set_condition(c, types::COMPLETE, false, reasons::NOT_FINISHED, "", generation, now);
+    set_condition(c, types::FAILED, false, reasons::NOT_FINISHED, "", generation, now);
 }
 
 /// The status fields the operator owns (everything but the worker's `progress`), as stored now.
@@ -93,10 +107,7 @@ pub fn desired_status(dj: &DistillationJob, observed: &Observed, now: &Time) -> 
 
     let Some(job) = observed.job else {
         status.phase = Some(JobPhase::Pending);
-        let message = format!("creating Job {}", observed.job_name);
-        set_condition(c, types::PROGRESSING, true, reasons::PENDING, message, generation, now);
-        set_condition(c, types::COMPLETE, false, reasons::NOT_FINISHED, "", generation, now);
-        set_condition(c, types::FAILED, false, reasons::NOT_FINISHED, "", generation, now);
+        creating_conditions(c, observed.job_name, generation, now);
         return status;
     };
     let job_status = job.status.clone().unwrap_or_default();
