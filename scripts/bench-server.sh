@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # distillery-server against the baseline a user would build (Python onnxruntime==1.31.1 behind
 # FastAPI/uvicorn, one request per inference), serving the same artifact's model and tokenizer,
-# driven by `distillery-worker bench` at concurrency 1, 16 and 64 with the held-out texts, in one
+# driven by `distillery-worker loadtest` at concurrency 1, 16 and 64 with the held-out texts, in one
 # run; then distillery-server alone at twice its measured capacity (open loop). Prints the tables
 # and the ratios. Outside CI: the baseline's packages go into their own virtual environment.
 # Usage: scripts/bench-server.sh [ARTIFACT_DIR] [SECONDS_PER_LEVEL]
@@ -28,7 +28,7 @@ pids+=($!)
 pids+=($!)
 echo "bench: $(nproc) CPUs; artifact $artifact; $seconds s per level; distillery-server flags: ${DISTILLERY_SERVER_FLAGS:-(defaults)}; baseline: ${BASELINE_WORKERS:-1} uvicorn worker(s), ${BASELINE_HANDLER:-sync} handler"
 out="${DISTILLERY_BENCH_OUT:-target/bench-server}"; mkdir -p "$out"
-target/release/distillery-worker bench --model "$model" -a "$artifact" --duration-seconds "$seconds" \
+target/release/distillery-worker loadtest --model "$model" -a "$artifact" --duration-seconds "$seconds" \
   --target "distillery=http://127.0.0.1:$ours_port" --target "python=http://127.0.0.1:$base_port" \
   --json "$out/closed.json"
 kill "${pids[1]}"   # the baseline; the overload run measures distillery-server alone
@@ -36,7 +36,7 @@ capacity=$(python3 -c "import json; print(max(r['throughput'] for r in json.load
 rate=$(python3 -c "print(round(2 * $capacity))")
 echo "bench: overload — open loop at $rate req/s, twice the best closed-loop throughput ($capacity req/s)"
 curl -s "http://127.0.0.1:$ours_port/metrics" > "$out/metrics.before"
-target/release/distillery-worker bench --model "$model" -a "$artifact" --duration-seconds "$seconds" \
+target/release/distillery-worker loadtest --model "$model" -a "$artifact" --duration-seconds "$seconds" \
   --target "distillery=http://127.0.0.1:$ours_port" --rate "$rate" --connections 512 --json "$out/overload.json"
 curl -s "http://127.0.0.1:$ours_port/metrics" > "$out/metrics.after"
 # The server's own view of the overload run: its latency histogram (arrival to response, admitted

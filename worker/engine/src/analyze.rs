@@ -355,25 +355,27 @@ pub fn evidence(rows: &[&GoldenRow], stable: &[String], canary: &[String]) -> Go
 // HTTP
 
 /// One keep-alive HTTP/1.1 connection to a host, reopened when it breaks.
-struct Client {
+pub(crate) struct Client {
     authority: String,
     timeout: Duration,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 /// A response: status and body.
-struct Reply {
-    status: u16,
-    body: Bytes,
+pub(crate) struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// The whole body.
+    pub body: Bytes,
 }
 
 impl Client {
-    fn new(authority: &str, timeout: Duration) -> Self {
+    pub(crate) fn new(authority: &str, timeout: Duration) -> Self {
         Self { authority: authority.into(), timeout, sender: None }
     }
 
     /// One request, within the timeout.
-    async fn send(&mut self, method: &str, path: &str, body: Bytes) -> Result<Reply, String> {
+    pub(crate) async fn send(&mut self, method: &str, path: &str, body: Bytes) -> Result<Reply, String> {
         let result = tokio::time::timeout(self.timeout, self.exchange(method, path, body)).await;
         let result = result.unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
         if result.is_err() {
@@ -425,8 +427,8 @@ fn excerpt(text: &str, max: usize) -> String {
 
 /// One track's golden labels: `texts` in batches of `batch_size`, `in_flight` requests at a time.
 /// The first failure stops the track.
-async fn label_texts(
-    name: &'static str,
+pub(crate) async fn label_texts(
+    name: &str,
     base: &Url,
     model: &str,
     texts: Arc<Vec<String>>,

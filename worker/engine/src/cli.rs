@@ -18,7 +18,7 @@ use distillery_server::artifact::{ServedArtifact, VariantChoice};
 
 use crate::distill::{DistillError, ErrorPolicy};
 use crate::progress::{self, Event, ProgressStage};
-use crate::{analyze, cluster, distill, inspect, loadgen, onnx, spec};
+use crate::{analyze, bench, cluster, distill, inspect, loadgen, onnx, spec};
 
 /// Distillery's worker: knowledge distillation, export, quantization, evaluation and load tests.
 #[derive(Parser, Debug)]
@@ -109,10 +109,58 @@ pub enum Command {
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_library: Option<PathBuf>,
     },
-    /// Drive KServe V2 inference servers with texts, one per request, and report throughput and
-    /// p50/p95/p99 latency per load level; given several targets, side by side with ratios to the
-    /// first.
+    /// Run a Benchmark (YAML or JSON), locally or in the operator's pod: every target on the same
+    /// inputs — accuracy, robustness, latency, throughput, errors, cold start, CPU and memory —
+    /// one after the other; artifact targets are served by `distillery-server` processes started
+    /// here. Prints a table with ratios to the first target and writes report.html, report.md and
+    /// results.json to the report location.
     Bench {
+        /// The Benchmark file.
+        #[arg(short = 'f', long = "file", env = "DISTILLERY_BENCHMARK_FILE", required_unless_present = "benchmark")]
+        file: Option<PathBuf>,
+        /// The Benchmark itself, as JSON or YAML (how the operator hands it to the pod).
+        #[arg(long, env = "DISTILLERY_BENCHMARK", conflicts_with = "file", hide_env_values = true)]
+        benchmark: Option<String>,
+        /// `NAME=http://HOST:PORT`: where a ModelDeployment target is served (the operator passes
+        /// the track's Service). Repeat per target.
+        #[arg(long = "target-url")]
+        target_urls: Vec<String>,
+        /// `NAME=URL,URL`: the `/metrics` of a ModelDeployment target's pods, for its CPU and
+        /// memory. Repeat per target.
+        #[arg(long = "target-metrics")]
+        target_metrics: Vec<String>,
+        /// `NAME=DIR`: an artifact target's directory, instead of its `artifact.uri` (required
+        /// for a `distillationJobRef`). Repeat per target.
+        #[arg(long = "artifact")]
+        artifacts: Vec<String>,
+        /// Write the report here instead of the spec's `reportUri` (or its default beside the
+        /// first artifact).
+        #[arg(long)]
+        report_uri: Option<String>,
+        /// The `distillery-server` binary; default: the one beside this executable, else the
+        /// PATH's.
+        #[arg(long, env = "DISTILLERY_SERVER_BINARY")]
+        server_binary: Option<PathBuf>,
+        /// Write the summary (or the error) here too: the container's termination-message path.
+        #[arg(long, env = "DISTILLERY_TERMINATION_MESSAGE")]
+        termination_message: Option<PathBuf>,
+    },
+    /// Write an artifact's held-out split (the examples its job kept out of training) as a CSV
+    /// with `text` and `label` columns, labels by name: labelled inputs for a Benchmark or a
+    /// golden set that the model never trained on.
+    HeldOut {
+        /// The artifact directory (its `job.json` says how the data was split).
+        #[arg(short = 'a', long)]
+        artifact: PathBuf,
+        /// The CSV file to write.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+    /// Drive running KServe V2 inference servers with texts, one per request, and report
+    /// throughput and p50/p95/p99 latency per load level; given several targets, side by side with
+    /// ratios to the first. (A whole Benchmark — accuracy, robustness, cold start, resources and a
+    /// report — is `bench -f`.)
+    Loadtest {
         /// A server: `NAME=http://host:port`, or just the URL. Repeat to compare servers; each is
         /// driven alone, one after the other.
         #[arg(long = "target", required = true)]
@@ -243,6 +291,24 @@ pub fn main() -> ExitCode {
             finish(predict(&artifact, variant, texts.as_deref(), batch_size as usize, ort_library.as_deref()))
         }
         Command::Bench {
+            file,
+            benchmark,
+            target_urls,
+            target_metrics,
+            artifacts,
+            report_uri,
+            server_binary,
+            termination_message,
+        } => {
+            let resolved = bench::plan::Resolved { target_urls, target_metrics, artifacts, report_uri };
+            let source = match (file, benchmark) {
+                (Some(path), _) => Source::File(path),
+                (None, Some(text)) => Source::Inline(text),
+                (None, None) => unreachable!("clap requires one of --file and --benchmark"),
+            };
+            run_benchmark(&source, &resolved, server_binary.as_deref(), termination_message.as_deref())
+        }
+        Command::Loadtest {
             targets,
             model,
             artifact,
@@ -255,8 +321,9 @@ pub fn main() -> ExitCode {
             json,
         } => {
             let load = Load { concurrency, rate, connections, duration_seconds, warmup_seconds };
-            finish(bench(&targets, &model, artifact.as_deref(), texts.as_deref(), &load, json.as_deref()))
+            finish(loadtest(&targets, &model, artifact.as_deref(), texts.as_deref(), &load, json.as_deref()))
         }
+        Command::HeldOut { artifact, output } => finish(write_held_out(&artifact, &output)),
         Command::Inspect { artifact, variant, termination_message } => {
             let result = inspect::inspect(&artifact, variant)
                 .map(|i| serde_json::to_string(&i).expect("the inspection serializes"))
@@ -331,6 +398,97 @@ pub fn main() -> ExitCode {
                     failure.exit_code()
                 }
             }
+        }
+    }
+}
+
+/// Writes `artifact`'s held-out split to `output` as `text,label` CSV (labels by name).
+fn write_held_out(artifact: &Path, output: &Path) -> Result<String, String> {
+    let examples = onnx::artifact::held_out(artifact, None).map_err(|e| e.to_string())?;
+    let config_path = artifact.join("config.json");
+    let config: serde_json::Value = std::fs::read(&config_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let name = |label: u32| {
+        config["id2label"][label.to_string()]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("{}: id2label has no class {label}", config_path.display()))
+    };
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", output.display());
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| fail(&e))?;
+    }
+    let mut csv = csv::Writer::from_path(output).map_err(|e| fail(&e))?;
+    csv.write_record(["text", "label"]).map_err(|e| fail(&e))?;
+    for (text, label) in &examples {
+        csv.write_record([text.as_str(), name(*label)?.as_str()]).map_err(|e| fail(&e))?;
+    }
+    csv.flush().map_err(|e| fail(&e))?;
+    Ok(format!("{} held-out examples written to {}", examples.len(), output.display()))
+}
+
+/// Runs a Benchmark and reports as `distill` does: the summary (or the error) in the termination
+/// message, the table and the report's location on stdout, exit 2 for a failure the same spec
+/// would meet again.
+fn run_benchmark(
+    source: &Source,
+    resolved: &bench::plan::Resolved,
+    server_binary: Option<&Path>,
+    termination_message: Option<&Path>,
+) -> ExitCode {
+    let result = (|| -> Result<(String, String), bench::BenchError> {
+        let (text, origin) = match source {
+            Source::File(path) => (
+                std::fs::read_to_string(path).map_err(|e| {
+                    bench::BenchError::Plan(bench::plan::PlanError::Bad {
+                        what: path.display().to_string(),
+                        message: e.to_string(),
+                    })
+                })?,
+                path.clone(),
+            ),
+            Source::Inline(text) => (text.clone(), PathBuf::from("DISTILLERY_BENCHMARK")),
+        };
+        let benchmark: distillery_crds::Benchmark = spec::parse_as(&text, &origin).map_err(|e| {
+            bench::BenchError::Plan(bench::plan::PlanError::Bad {
+                what: "the Benchmark".into(),
+                message: e.to_string(),
+            })
+        })?;
+        let plan = bench::plan::plan(&benchmark, resolved)?;
+        let binary = bench::server::server_binary(server_binary);
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+            bench::BenchError::Target { target: "-".into(), message: format!("cannot start the runtime: {e}") }
+        })?;
+        let report =
+            runtime.block_on(bench::run(&plan, &binary, &mut |line| eprintln!("distillery-worker: {line}")))?;
+        bench::report::write(&report, &plan.report_dir)?;
+        let summary = serde_json::to_string(&report.summary()).expect("the summary serializes");
+        let table =
+            format!("{}\nreport: {}\n", bench::report::table(&report), plan.report_dir.join("report.html").display());
+        Ok((summary, table))
+    })();
+    let message = match &result {
+        Ok((summary, _)) => summary.clone(),
+        Err(e) => e.to_string(),
+    };
+    if let Some(path) = termination_message
+        && let Err(e) = cluster::write_termination_message(path, &message)
+    {
+        eprintln!("distillery-worker: cannot write the termination message to {}: {e}", path.display());
+    }
+    match result {
+        Ok((_, table)) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("distillery-worker: {e}");
+            let code =
+                if e.is_permanent() { distillery_crds::exit::PERMANENT } else { distillery_crds::exit::TRANSIENT };
+            ExitCode::from(code as u8)
         }
     }
 }
@@ -634,7 +792,7 @@ fn predict(
     Ok(lines.join("\n"))
 }
 
-/// The load levels of `bench`.
+/// The load levels of `loadtest`.
 struct Load {
     concurrency: Vec<usize>,
     rate: Option<f64>,
@@ -643,7 +801,7 @@ struct Load {
     warmup_seconds: f64,
 }
 
-fn bench(
+fn loadtest(
     targets: &[String],
     model: &str,
     artifact: Option<&Path>,
@@ -677,11 +835,13 @@ fn bench(
             loadgen::wait_ready(target, std::time::Duration::from_secs(60)).await?;
             match load.rate {
                 Some(rate) => {
-                    reports.push(loadgen::open_loop(target, bodies.clone(), rate, load.connections, duration).await?)
+                    let stop = loadgen::Stop::After(duration);
+                    reports.push(loadgen::open_loop(target, bodies.clone(), rate, load.connections, 0, stop).await?)
                 }
                 None => {
                     for &c in &load.concurrency {
-                        let r = loadgen::closed_loop(target, bodies.clone(), c, warmup, duration).await?;
+                        let (warmup, stop) = (loadgen::Warmup::Time(warmup), loadgen::Stop::After(duration));
+                        let r = loadgen::closed_loop(target, bodies.clone(), c, warmup, stop).await?;
                         eprintln!(
                             "distillery-worker: {} at concurrency {c}: {:.1} req/s, p99 {:.2} ms",
                             r.target, r.throughput, r.p99_ms

@@ -18,6 +18,7 @@ pub mod align;
 pub mod analyze;
 pub mod baseline;
 pub mod batch;
+pub mod bench;
 pub mod checkpoint;
 pub mod classifier;
 pub mod cli;

@@ -1,8 +1,9 @@
-//! The load generator (`distillery-worker bench`, what a Benchmark's pod will run): drives KServe
-//! V2 servers with real texts and reports throughput and latency percentiles.
+//! The load generator (`distillery-worker bench`, what a Benchmark's pod runs, and
+//! `distillery-worker loadtest`): drives KServe V2 servers with real texts and reports throughput,
+//! latency percentiles and errors by status code.
 //!
 //! - **Closed loop** ([`closed_loop`]): `concurrency` clients, each on its own keep-alive HTTP/1.1
-//!   connection, send one request after another for a fixed time.
+//!   connection, send one request after another for a fixed time or a fixed number of requests.
 //! - **Open loop** ([`open_loop`]): requests are *scheduled* at a fixed rate, spread over many
 //!   connections, and each latency counts from its scheduled time, so a server that falls behind
 //!   cannot hide it by slowing the client down (no coordinated omission).
@@ -10,8 +11,9 @@
 //! Every request carries one text: what an online client sends. Only 2xx answers count towards
 //! throughput and latency; 429s and other failures are counted apart.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -94,6 +96,29 @@ pub struct LevelReport {
     /// 99th percentile counted from when each request was actually sent rather than scheduled:
     /// in an open loop, the difference is time the client itself fell behind.
     pub p99_sent_ms: f64,
+    /// Failed requests by HTTP status (`"429"`, `"503"`, …; `"connection"` when no answer came).
+    pub errors_by_code: BTreeMap<String, usize>,
+    /// Every 2xx latency, milliseconds, sorted (for distributions; not serialized).
+    #[serde(skip)]
+    pub latencies_ms: Vec<f64>,
+}
+
+/// Which requests are sent before measuring, and not counted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Warmup {
+    /// Everything sent during this time.
+    Time(Duration),
+    /// The first this many requests.
+    Requests(u64),
+}
+
+/// When measuring stops.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stop {
+    /// After this long.
+    After(Duration),
+    /// After this many measured requests have been sent.
+    Requests(u64),
 }
 
 /// The `q`-quantile (0..=1) of sorted `values` by nearest rank; 0 when empty.
@@ -113,6 +138,8 @@ struct Tally {
     sent_ms: Vec<f64>,
     rejected: usize,
     errors: usize,
+    /// Failures by status, `"connection"` for none.
+    codes: BTreeMap<String, usize>,
 }
 
 impl Tally {
@@ -121,6 +148,18 @@ impl Tally {
         self.sent_ms.extend(other.sent_ms);
         self.rejected += other.rejected;
         self.errors += other.errors;
+        for (code, n) in other.codes {
+            *self.codes.entry(code).or_default() += n;
+        }
+    }
+
+    fn failed(&mut self, code: Option<u16>) {
+        if code == Some(429) {
+            self.rejected += 1;
+        } else {
+            self.errors += 1;
+        }
+        *self.codes.entry(code.map_or_else(|| "connection".to_string(), |c| c.to_string())).or_default() += 1;
     }
 
     fn report(mut self, target: &str, concurrency: usize, offered_rate: Option<f64>, seconds: f64) -> LevelReport {
@@ -141,6 +180,8 @@ impl Tally {
             p99_ms: percentile(l, 0.99),
             max_ms: l.last().copied().unwrap_or(0.0),
             p99_sent_ms: percentile(&self.sent_ms, 0.99),
+            errors_by_code: self.codes,
+            latencies_ms: self.latencies_ms,
         }
     }
 }
@@ -202,10 +243,9 @@ async fn request(connection: &mut Option<Connection>, target: &Target, body: Byt
             tally.latencies_ms.push(since.elapsed().as_secs_f64() * 1e3);
             tally.sent_ms.push(sent.elapsed().as_secs_f64() * 1e3);
         }
-        Some(429) => tally.rejected += 1,
-        Some(_) => tally.errors += 1,
+        Some(code) => tally.failed(Some(code)),
         None => {
-            tally.errors += 1;
+            tally.failed(None);
             *connection = None;
         }
     }
@@ -234,58 +274,105 @@ pub async fn wait_ready(target: &Target, timeout: Duration) -> Result<(), LoadEr
     Err(LoadError::NotReady { url: format!("http://{}", target.authority), seconds: timeout.as_secs() })
 }
 
-/// `concurrency` clients sending `bodies` (round robin over all clients) back to back for
-/// `duration`, after `warmup` whose requests are not counted.
+/// Hands out request slots: which body to send next, whether it is measured, when to stop.
+struct Slots {
+    warmup: Warmup,
+    stop: Stop,
+    start: Instant,
+    next: AtomicUsize,
+    measured: AtomicU64,
+    measure_from: OnceLock<Instant>,
+}
+
+impl Slots {
+    fn new(warmup: Warmup, stop: Stop) -> Self {
+        Self {
+            warmup,
+            stop,
+            start: Instant::now(),
+            next: AtomicUsize::new(0),
+            measured: AtomicU64::new(0),
+            measure_from: OnceLock::new(),
+        }
+    }
+
+    /// The next request: its index (which body) and whether it is measured; `None` to stop.
+    fn take(&self) -> Option<(usize, bool)> {
+        let now = Instant::now();
+        let warming = match self.warmup {
+            Warmup::Time(d) => now < self.start + d,
+            Warmup::Requests(n) => (self.next.load(Ordering::Relaxed) as u64) < n,
+        };
+        if warming {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            // Another client may have taken the last warm-up slot meanwhile: this one is then
+            // simply one warm-up request more, never a measured one lost.
+            return Some((i, false));
+        }
+        let from = *self.measure_from.get_or_init(|| now);
+        let go = match self.stop {
+            Stop::After(d) => now < from + d,
+            Stop::Requests(n) => self.measured.fetch_add(1, Ordering::Relaxed) < n,
+        };
+        go.then(|| (self.next.fetch_add(1, Ordering::Relaxed), true))
+    }
+
+    /// Seconds from the first measured request to now.
+    fn measured_seconds(&self) -> f64 {
+        self.measure_from.get().map_or(0.0, |from| from.elapsed().as_secs_f64())
+    }
+}
+
+/// `concurrency` clients sending `bodies` (in order, wrapping around, shared by all clients)
+/// back to back: first `warmup`, whose requests are not counted, then until `stop`.
 pub async fn closed_loop(
     target: &Target,
     bodies: Arc<Vec<Bytes>>,
     concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
+    warmup: Warmup,
+    stop: Stop,
 ) -> Result<LevelReport, LoadError> {
     if bodies.is_empty() {
         return Err(LoadError::NoTexts);
     }
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let (measure_from, end) = (start + warmup, start + warmup + duration);
+    let slots = Arc::new(Slots::new(warmup, stop));
     let clients: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
-            let (target, bodies, next) = (target.clone(), bodies.clone(), next.clone());
+            let (target, bodies, slots) = (target.clone(), bodies.clone(), slots.clone());
             tokio::spawn(async move {
                 let mut connection = Connection::open(&target.authority).await.ok();
                 let (mut tally, mut ignored) = (Tally::default(), Tally::default());
-                loop {
-                    let sent = Instant::now();
-                    if sent >= end {
-                        break;
-                    }
-                    let body = bodies[next.fetch_add(1, Ordering::Relaxed) % bodies.len()].clone();
-                    let into = if sent >= measure_from { &mut tally } else { &mut ignored };
-                    request(&mut connection, &target, body, sent, into).await;
+                while let Some((i, measured)) = slots.take() {
+                    let into = if measured { &mut tally } else { &mut ignored };
+                    request(&mut connection, &target, bodies[i % bodies.len()].clone(), Instant::now(), into).await;
                 }
                 tally
             })
         })
         .collect();
     let tally = gather(clients).await;
-    Ok(tally.report(&target.name, concurrency, None, duration.as_secs_f64()))
+    Ok(tally.report(&target.name, concurrency, None, slots.measured_seconds()))
 }
 
-/// Requests scheduled at `rate` per second for `duration` over `connections` connections, each
-/// latency counted from its scheduled time.
+/// Requests scheduled at `rate` per second over `connections` connections, each latency counted
+/// from its scheduled time: `warmup` requests first (not counted), then until `stop`.
 pub async fn open_loop(
     target: &Target,
     bodies: Arc<Vec<Bytes>>,
     rate: f64,
     connections: usize,
-    duration: Duration,
+    warmup: u64,
+    stop: Stop,
 ) -> Result<LevelReport, LoadError> {
     if bodies.is_empty() {
         return Err(LoadError::NoTexts);
     }
     let connections = connections.max(1);
-    let total = (rate * duration.as_secs_f64()).round() as usize;
+    let measured = match stop {
+        Stop::After(d) => (rate * d.as_secs_f64()).round() as u64,
+        Stop::Requests(n) => n,
+    };
+    let (warmup, total) = (warmup as usize, (warmup + measured) as usize);
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-9));
     let start = Instant::now() + Duration::from_millis(100);
     let clients: Vec<_> = (0..connections)
@@ -293,18 +380,19 @@ pub async fn open_loop(
             let (target, bodies) = (target.clone(), bodies.clone());
             tokio::spawn(async move {
                 let mut connection = Connection::open(&target.authority).await.ok();
-                let mut tally = Tally::default();
+                let (mut tally, mut ignored) = (Tally::default(), Tally::default());
                 for i in (k..total).step_by(connections) {
-                    let scheduled = start + interval * i as u32;
+                    let scheduled = start + interval.mul_f64(i as f64);
                     tokio::time::sleep_until(scheduled.into()).await;
-                    request(&mut connection, &target, bodies[i % bodies.len()].clone(), scheduled, &mut tally).await;
+                    let into = if i >= warmup { &mut tally } else { &mut ignored };
+                    request(&mut connection, &target, bodies[i % bodies.len()].clone(), scheduled, into).await;
                 }
                 tally
             })
         })
         .collect();
     let tally = gather(clients).await;
-    Ok(tally.report(&target.name, connections, Some(rate), duration.as_secs_f64()))
+    Ok(tally.report(&target.name, connections, Some(rate), measured as f64 / rate.max(1e-9)))
 }
 
 /// The reports as a table; with two or more targets, each later target's ratios to the first at
@@ -364,7 +452,13 @@ mod tests {
 
     #[test]
     fn a_tally_reports_only_successes_in_latency() {
-        let t = Tally { latencies_ms: vec![3.0, 1.0, 2.0], sent_ms: vec![1.0, 1.0, 1.0], rejected: 5, errors: 1 };
+        let t = Tally {
+            latencies_ms: vec![3.0, 1.0, 2.0],
+            sent_ms: vec![1.0, 1.0, 1.0],
+            rejected: 5,
+            errors: 1,
+            codes: BTreeMap::from([("429".into(), 5), ("connection".into(), 1)]),
+        };
         let r = t.report("x", 4, None, 2.0);
         assert_eq!((r.ok, r.rejected, r.errors), (3, 5, 1));
         assert!((r.throughput - 1.5).abs() < 1e-12);
@@ -396,6 +490,8 @@ mod tests {
             p99_ms: p99,
             max_ms: p99,
             p99_sent_ms: p99,
+            errors_by_code: BTreeMap::new(),
+            latencies_ms: vec![],
         };
         let t = table(&[r("ours", 300.0, 5.0), r("python", 100.0, 20.0)]);
         assert!(t.contains("ours / python: 3.00× the throughput, 1.00× the p50, 0.25× the p99"), "{t}");

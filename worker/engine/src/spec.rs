@@ -79,6 +79,14 @@ pub fn load(path: &Path) -> Result<DistillationJob, SpecError> {
 
 /// Expands and validates a DistillationJob document; `path` names where it came from in errors.
 pub fn parse(text: &str, path: &Path) -> Result<DistillationJob, SpecError> {
+    parse_as(text, path)
+}
+
+/// Expands and validates a document of any Distillery kind `K` (a Benchmark, …).
+pub fn parse_as<K>(text: &str, path: &Path) -> Result<K, SpecError>
+where
+    K: kube::CustomResourceExt + serde::de::DeserializeOwned,
+{
     let text = expand(text, |name| std::env::var(name).ok())
         .map_err(|name| SpecError::UnsetVariable { path: path.into(), name })?;
     let value: serde_json::Value =
