@@ -44,6 +44,15 @@ pub struct VerdictLabels {
     pub verdict: String,
 }
 
+/// Labels naming a ModelDeployment.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelDeploymentLabels {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub modeldeployment: String,
+}
+
 /// All operator metrics, registered in one registry.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -62,6 +71,8 @@ pub struct Metrics {
     pub analysis_runs: Family<VerdictLabels, Counter>,
     /// Seconds from the first failed analysis's due time to the canary's weight 0.
     pub time_to_safety: Histogram,
+    /// Percent of traffic each ModelDeployment's canary gets (0 without a canary).
+    pub canary_weight: Family<ModelDeploymentLabels, Gauge>,
 }
 
 impl Metrics {
@@ -91,6 +102,12 @@ impl Metrics {
             "Seconds from a bad canary's first failed analysis being due to its traffic weight reaching 0",
             time_to_safety.clone(),
         );
+        let canary_weight = Family::<ModelDeploymentLabels, Gauge>::default();
+        registry.register(
+            "canary_weight",
+            "Percent of a ModelDeployment's traffic its canary gets, as the operator last set it (0 without a canary)",
+            canary_weight.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -100,6 +117,7 @@ impl Metrics {
             rollouts,
             analysis_runs,
             time_to_safety,
+            canary_weight,
         }
     }
 
@@ -120,6 +138,18 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ErrorLabels { controller: controller.into(), category: category.into() })
             .inc();
+    }
+
+    /// Records the traffic weight the canary of `namespace/name` was given.
+    pub fn set_canary_weight(&self, namespace: &str, name: &str, weight: i32) {
+        self.canary_weight
+            .get_or_create(&ModelDeploymentLabels { namespace: namespace.into(), modeldeployment: name.into() })
+            .set(i64::from(weight));
+    }
+
+    /// Drops the series of a ModelDeployment that is going away.
+    pub fn forget_model_deployment(&self, namespace: &str, name: &str) {
+        self.canary_weight.remove(&ModelDeploymentLabels { namespace: namespace.into(), modeldeployment: name.into() });
     }
 
     /// The registry in Prometheus text format.

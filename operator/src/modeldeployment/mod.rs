@@ -69,6 +69,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let managed = format!("app.kubernetes.io/managed-by={MANAGED_BY},{MDEP_LABEL}");
     let controller = pipeline::controller(mdeps, ctx.concurrency);
     let store = controller.store();
+    let metrics = ctx.metrics.clone();
     // A DistillationJob only wakes the ModelDeployments that name it: its metadata is enough, and
     // a thousand DistillationJobs are not cached twice.
     let djs = watcher(
@@ -96,7 +97,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, pipeline::error_policy, ctx)
-        .for_each(pipeline::log_outcome)
+        .for_each(move |outcome| {
+            // A deleted ModelDeployment is never reconciled again; the controller reports it
+            // missing from its cache once, and its series go then.
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = &outcome {
+                metrics.forget_model_deployment(gone.namespace.as_deref().unwrap_or_default(), &gone.name);
+            }
+            pipeline::log_outcome(outcome)
+        })
         .await;
 }
 
@@ -216,6 +224,8 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
             write_route(ctx, &namespace, updated).await?;
         }
     }
+    let applied_weight = if plan.stable.is_some() && plan.canary.is_some() { plan.canary_weight } else { 0 };
+    ctx.metrics.set_canary_weight(&namespace, &owner_name, applied_weight);
     // Status, then what it announces: the canary's pods go, and the analysis Jobs change, only
     // once the status that says so is stored — else a failed status write would leave the next
     // reconcile reading the old status, which wants them, and it would make them again.
