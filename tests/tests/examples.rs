@@ -19,8 +19,7 @@ fn valid_examples_pass_schema_and_cel() {
             kinds.push(doc["kind"].as_str().unwrap().to_string());
         }
     }
-    // Benchmark: refused at apply until its controller is built (examples/invalid/bench-not-built-yet.yaml).
-    for kind in ["DistillationJob", "ModelDeployment"] {
+    for kind in ["DistillationJob", "ModelDeployment", "Benchmark"] {
         assert!(kinds.iter().any(|k| k == kind), "no valid {kind} example");
     }
 }

@@ -46,7 +46,7 @@ async fn kubectl_applies_gets_waits_explains_and_deletes_and_refuses_invalid_exa
     let examples = repo_root().join("examples");
     let out = kubectl(&kubeconfig, &["apply", "--server-side", "-f", examples.to_str().unwrap()]).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(text(&out).matches("serverside-applied").count(), 2, "{}", text(&out));
+    assert_eq!(text(&out).matches("serverside-applied").count(), 3, "{}", text(&out));
 
     for file in yaml_files(&examples.join("invalid")) {
         let out = kubectl(&kubeconfig, &["apply", "--server-side", "-f", file.to_str().unwrap()]).await;
@@ -67,6 +67,12 @@ async fn kubectl_applies_gets_waits_explains_and_deletes_and_refuses_invalid_exa
     let out = kubectl(&kubeconfig, &["get", "dj"]).await;
     let table = text(&out);
     assert!(table.starts_with("NAME") && table.contains("PHASE") && table.contains("minilm-reviews"), "{table}");
+    let out = kubectl(&kubeconfig, &["get", "bench"]).await;
+    let table = text(&out);
+    assert!(
+        table.contains("TARGETS") && table.contains("BEST-ACCURACY") && table.contains("reviews-int8-vs-fp32"),
+        "{table}"
+    );
 
     // Status written by someone else (the operator) is what `kubectl wait` waits for.
     let djs: Api<distillery_crds::DistillationJob> = Api::default_namespaced(server.client());
