@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup.sh)"            # exports DISTILLERY_CACHE and ORT_DYLIB_PATH
+# Debian's chromium for the browser tests (tests/src/browser.rs), installed where absent. If it
+# cannot be, the other tests still run and the browser tests fail, saying how to install it.
+scripts/setup-chromium.sh || echo "test: chromium is missing; the browser tests will fail" >&2
 # One rayon thread: on 2 cores, 2 threads cost ~5x more CPU per small step under load.
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}"
 echo "test: RAYON_NUM_THREADS=$RAYON_NUM_THREADS DISTILLERY_CACHE=$DISTILLERY_CACHE" >&2
