@@ -1,9 +1,11 @@
 //! Distillery's test harness: locating the repository and the setup cache, reading example
 //! manifests, rendering the Helm chart with Helm's own SDK, a Kubernetes API server in process
 //! ([`apiserver`]) and a cluster simulated on top of it ([`cluster`]: the Job controller and a
-//! kubelet that runs pods as local processes) — see docs/architecture.md, testing tiers.
+//! kubelet that runs pods as local processes) — see docs/architecture.md, testing tiers — and
+//! rendering HTML pages in headless Chromium ([`browser`]).
 
 pub mod apiserver;
+pub mod browser;
 pub mod chart;
 pub mod cluster;
 pub mod identity;
