@@ -6,14 +6,11 @@
 //! `_total`. And the chart ships the dashboard as the ConfigMap the Grafana chart's sidecar loads.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use distillery_tests::chart::{lint, render};
-use distillery_tests::cluster::workspace_binary;
 use distillery_tests::repo_root;
+use distillery_tests::server_process::ServerProcess;
 use serde_json::{Value, json};
 
 fn dashboard_text() -> String {
@@ -240,91 +237,16 @@ fn operator_exposition_has_a_sample_in_every_family() {
     }
 }
 
-/// A running `distillery-server` on the small artifact, killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Server {
-    fn start() -> Self {
-        let artifact = distillery_tests::shared_small_artifact();
-        let mut child = Command::new(workspace_binary("distillery-server"))
-            .arg("--model")
-            .arg(&artifact)
-            .args(["--port", "0", "--address", "127.0.0.1"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let (mut address, mut log, mut line) = (None, String::new(), String::new());
-        while address.is_none() && stderr.read_line(&mut line).unwrap() > 0 {
-            address = line.split("listening on http://").nth(1).map(|a| a.trim().to_string());
-            log.push_str(&line);
-            line.clear();
-        }
-        let address = address.unwrap_or_else(|| panic!("the server did not start:\n{log}"));
-        // Keep draining its log so that it never blocks on a full pipe.
-        std::thread::spawn(move || stderr.lines().map_while(Result::ok).for_each(drop));
-        let server = Self { child, address };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while server.request("GET", "/v2/health/ready", "").0 != 200 {
-            assert!(Instant::now() < deadline, "not ready after 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    /// One HTTP/1.1 request on a fresh connection: (status, body).
-    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(&self.address).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {raw:?}"));
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        (status, body)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
-}
-
 /// The server's exposition after it answered one inference request.
 fn server_exposition() -> String {
-    let server = Server::start();
+    let server = ServerProcess::start(&distillery_tests::shared_small_artifact(), &[]);
     let infer =
         json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a warm, funny film"]}]});
-    let (status, body) = server.request("POST", "/v2/models/small/infer", &infer.to_string());
+    let reply = server.infer("small", &infer);
+    let (status, body) = (reply.status, reply.body);
     assert_eq!(status, 200, "{body}");
-    let (status, metrics) = server.request("GET", "/metrics", "");
+    let reply = server.get("/metrics");
+    let (status, metrics) = (reply.status, reply.body);
     assert_eq!(status, 200, "{metrics}");
     metrics
 }

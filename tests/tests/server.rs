@@ -4,15 +4,15 @@
 //! and SIGTERM while requests are in flight. Answers are compared with the worker's offline
 //! predictions (`distillery-worker predict`) for the same texts.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use distillery_tests::cluster::workspace_binary;
+use distillery_tests::server_process::{Response, ServerProcess as Server, http};
 use serde_json::{Value, json};
 
 /// The small job's artifact, trained once per worker build and shared with the other test
@@ -43,125 +43,6 @@ fn offline(dir: &Path, variant: &str, batch: usize) -> Vec<(String, String, Vec<
             (v["text"].as_str().unwrap().to_string(), v["label"].as_str().unwrap().to_string(), logits)
         })
         .collect()
-}
-
-/// A running `distillery-server`, killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn start(dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(workspace_binary("distillery-server"))
-            .arg("--model")
-            .arg(dir)
-            .args(["--port", "0", "--address", "127.0.0.1"])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut address = None;
-        let mut line = String::new();
-        while address.is_none() && stderr.read_line(&mut line).unwrap() > 0 {
-            address = line.split("listening on http://").nth(1).map(|a| a.trim().to_string());
-            log.lock().unwrap().push_str(&line);
-            line.clear();
-        }
-        let address = address.unwrap_or_else(|| panic!("the server did not start:\n{}", log.lock().unwrap()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let server = Self { child, address, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while server.get("/v2/health/ready").status != 200 {
-            assert!(Instant::now() < deadline, "not ready after 60 s:\n{}", server.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn get(&self, path: &str) -> Response {
-        http(&self.address, "GET", path, b"", &[])
-    }
-
-    fn infer(&self, model: &str, body: &Value) -> Response {
-        http(&self.address, "POST", &format!("/v2/models/{model}/infer"), body.to_string().as_bytes(), &[])
-    }
-
-    fn metrics(&self) -> String {
-        self.get("/metrics").body
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-struct Response {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Response {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-fn http(address: &str, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Response {
-    let mut stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("connect {address}: {e}"));
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head += &format!("{k}: {v}\r\n");
-    }
-    stream.write_all((head + "\r\n").as_bytes()).unwrap();
-    // The server may answer (413) before reading a large body and close: a failed write is fine.
-    stream.write_all(body).ok();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
-    let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let body =
-        if headers.get("transfer-encoding").is_some_and(|t| t == "chunked") { dechunk(body) } else { body.into() };
-    Response { status, headers, body }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
 }
 
 fn text_request(texts: &[&str], outputs: &[&str]) -> Value {
