@@ -1201,3 +1201,178 @@ async fn good_canaries_of_five_more_seeds_are_never_rolled_back() {
     eprintln!("false rollbacks: {} of {} good canaries", rolled_back.len(), outcomes.len());
     assert!(rolled_back.is_empty(), "good canaries rolled back: {rolled_back:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Benchmarks: the operator runs them against the live tracks and the same trained models.
+
+fn benches(h: &Harness) -> Api<distillery_crds::Benchmark> {
+    Api::default_namespaced(h.server.client())
+}
+
+async fn bench_status(h: &Harness, name: &str) -> Value {
+    benches(h).get(name).await.map(|b| serde_json::to_value(b.status).unwrap()).unwrap_or(Value::Null)
+}
+
+async fn wait_bench<T>(
+    h: &Harness,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut(&Value) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = bench_status(h, name).await;
+        if let Some(v) = check(&status) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; status: {status:#}\n{}", h.diagnostics());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A Benchmark of `targets` on the base model's held-out split, 300 requests at concurrency 4.
+fn benchmark(name: &str, targets: Value) -> Value {
+    json!({
+        "apiVersion": "distillery.dev/v1alpha1", "kind": "Benchmark",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "targets": targets,
+            "dataset": {"uri": "file:///datasets/base-held-out.csv", "volumeClaim": "datasets"},
+            "load": {"concurrency": 4, "requests": 300, "warmupRequests": 20},
+            "reportUri": format!("file:///artifacts/reports/{name}"),
+            "reportVolumeClaim": "artifacts",
+        }
+    })
+}
+
+async fn apply_bench(h: &Harness, doc: &Value) {
+    let name = doc["metadata"]["name"].as_str().unwrap();
+    benches(h).patch(name, &PatchParams::apply("kubectl").force(), &Patch::Apply(doc)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_benchmark_compares_the_live_stable_track_with_fp32_and_int8_and_its_report_renders() {
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start().await;
+    let models = models();
+    // The inputs: the base model's held-out split, which its manifest's accuracies are on.
+    let out = std::process::Command::new(workspace_binary("distillery-worker"))
+        .args(["held-out", "-a"])
+        .arg(models.dir.join("base"))
+        .arg("-o")
+        .arg(models.data.dir.join("base-held-out.csv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A target that does not exist: Pending, a condition naming it, no Job, no hot loop.
+    let waiting = benchmark("waits", json!([{"name": "live", "deployment": {"name": "nowhere"}}]));
+    apply_bench(&h, &waiting).await;
+    let status = wait_bench(&h, "waits", "a condition naming the missing target", Duration::from_secs(30), |s| {
+        condition(s, "Progressing").filter(|c| c.1 == "TargetNotFound").map(|_| s.clone())
+    })
+    .await;
+    assert_eq!(status["phase"], "Pending", "{status:#}");
+    assert!(condition(&status, "Progressing").unwrap().2.contains("nowhere"), "{status:#}");
+    let writes = h.server.writes_in_quiet_period(Duration::from_secs(1), Duration::from_secs(5)).await;
+    assert!(writes.iter().all(|w| !format!("{w:?}").contains("waits")), "writes while waiting: {writes:?}");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::default_namespaced(h.server.client());
+    assert!(jobs.list(&ListParams::default()).await.unwrap().items.is_empty(), "no Job while a target is missing");
+
+    // The live stable track against the base model's fp32 and int8 files.
+    let mut live = mdep("live", "base", "3s");
+    live["spec"]["replicas"] = json!(2);
+    h.apply(&live).await;
+    h.wait_status("live", "Healthy", Duration::from_secs(120), |s| (s["phase"] == "Healthy").then_some(())).await;
+    let artifact = |variant: &str| json!({"uri": "file:///trained/base", "volumeClaim": "trained", "variant": variant});
+    let compare = benchmark(
+        "compare",
+        json!([
+            {"name": "live-stable", "deployment": {"name": "live", "track": "stable"}},
+            {"name": "base-fp32", "artifact": artifact("fp32")},
+            {"name": "base-int8", "artifact": artifact("int8")},
+        ]),
+    );
+    apply_bench(&h, &compare).await;
+    let status = wait_bench(&h, "compare", "the benchmark to finish", Duration::from_secs(300), |s| {
+        assert_ne!(s["phase"], "Failed", "{s:#}\n{}", h.diagnostics());
+        (s["phase"] == "Succeeded").then(|| s.clone())
+    })
+    .await;
+    let results = status["results"].as_array().unwrap();
+    let names: Vec<&str> = results.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["live-stable", "base-fp32", "base-int8"], "spec order: {status:#}");
+    for r in results {
+        assert_eq!(r["requests"], 300, "{r:#}");
+        for figure in ["accuracy", "robustAccuracy", "p50Ms", "p95Ms", "p99Ms", "throughput", "errorRate"] {
+            assert!(r[figure].as_f64().is_some_and(f64::is_finite), "{figure} of {r:#}");
+        }
+        assert!(r["cpuSecondsPer1kRequests"].as_f64().is_some_and(|c| c > 0.0), "{r:#}");
+        assert!(r["peakMemoryBytes"].as_u64().is_some_and(|b| b > 10 << 20), "{r:#}");
+        assert_eq!(r["errorRate"], 0.0, "{r:#}");
+    }
+    assert!(results[0].get("coldStartMs").is_none(), "a live track has no cold start");
+    assert!(results[1..].iter().all(|r| r["coldStartMs"].as_f64().is_some_and(|c| c > 0.0)));
+    assert!(results[1..].iter().all(|r| r["accuracyVsFirst"]["low"].is_number()));
+    // The stable track serves the base model's auto variant: fp32 or int8, the same answers as
+    // that file. And int8 through its server is the manifest's int8 accuracy.
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(models.dir.join("base/distillery.json")).unwrap()).unwrap();
+    let int8 = manifest["variants"]["int8"]["accuracy"].as_f64().unwrap();
+    let served = results[2]["accuracy"].as_f64().unwrap();
+    assert!((served - int8).abs() <= 0.005, "int8 served {served} vs manifest {int8}");
+    let auto = if manifest["servedVariant"] == "int8" { &results[2] } else { &results[1] };
+    assert_eq!(results[0]["accuracy"], auto["accuracy"], "the live track answers as the file it serves");
+    assert!(status["bestAccuracy"].is_string() && status["bestP99"].is_string(), "{status:#}");
+    assert_eq!(condition(&status, "Complete").unwrap().0, "True");
+
+    // The report, on the artifacts claim, renders with every chart.
+    let report = h.root.path().join("claims/artifacts/reports/compare/report.html");
+    assert_eq!(status["report"], "file:///artifacts/reports/compare");
+    let rendered = distillery_tests::browser::render(&report).unwrap_or_else(|e| panic!("{e}"));
+    for id in ["chart-latency", "chart-accuracy-p99", "chart-throughput", "chart-robustness"] {
+        assert!(rendered.dom.contains(&format!("id=\"{id}\"")), "{id} in the DOM");
+    }
+    assert!(rendered.dom.matches("class=\"series\"").count() >= 9, "every target in the charts");
+    assert!(rendered.non_background_share > 0.02, "{}", rendered.non_background_share);
+    assert!(rendered.console_errors.is_empty(), "{:?}", rendered.console_errors);
+
+    // Finished is finished: deleting its Job runs nothing again.
+    let job = status["jobName"].as_str().unwrap().to_string();
+    jobs.delete(&job, &Default::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(jobs.get_opt(&job).await.unwrap().is_none(), "not re-run");
+    assert_eq!(bench_status(&h, "compare").await["phase"], "Succeeded");
+
+    // A corrupt artifact: Failed with a message naming it, one pod, no retry.
+    let copy = models.dir.join("corrupt-int8");
+    if !copy.exists() {
+        std::fs::create_dir_all(&copy).unwrap();
+        for entry in std::fs::read_dir(models.dir.join("base")).unwrap().flatten() {
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+            }
+        }
+        let mut bytes = std::fs::read(copy.join("model.int8.onnx")).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(copy.join("model.int8.onnx"), bytes).unwrap();
+    }
+    let broken = benchmark(
+        "broken",
+        json!([{"name": "int8", "artifact": {"uri": "file:///trained/corrupt-int8", "volumeClaim": "trained", "variant": "int8"}}]),
+    );
+    apply_bench(&h, &broken).await;
+    let status =
+        wait_bench(&h, "broken", "Failed", Duration::from_secs(120), |s| (s["phase"] == "Failed").then(|| s.clone()))
+            .await;
+    let (_, _, message) = condition(&status, "Failed").unwrap();
+    assert!(message.contains("/trained/corrupt-int8") && message.contains("sha256"), "{message}");
+    let writes = h.server.writes_in_quiet_period(Duration::from_secs(1), Duration::from_secs(5)).await;
+    assert!(writes.iter().all(|w| !format!("{w:?}").contains("broken")), "writes after failing: {writes:?}");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::default_namespaced(h.server.client());
+    let broken_pods =
+        pods.list(&ListParams::default().labels("distillery.dev/benchmark=broken")).await.unwrap().items.len();
+    assert_eq!(broken_pods, 1, "measured once, not retried");
+}
