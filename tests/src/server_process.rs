@@ -131,7 +131,8 @@ pub fn http(address: &str, method: &str, path: &str, body: &[u8], headers: &[(&s
     Response { status, headers, body }
 }
 
-fn dechunk(mut body: &str) -> String {
+/// The body of a `Transfer-Encoding: chunked` response, de-chunked.
+pub fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use distillery_tests::cluster::workspace_binary;
+use distillery_tests::server_process::dechunk;
 use serde_json::{Value, json};
 use sha2::Digest;
 
@@ -104,19 +105,6 @@ fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     (status, if chunked { dechunk(body) } else { body.to_string() })
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
 }
 
 /// A V2 server that answers `label` for every text and records the texts it was sent.

@@ -247,6 +247,7 @@ impl Frame {
         H - BOTTOM - f * (H - TOP - BOTTOM)
     }
 
+    /// Axes with four grid steps; `x_label` empty: no x ticks (bars name their own places).
     fn axes(&self, svg: &mut String, x_label: &str, y_label: &str, y_format: impl Fn(f64) -> String) {
         let (x0, y0, x1, y1) = (LEFT, H - BOTTOM, W - RIGHT, TOP);
         let _ = write!(
@@ -257,12 +258,18 @@ impl Frame {
             let xv = self.x_max * f64::from(k) / 4.0;
             let yv = self.y_min + (self.y_max - self.y_min) * f64::from(k) / 4.0;
             let (x, y) = (self.x(xv), self.y(yv));
+            if !x_label.is_empty() {
+                let _ = write!(
+                    svg,
+                    r##"<line x1="{x}" y1="{y0}" x2="{x}" y2="{}" stroke="#444"/><text x="{x}" y="{}" text-anchor="middle" font-size="11">{}</text>"##,
+                    y0 + 4.0,
+                    y0 + 16.0,
+                    trim_number(xv)
+                );
+            }
             let _ = write!(
                 svg,
-                r##"<line x1="{x}" y1="{y0}" x2="{x}" y2="{}" stroke="#444"/><text x="{x}" y="{}" text-anchor="middle" font-size="11">{}</text><line x1="{x0}" y1="{y}" x2="{x1}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end" font-size="11">{}</text>"##,
-                y0 + 4.0,
-                y0 + 16.0,
-                trim_number(xv),
+                r##"<line x1="{x0}" y1="{y}" x2="{x1}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end" font-size="11">{}</text>"##,
                 x0 - 6.0,
                 y + 4.0,
                 y_format(yv)
@@ -368,9 +375,10 @@ fn accuracy_chart(report: &BenchReport) -> String {
         return not_measured(id, title, "needs both accuracy and latency");
     }
     let x_max = nice_max(points.iter().map(|p| p.2).fold(0.0, f64::max) * 1.1);
+    // From a multiple of 20% below the lowest accuracy, so the four grid steps are round.
     let lowest = points.iter().map(|p| p.3).fold(1.0, f64::min);
-    let y_min = ((lowest - 0.05) * 20.0).floor() / 20.0;
-    let frame = Frame { x_max, y_min: y_min.max(0.0), y_max: 1.0 };
+    let y_min = ((lowest - 0.02) / 0.2).floor().max(0.0) * 0.2;
+    let frame = Frame { x_max, y_min, y_max: 1.0 };
     let mut svg = svg_open(id, title);
     frame.axes(&mut svg, "p99 latency, ms", "accuracy", |v| format!("{:.0}%", v * 100.0));
     for (i, name, p99, accuracy) in &points {
@@ -487,7 +495,7 @@ pub fn html(report: &BenchReport) -> String {
         r##"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Benchmark {name}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; padding: 0 1rem; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; font-size: 0.9rem; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }} thead {{ background: #f3f3f3; }}
 figure {{ display: inline-block; margin: 1rem 1rem 0 0; }} figcaption {{ font-weight: 600; margin-bottom: 4px; }}
