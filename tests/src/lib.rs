@@ -10,6 +10,7 @@ pub mod chart;
 pub mod cluster;
 pub mod identity;
 pub mod operator;
+pub mod s3;
 pub mod server_process;
 
 use std::path::{Path, PathBuf};
