@@ -25,11 +25,16 @@ impl ServerProcess {
     /// Starts the workspace's `distillery-server` on `dir` with `extra` flags, on a free port, and
     /// waits until it is ready.
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_model(&dir.display().to_string(), extra, &[])
+    }
+
+    /// Like [`ServerProcess::start`] for any `--model` value (a URI), with `env` set for it.
+    pub fn start_model(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(workspace_binary("distillery-server"))
-            .arg("--model")
-            .arg(dir)
+            .args(["--model", model])
             .args(["--port", "0", "--address", "127.0.0.1"])
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use distillery_crds::manifest::{ArtifactManifest, FileEntry, MANIFEST_FILE, sha256};
 use distillery_store::{S3Settings, Store, StoreError};
 use distillery_tests::s3::{FaultyProxy, Moto};
+use distillery_tests::server_process::ServerProcess;
 
 fn settings(endpoint: &str, key: &str) -> S3Settings {
     S3Settings {
@@ -143,4 +144,57 @@ async fn throttling_is_retried_and_refusals_fail_fast_naming_the_uri() {
     let message = e.to_string();
     assert!(message.contains("s3://artifacts/denied") && message.contains("credentials"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(10), "not retried: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_serves_an_s3_artifact_from_its_verified_cache_and_refuses_a_changed_one() {
+    let artifact = distillery_tests::shared_small_artifact();
+    let moto = Moto::start(false);
+    moto.create_bucket("models");
+    let store = Store::new(settings(&moto.endpoint, "test-key"));
+    let uri = "s3://models/students/small";
+    store.publish_artifact(&artifact, uri).await.unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().display().to_string();
+    let flags = ["--s3-endpoint", moto.endpoint.as_str(), "--s3-force-path-style", "true", "--cache-dir", &cache_dir];
+    let env =
+        [("AWS_ACCESS_KEY_ID", "test-key"), ("AWS_SECRET_ACCESS_KEY", "test-secret"), ("AWS_REGION", "us-east-1")];
+    let text = serde_json::json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a warm, funny film"]}]});
+    let answer = {
+        let server = ServerProcess::start_model(uri, &flags, &env);
+        let reply = server.infer("small", &text);
+        assert_eq!(reply.status, 200, "served under the key's last segment: {}", reply.body);
+        reply.json()["outputs"].clone()
+    };
+    let cached: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(cached.len(), 1, "one directory per manifest digest: {cached:?}");
+
+    // Restarted with the model files gone from the bucket: served from the cache, same answers.
+    for (name, _) in store.list(uri).await.unwrap() {
+        if name != MANIFEST_FILE {
+            store.delete(&format!("{uri}/{name}")).await.unwrap();
+        }
+    }
+    let server = ServerProcess::start_model(uri, &flags, &env);
+    assert_eq!(server.infer("small", &text).json()["outputs"], answer);
+    drop(server);
+
+    // Published again with a file changed behind the manifest, into an empty cache: the server
+    // refuses to start and says which file.
+    store.publish_artifact(&artifact, uri).await.unwrap();
+    let tampered = tempfile::tempdir().unwrap();
+    std::fs::write(tampered.path().join("tokenizer.json"), b"{}").unwrap();
+    store.put_file(&tampered.path().join("tokenizer.json"), &format!("{uri}/tokenizer.json")).await.unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(distillery_tests::cluster::workspace_binary("distillery-server"))
+        .args(["--model", uri, "--port", "0", "--address", "127.0.0.1", "--cache-dir"])
+        .arg(fresh.path())
+        .args(&flags[..4])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tokenizer.json") && stderr.contains("sha256"), "{stderr}");
+    assert_eq!(std::fs::read_dir(fresh.path()).unwrap().count(), 0, "nothing unverified kept");
 }

@@ -2,8 +2,9 @@
 //! names (verified against its sha256, and against the digest the server was told to serve), the
 //! tokenizer and the classifier's labels.
 //!
-//! Only `file://` URIs and plain paths are read today; [`resolve`] is the seam where another
-//! store (`s3://`) would download the directory first.
+//! A `file://` URI or a plain path is read where it is; an `s3://` artifact is first downloaded
+//! into the model cache by the artifact store ([`distillery_store`]), which checks every file
+//! against the manifest ([`local_dir`]).
 
 use std::path::{Path, PathBuf};
 
@@ -30,8 +31,11 @@ pub enum VariantChoice {
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     /// The URI names a store this build cannot read.
-    #[error("model {0}: only file:// URIs and local paths can be served by this build")]
+    #[error("model {0}: serve a local path, a file:// URI or an s3:// URI")]
     UnsupportedUri(String),
+    /// The `s3://` artifact could not be downloaded, or did not match its manifest.
+    #[error("{0}")]
+    Store(String),
     /// A file could not be read or parsed.
     #[error("{path}: {message}")]
     File {
@@ -93,7 +97,17 @@ pub struct ServedArtifact {
     pub hidden_size: usize,
 }
 
-/// The local directory of a model URI or path.
+/// The local directory of `model`: where it is for a path or `file://` URI; for `s3://`, the
+/// artifact store's verified copy in `cache` (downloaded unless already there).
+pub async fn local_dir(model: &str, s3: &distillery_store::S3Settings, cache: &Path) -> Result<PathBuf, ArtifactError> {
+    if model.starts_with("s3://") {
+        let store = distillery_store::Store::new(s3.clone());
+        return store.fetch_artifact(model, cache).await.map_err(|e| ArtifactError::Store(e.to_string()));
+    }
+    resolve(model)
+}
+
+/// The local directory of a model URI or path (`s3://` goes through [`local_dir`]).
 pub fn resolve(model: &str) -> Result<PathBuf, ArtifactError> {
     if let Some(path) = model.strip_prefix("file://") {
         return Ok(PathBuf::from(path));

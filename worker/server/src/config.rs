@@ -16,7 +16,9 @@ use crate::batching::BatchLimits;
 #[command(name = "distillery-server", version, about)]
 pub struct Config {
     /// The artifact to serve: a directory (or `file://` URI) with distillery.json, the ONNX
-    /// model(s) and tokenizer.json, as `distillery-worker distill` writes it.
+    /// model(s) and tokenizer.json, as `distillery-worker distill` writes it, or an `s3://`
+    /// URI of one (downloaded into `--cache-dir` first, every file checked against the manifest;
+    /// credentials from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, else the default chain).
     #[arg(long, env = "DISTILLERY_MODEL")]
     pub model: String,
     /// The model's name in the protocol (`/v2/models/{name}`); default: the artifact
@@ -34,6 +36,21 @@ pub struct Config {
     /// refused, never served.
     #[arg(long, env = "DISTILLERY_EXPECT_DIGEST", value_parser = parse_digest)]
     pub expect_digest: Option<String>,
+    /// Endpoint of the S3-compatible store of an `s3://` model (MinIO, Ceph, …); AWS's when
+    /// unset.
+    #[arg(long, env = "DISTILLERY_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Region of the `s3://` model's bucket.
+    #[arg(long, env = "DISTILLERY_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style S3 addressing (`endpoint/bucket/key`), which most self-hosted stores need.
+    #[arg(long, env = "DISTILLERY_S3_FORCE_PATH_STYLE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub s3_force_path_style: bool,
+    /// Where an `s3://` model is downloaded, one directory per manifest digest: a restarted
+    /// server finds its model there and downloads nothing. Default: `$DISTILLERY_CACHE/models`
+    /// (`~/.cache/distillery/models`).
+    #[arg(long, env = "DISTILLERY_MODEL_CACHE")]
+    pub cache_dir: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "DISTILLERY_ADDRESS", default_value = "0.0.0.0")]
     pub address: IpAddr,
@@ -89,6 +106,21 @@ pub fn parse_digest(value: &str) -> Result<String, String> {
 }
 
 impl Config {
+    /// How to reach the store of an `s3://` model.
+    pub fn s3_settings(&self) -> distillery_store::S3Settings {
+        distillery_store::S3Settings {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            force_path_style: self.s3_force_path_style,
+            credentials: None,
+        }
+    }
+
+    /// Where `s3://` models are downloaded.
+    pub fn model_cache(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(|| distillery_crds::cache::cache_dir().join("models"))
+    }
+
     /// The batching limits.
     pub fn batch_limits(&self) -> BatchLimits {
         BatchLimits {

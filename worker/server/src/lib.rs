@@ -49,20 +49,28 @@ pub enum ServeError {
     Http(#[from] std::io::Error),
 }
 
-/// The model's name in the protocol: `--model-name`, else the artifact directory's name.
+/// The model's name in the protocol: `--model-name`, else the artifact directory's name (the
+/// last segment of an `s3://` key).
 pub fn model_name(config: &Config) -> Result<String, ArtifactError> {
     if let Some(name) = &config.model_name {
         return Ok(name.clone());
+    }
+    if let Some(key) = config.model.strip_prefix("s3://") {
+        let name = key.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+        return Ok(if name.is_empty() { "model".into() } else { name.to_string() });
     }
     let dir = artifact::resolve(&config.model)?;
     let name = dir.canonicalize().unwrap_or(dir).file_name().map(|n| n.to_string_lossy().into_owned());
     Ok(name.filter(|n| !n.is_empty()).unwrap_or_else(|| "model".into()))
 }
 
-/// Loads the artifact and one warmed-up session per model thread.
-fn load(config: &Config, environment: &Environment) -> Result<(ServedArtifact, Vec<OnnxSession>), ServeError> {
-    let dir = artifact::resolve(&config.model)?;
-    let (artifact, model) = ServedArtifact::load_expecting(&dir, config.variant, config.expect_digest.as_deref())?;
+/// Loads the artifact in `dir` and one warmed-up session per model thread.
+fn load(
+    config: &Config,
+    dir: &std::path::Path,
+    environment: &Environment,
+) -> Result<(ServedArtifact, Vec<OnnxSession>), ServeError> {
+    let (artifact, model) = ServedArtifact::load_expecting(dir, config.variant, config.expect_digest.as_deref())?;
     let limits = config.batch_limits();
     // A warm-up batch as long and as wide as a real one: ONNX Runtime plans its buffers on the
     // first runs, which would otherwise be the first clients' latency.
@@ -116,10 +124,17 @@ pub async fn serve(
 
     let loading = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || load(&config, &environment))
+        async move {
+            // An s3:// model is downloaded and verified first, while the server already answers
+            // (not ready).
+            let dir = artifact::local_dir(&config.model, &config.s3_settings(), &config.model_cache()).await?;
+            tokio::task::spawn_blocking(move || load(&config, &dir, &environment))
+                .await
+                .expect("the loading thread panicked")
+        }
     };
     let loaded = tokio::select! {
-        loaded = loading => loaded.expect("the loading thread panicked"),
+        loaded = loading => loaded,
         stopped = &mut server => {
             tracing::info!("stopped before the model finished loading");
             return Ok(stopped.expect("the HTTP server task panicked")?);
