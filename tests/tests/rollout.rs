@@ -1017,6 +1017,7 @@ async fn under_api_faults_a_good_canary_is_promoted_and_a_bad_one_rolled_back_wi
     let writes = h.server.writes_in_quiet_period(Duration::from_secs(3), Duration::from_secs(5)).await;
     assert!(writes.is_empty(), "writes after the calm rollouts: {writes:?}");
 
+    let streams = h.server.watch_streams(&operator).await;
     h.server.inject_write_faults(&operator);
     let started = Instant::now();
     let dropper = h.server.drop_watches_every(Duration::from_secs(2));
@@ -1027,7 +1028,7 @@ async fn under_api_faults_a_good_canary_is_promoted_and_a_bad_one_rolled_back_wi
     drop(dropper);
     h.server.clear_faults();
     let faulty = h.server.request_profile(&operator, started, run_time);
-    eprintln!("rollouts under faults: {faulty}; {drops} watch drops");
+    eprintln!("rollouts under faults: {faulty}; {drops} drops of {streams} watch streams");
 
     // The same ends as without faults.
     assert_no_failures(&answers, "two rollouts under API faults");
@@ -1060,7 +1061,7 @@ async fn under_api_faults_a_good_canary_is_promoted_and_a_bad_one_rolled_back_wi
     // Bounded: watches reopened once per drop, and the other requests — retries included — at
     // most twice the calm run's rate, in total and in the busiest second.
     assert!(faulty.count("patch") >= 10, "too few patches for the faults to have been met: {faulty}");
-    faulty.assert_bounded_against(&calm, drops);
+    faulty.assert_bounded_against(&calm, drops, streams);
 
     // Quiet once the faults stop: the spec still names the rejected model, and nothing is tried.
     let writes = h.server.writes_in_quiet_period(Duration::from_secs(3), Duration::from_secs(6)).await;

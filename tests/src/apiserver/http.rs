@@ -126,7 +126,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map_or(Representation::Objects, Representation::wanted);
     let result = match verb {
-        "watch" => return watch_stream(shared, target, &query, representation),
+        "watch" => return watch_stream(shared, target, &query, representation, &user),
         "get" | "list" => {
             let result = if verb == "get" { get(&shared, &target) } else { list(&shared, &target, &query) };
             match result {
@@ -556,6 +556,17 @@ struct Watch {
     done: bool,
     /// Send Tables (`kubectl get -w`).
     representation: Representation,
+    /// The client, counted in [`super::store::State::open_watches`] while the stream is open.
+    user: String,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        if let Some(n) = state.open_watches.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 fn line(kind: &str, object: &Value) -> Bytes {
@@ -644,6 +655,7 @@ fn watch_stream(
     target: Target,
     query: &HashMap<String, String>,
     representation: Representation,
+    user: &str,
 ) -> Response {
     if target.name.is_some() {
         return ApiError::bad_request("watch a single object with a fieldSelector on metadata.name").into_response();
@@ -668,7 +680,9 @@ fn watch_stream(
         changes,
         done: false,
         representation,
+        user: user.to_string(),
     };
+    *shared.lock().open_watches.entry(user.to_string()).or_default() += 1;
     let requested = query.get("resourceVersion").map(String::as_str).unwrap_or_default();
     match requested {
         "" | "0" => {

@@ -191,6 +191,8 @@ pub struct State {
     requests: Vec<RequestRecord>,
     /// Bumped to make every open watch end (fault injection).
     pub watch_epoch: u64,
+    /// Watch streams open now, by client (bearer token).
+    pub open_watches: BTreeMap<String, usize>,
     /// Whether requests are authorized by RBAC ([`super::rbac`]); off by default.
     pub rbac_enforced: bool,
     writes: Vec<WriteRecord>,
@@ -292,6 +294,7 @@ impl Default for State {
             requests: vec![],
             rbac_enforced: false,
             watch_epoch: 0,
+            open_watches: BTreeMap::new(),
             writes: vec![],
             names: 0,
             service_ips: 0,
