@@ -10,7 +10,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{DURATION_PATTERN, EvalDataset, LocalObjectReference, ModelVariant, URI_PATTERN};
+use crate::common::{DURATION_PATTERN, EvalDataset, LocalObjectReference, ModelVariant, S3Settings, URI_PATTERN};
 use crate::distillation::JobPhase;
 
 /// Compare models side by side.
@@ -35,7 +35,7 @@ use crate::distillation::JobPhase;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.reportUri) || self.targets.exists(t, has(t.artifact))").message("set reportUri: with no artifact target there is no artifact location to write the report beside").field_path(".reportUri"))]
 #[x_kube(validation = Rule::new("!self.metrics.exists(m, m == 'accuracy' || m == 'robustness') || self.dataset.labelField != ''").message("metrics accuracy and robustness need labelled inputs: set dataset.labelField, or leave them out of metrics").field_path(".dataset.labelField"))]
-#[x_kube(validation = Rule::new("!has(self.reportUri) || !self.reportUri.startsWith('s3://')").message("reportUri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".reportUri"))]
+#[x_kube(validation = Rule::new("!has(self.reportUri) || !self.reportUri.startsWith('s3://') || !has(self.reportVolumeClaim)").message("reportVolumeClaim is for file:// URIs: an s3:// reportUri is written through spec.s3, so leave reportVolumeClaim unset").field_path(".reportVolumeClaim"))]
 #[x_kube(validation = Rule::new("self.targets.all(a, self.targets.exists_one(b, b.name == a.name))").message("targets[].name must be unique").field_path(".targets"))]
 pub struct BenchmarkSpec {
     /// The models to compare, each under its own name; the first is the one the others are
@@ -67,6 +67,11 @@ pub struct BenchmarkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub report_volume_claim: Option<String>,
+    /// How to reach the S3-compatible store of every `s3://` URI this benchmark reads or writes
+    /// (artifacts, dataset, report): endpoint, region, addressing and the Secret keys holding
+    /// the credentials. Unset: AWS's endpoint and the pod's own identity (IRSA, workload identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Settings>,
 }
 
 /// Where the report of Benchmark `name` goes: `spec.reportUri`, else `benchmarks/<name>` beside
@@ -135,13 +140,13 @@ pub enum Track {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.distillationJobRef) != has(self.uri)").message("set exactly one of artifact.distillationJobRef or artifact.uri"))]
 #[x_kube(validation = Rule::new("!has(self.distillationJobRef) || !has(self.volumeClaim)").message("artifact.volumeClaim is taken from the DistillationJob's output.volumeClaim; leave it unset with distillationJobRef").field_path(".volumeClaim"))]
-#[x_kube(validation = Rule::new("!has(self.uri) || !self.uri.startsWith('s3://')").message("artifact.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
+#[x_kube(validation = Rule::new("!has(self.uri) || !self.uri.startsWith('s3://') || !has(self.volumeClaim)").message("artifact.volumeClaim is for file:// URIs: an s3:// artifact.uri is read through spec.s3, so leave volumeClaim unset").field_path(".volumeClaim"))]
 pub struct ArtifactTarget {
     /// A DistillationJob in this namespace: its `status.result.artifactUri`, once it has
     /// succeeded (the benchmark waits until then), on its `output.volumeClaim`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distillation_job_ref: Option<LocalObjectReference>,
-    /// Artifact directory: `file:///artifacts/my-student` (`s3://` is refused until the S3 store is built).
+    /// Artifact directory: `file:///artifacts/my-student` on `volumeClaim`, or `s3://bucket/prefix/g1-0a1b2c3d` (downloaded and verified before its server starts; the download is not part of the cold start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: Option<String>,

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Pattern every model, dataset and artifact URI must match: a `file://` path (a mounted volume or
-/// host path, the embedded default) or an `s3://bucket/key` location — the schema's shape; every
-/// URI field's CEL rule refuses `s3://` until the S3 artifact store is built.
+/// host path, the embedded default) or an `s3://bucket/key` location, reached through the
+/// resource's `spec.s3` settings.
 pub const URI_PATTERN: &str = r"^(file|s3)://.+$";
 
 /// Pattern of a duration such as `30s`, `5m`, `1h30m` or `250ms` (Go's `time.ParseDuration` units
@@ -61,9 +61,9 @@ pub enum Compression {
 /// inputs.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
+#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://') || !has(self.volumeClaim)").message("volumeClaim is for file:// URIs: an s3:// uri is read through the resource's spec.s3, so leave volumeClaim unset").field_path(".volumeClaim"))]
 pub struct EvalDataset {
-    /// Where the dataset lives: `file:///path/to/file.csv` (`s3://` is refused until the S3 store is built).
+    /// Where the dataset lives: `file:///path/to/file.csv` or `s3://bucket/key.csv`.
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
     /// File layout: `csv` (header row) or `jsonl`.

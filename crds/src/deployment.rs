@@ -11,7 +11,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{DURATION_PATTERN, EvalDataset, LocalObjectReference, ModelVariant, URI_PATTERN};
+use crate::common::{DURATION_PATTERN, EvalDataset, LocalObjectReference, ModelVariant, S3Settings, URI_PATTERN};
 
 /// Serve a model and roll out new versions of it safely.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -66,6 +66,12 @@ pub struct ModelDeploymentSpec {
     /// pauses instead (phase Paused) for a person to decide.
     #[serde(default = "default_true")]
     pub auto_rollback: bool,
+    /// How to reach the S3-compatible store of every `s3://` URI this deployment reads (the
+    /// model, a DistillationJob's `s3://` artifact, the golden dataset): endpoint, region,
+    /// addressing and the Secret keys holding the credentials. Unset: AWS's endpoint and the
+    /// pod's own identity (IRSA, workload identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Settings>,
 }
 
 fn default_replicas() -> i32 {
@@ -80,13 +86,13 @@ fn default_true() -> bool {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.distillationJobRef) != has(self.uri)").message("set exactly one of model.distillationJobRef or model.uri"))]
 #[x_kube(validation = Rule::new("!has(self.distillationJobRef) || !has(self.volumeClaim)").message("model.volumeClaim is taken from the DistillationJob's output.volumeClaim; leave it unset with distillationJobRef").field_path(".volumeClaim"))]
-#[x_kube(validation = Rule::new("!has(self.uri) || !self.uri.startsWith('s3://')").message("model.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
+#[x_kube(validation = Rule::new("!has(self.uri) || !self.uri.startsWith('s3://') || !has(self.volumeClaim)").message("model.volumeClaim is for file:// URIs: an s3:// model.uri is read through spec.s3, so leave volumeClaim unset").field_path(".volumeClaim"))]
 pub struct ModelSource {
     /// A DistillationJob in this namespace; its `status.result.artifactUri` is served once it has
     /// succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distillation_job_ref: Option<LocalObjectReference>,
-    /// An artifact directory: `file:///artifacts/my-student` (`s3://` is refused until the S3 store is built).
+    /// An artifact directory: `file:///artifacts/my-student` on `volumeClaim`, or `s3://bucket/prefix/g1-0a1b2c3d` (downloaded by each server pod into its scratch space and checked against the manifest's sha256s before it is served).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: Option<String>,

@@ -67,6 +67,11 @@ pub struct DistillationJobSpec {
     pub resources: WorkerResources,
     /// Where the resulting artifact is written.
     pub output: OutputSpec,
+    /// How to reach the S3-compatible store of every `s3://` URI in this spec (teacher, dataset,
+    /// transfer set, output): endpoint, region, addressing and the Secret keys holding the
+    /// credentials. Unset: AWS's endpoint and the pod's own identity (IRSA, workload identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Settings>,
     /// Worker container image; when unset, the operator's configured default — its CUDA build
     /// (`--worker-cuda-image`) when `resources.gpu.count` is above 0. An image named here must
     /// be a CUDA build to train on GPUs: a worker without CUDA refuses a job that asks for one.
@@ -107,10 +112,10 @@ pub enum Task {
 /// The teacher model.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("teacher.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
+#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://') || !has(self.volumeClaim)").message("teacher.volumeClaim is for file:// URIs: an s3:// teacher.uri is read through spec.s3, so leave volumeClaim unset").field_path(".volumeClaim"))]
 pub struct TeacherSpec {
     /// A HuggingFace-layout model directory (`config.json`, `model.safetensors`,
-    /// `tokenizer.json`): `file:///models/all-minilm-l6-v2` (`s3://` is refused until the S3 store is built).
+    /// `tokenizer.json`): `file:///models/all-minilm-l6-v2`, or an `s3://bucket/prefix` holding those files.
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
     /// How to pool token states into one vector for encoders: `mean` (sentence-transformers
@@ -267,9 +272,9 @@ pub struct InitFromTeacher {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!self.validationSplit.byGroup || size(self.groupField) > 0").message("dataset.validationSplit.byGroup needs dataset.groupField").field_path(".groupField"))]
 #[x_kube(validation = Rule::new("self.format != 'text'").message("dataset.format text has no labels; use it only for transferSet").field_path(".format"))]
-#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("dataset.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
+#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://') || !has(self.volumeClaim)").message("dataset.volumeClaim is for file:// URIs: an s3:// dataset.uri is read through spec.s3, so leave volumeClaim unset").field_path(".volumeClaim"))]
 pub struct DatasetSpec {
-    /// Where the data lives: `file:///data/reviews.csv.bz2` (`s3://` is refused until the S3 store is built).
+    /// Where the data lives: `file:///data/reviews.csv.bz2` or `s3://bucket/reviews.csv.bz2`.
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
     /// File layout: `csv` (header row) or `jsonl`.
@@ -356,7 +361,6 @@ fn default_validation_fraction() -> f64 {
 /// Unlabelled texts for transfer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("transferSet.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
 pub struct TransferSet {
     /// Where the texts live.
     #[schemars(regex(pattern = URI_PATTERN))]
@@ -670,20 +674,18 @@ fn default_gpu_resource() -> String {
 /// Where the artifact goes.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://')").message("output.uri: s3:// URIs are not supported yet (the S3 artifact store is not built): use a file:// URI on a volumeClaim").field_path(".uri"))]
-#[x_kube(validation = Rule::new("!has(self.s3)").message("output.s3 is not supported yet (the S3 artifact store is not built)").field_path(".s3"))]
+#[x_kube(validation = Rule::new("!self.uri.startsWith('s3://') || !has(self.volumeClaim)").message("output.volumeClaim is for file:// URIs: an s3:// output.uri is read through spec.s3, so leave volumeClaim unset").field_path(".volumeClaim"))]
 pub struct OutputSpec {
-    /// Artifact location: a directory `file:///artifacts/my-student` (a mounted volume; an
-    /// `s3://` prefix is refused until the S3 store is built). Artifacts are immutable, so each run writes a new one under
+    /// Artifact location: a directory `file:///artifacts/my-student` (a mounted volume) or an
+    /// `s3://bucket/prefix` (files uploaded first, the manifest last, so a half-written
+    /// artifact never looks complete; the worker trains in its pod's scratch space, where a
+    /// retried pod of the same node finds its checkpoints). Artifacts are immutable, so each run writes a new one under
     /// it, at `<uri>/g<metadata.generation>-<first 8 hex digits of metadata.uid>` (e.g.
     /// `file:///artifacts/my-student/g2-7f3a09c1`), which `status.result.artifactUri` names: a
     /// retried pod resumes in the same directory; a changed spec or a recreated object writes a
     /// new one, never over an artifact that may be serving.
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
-    /// S3 endpoint and credentials (by Secret reference only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub s3: Option<S3Settings>,
     /// For `file://` outputs in a cluster: the PersistentVolumeClaim mounted at the path's first
     /// segment (e.g. `/artifacts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

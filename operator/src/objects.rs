@@ -1,8 +1,9 @@
 //! Small pieces every controller's `build` and `observe` use on Kubernetes objects: where a
 //! `file://` URI's claim is mounted (and the claim mounts of a worker pod), the security contexts
 //! of the pods the operator creates, a container's termination message, a Job's terminal
-//! condition, and JSON without nulls.
+//! condition, what a pod needs to reach the S3 store, and JSON without nulls.
 
+use distillery_crds::common::S3Settings;
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
@@ -39,6 +40,45 @@ pub fn claim_mount_path(uri: &str) -> Option<String> {
 /// The container path of a `file://` URI (`/models/x` for `file:///models/x`).
 pub fn container_path(uri: &str) -> Option<&str> {
     uri.strip_prefix("file://").filter(|p| p.starts_with('/'))
+}
+
+/// What a pod is told for `uri`: the container path of a `file://` URI, an `s3://` URI as it is
+/// (the worker and the server read it through the artifact store). `None` for anything else.
+pub fn pod_location(uri: &str) -> Option<&str> {
+    if uri.starts_with("s3://") { Some(uri) } else { container_path(uri) }
+}
+
+/// Where every pod the operator creates keeps its scratch files — downloads from the artifact
+/// store (an `s3://` teacher, dataset or artifact) and what is staged before an upload — on an
+/// `emptyDir`: the root file system is read-only.
+pub const WORK_PATH: &str = "/work";
+
+/// The `work` volume of a pod and the container's mount of it at [`WORK_PATH`].
+pub fn work_volume() -> (Value, Value) {
+    (json!({"name": "work", "emptyDir": {}}), json!({"name": "work", "mountPath": WORK_PATH}))
+}
+
+/// The environment through which a pod's worker or server reaches the store: its scratch
+/// directory, and — when the resource names `spec.s3` — the endpoint, region and addressing,
+/// with the credentials as `secretKeyRef`s: the kubelet reads the Secret, the operator never
+/// does. Without `spec.s3` the pod uses AWS's endpoint and its own identity (IRSA, workload
+/// identity).
+pub fn store_env(s3: Option<&S3Settings>) -> Vec<Value> {
+    let mut env = vec![json!({"name": "DISTILLERY_WORK_DIR", "value": WORK_PATH})];
+    let Some(s3) = s3 else { return env };
+    if let Some(endpoint) = &s3.endpoint {
+        env.push(json!({"name": "DISTILLERY_S3_ENDPOINT", "value": endpoint}));
+    }
+    if let Some(region) = &s3.region {
+        env.push(json!({"name": "DISTILLERY_S3_REGION", "value": region}));
+    }
+    env.push(json!({"name": "DISTILLERY_S3_FORCE_PATH_STYLE", "value": s3.force_path_style.to_string()}));
+    for (name, key) in [("AWS_ACCESS_KEY_ID", &s3.access_key_id), ("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key)] {
+        if let Some(key) = key {
+            env.push(json!({"name": name, "valueFrom": {"secretKeyRef": {"name": key.name, "key": key.key}}}));
+        }
+    }
+    env
 }
 
 /// `/models` for `file:///models/x` (and for `file:///models`): the directory a claim holding the
@@ -278,12 +318,38 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn store_env_names_the_secret_keys_and_never_their_values() {
+        use distillery_crds::common::SecretKeyReference;
+        assert_eq!(store_env(None), [json!({"name": "DISTILLERY_WORK_DIR", "value": WORK_PATH})]);
+        let key = |k: &str| Some(SecretKeyReference { name: "store".into(), key: k.into() });
+        let s3 = S3Settings {
+            endpoint: Some("http://minio:9000".into()),
+            region: Some("eu-west-1".into()),
+            force_path_style: true,
+            access_key_id: key("id"),
+            secret_access_key: key("secret"),
+        };
+        let env: std::collections::BTreeMap<String, Value> = store_env(Some(&s3))
+            .into_iter()
+            .map(|e| (e["name"].as_str().unwrap().to_string(), e.get("value").or(e.get("valueFrom")).cloned().unwrap()))
+            .collect();
+        assert_eq!(env["DISTILLERY_S3_ENDPOINT"], "http://minio:9000");
+        assert_eq!(env["DISTILLERY_S3_REGION"], "eu-west-1");
+        assert_eq!(env["DISTILLERY_S3_FORCE_PATH_STYLE"], "true");
+        assert_eq!(env["AWS_ACCESS_KEY_ID"], json!({"secretKeyRef": {"name": "store", "key": "id"}}));
+        assert_eq!(env["AWS_SECRET_ACCESS_KEY"], json!({"secretKeyRef": {"name": "store", "key": "secret"}}));
+    }
+
+    #[test]
     fn mount_paths_and_container_paths() {
         assert_eq!(claim_mount_path("file:///artifacts/small/g1").as_deref(), Some("/artifacts"));
         assert_eq!(claim_mount_path("file:///golden.csv"), None);
         assert_eq!(claim_mount_path("s3://bucket/x"), None);
         assert_eq!(container_path("file:///artifacts/small"), Some("/artifacts/small"));
         assert_eq!(container_path("s3://b/k"), None);
+        assert_eq!(pod_location("s3://b/k"), Some("s3://b/k"));
+        assert_eq!(pod_location("file:///models/x"), Some("/models/x"));
+        assert_eq!(pod_location("https://b/k"), None);
     }
 
     fn uses(list: &[(&str, &str, &str, bool)]) -> Vec<ClaimUse> {

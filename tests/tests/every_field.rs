@@ -11,7 +11,7 @@
 //!   built yet;
 //! - a listed **exception**, with its reason.
 //!
-//! Values of a field that is read can still be refused (an `s3://` URI, `task: causal-lm`): those
+//! Values of a field that is read can still be refused (`task: causal-lm`): those
 //! are listed in [`REFUSED_VALUES`] and checked the same way. Status fields are the operator's and
 //! worker's output, not input, and are not walked.
 
@@ -105,7 +105,11 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("DistillationJob", "spec.student.initFromTeacher.layers", Read(STUDENT, "from.layers")),
     ("DistillationJob", "spec.student.pruneVocabulary", Read(STUDENT, "spec.prune_vocabulary")),
     ("DistillationJob", "spec.student.embeddingSize", Read(STUDENT, "spec.embedding_size")),
-    ("DistillationJob", "spec.dataset.uri", ReadIn(INPUTS, "fn labelled(", "read_dataset(&local_path(&spec.uri)?")),
+    (
+        "DistillationJob",
+        "spec.dataset.uri",
+        ReadIn(INPUTS, "fn labelled_with(", "read_dataset(&resolver.materialize(&spec.uri, Kind::File)?"),
+    ),
     ("DistillationJob", "spec.dataset.format", ReadIn(DATA, READ_DATASET, "spec.format")),
     ("DistillationJob", "spec.dataset.compression", ReadIn(DATA, READ_DATASET, "spec.compression")),
     ("DistillationJob", "spec.dataset.textField", ReadIn(DATA, READ_DATASET, "spec.text_field")),
@@ -118,7 +122,11 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("DistillationJob", "spec.dataset.validationSplit.seed", Read(DATA, "split.seed")),
     ("DistillationJob", "spec.dataset.maxSequenceLength", Read("worker/engine/src/inputs.rs", ".max_sequence_length")),
     ("DistillationJob", "spec.dataset.maxExamples", Read("worker/engine/src/inputs.rs", ".max_examples")),
-    ("DistillationJob", "spec.dataset.transferSet.uri", ReadIn(INPUTS, "fn load(", "let path = local_path(&t.uri)?")),
+    (
+        "DistillationJob",
+        "spec.dataset.transferSet.uri",
+        ReadIn(INPUTS, "fn load_with(", "let path = resolver.materialize(&t.uri, Kind::File)?"),
+    ),
     ("DistillationJob", "spec.dataset.transferSet.format", ReadIn(DATA, READ_TRANSFER, "spec.format")),
     ("DistillationJob", "spec.dataset.transferSet.compression", ReadIn(DATA, READ_TRANSFER, "spec.compression")),
     ("DistillationJob", "spec.dataset.transferSet.textField", ReadIn(DATA, READ_TRANSFER, "spec.text_field")),
@@ -147,42 +155,15 @@ const FIELDS: &[(&str, &str, Use)] = &[
         Read("worker/engine/src/onnx/artifact.rs", ".accuracy_budget"),
     ),
     ("DistillationJob", "spec.quantization.speedCheck", Read("worker/engine/src/onnx/artifact.rs", ".speed_check")),
-    // The S3 store is not built: every setting of it is refused.
-    ("DistillationJob", "spec.output.s3.endpoint", Refused(r#""http://minio:9000""#)),
-    ("DistillationJob", "spec.output.s3.region", Refused(r#""eu-west-1""#)),
-    ("DistillationJob", "spec.output.s3.forcePathStyle", Refused("true")),
-    (
-        "DistillationJob",
-        "spec.output.s3.accessKeyId.name",
-        RefusedAs(
-            "spec.output.s3",
-            r#"{"accessKeyId": {"name": "s3-credentials", "key": "id"}, "secretAccessKey": {"name": "s3-credentials", "key": "secret"}}"#,
-        ),
-    ),
-    (
-        "DistillationJob",
-        "spec.output.s3.accessKeyId.key",
-        RefusedAs(
-            "spec.output.s3",
-            r#"{"accessKeyId": {"name": "s3-credentials", "key": "id"}, "secretAccessKey": {"name": "s3-credentials", "key": "secret"}}"#,
-        ),
-    ),
-    (
-        "DistillationJob",
-        "spec.output.s3.secretAccessKey.name",
-        RefusedAs(
-            "spec.output.s3",
-            r#"{"accessKeyId": {"name": "s3-credentials", "key": "id"}, "secretAccessKey": {"name": "s3-credentials", "key": "secret"}}"#,
-        ),
-    ),
-    (
-        "DistillationJob",
-        "spec.output.s3.secretAccessKey.key",
-        RefusedAs(
-            "spec.output.s3",
-            r#"{"accessKeyId": {"name": "s3-credentials", "key": "id"}, "secretAccessKey": {"name": "s3-credentials", "key": "secret"}}"#,
-        ),
-    ),
+    // spec.s3 is handed whole to the pods' store environment (objects.rs `store_env`, whose
+    // unit test checks each field lands in the env): the same for all three kinds.
+    ("DistillationJob", "spec.s3.endpoint", Read(DJ_BUILD, "store_env(spec.s3.as_ref())")),
+    ("DistillationJob", "spec.s3.region", Read(DJ_BUILD, "store_env(spec.s3.as_ref())")),
+    ("DistillationJob", "spec.s3.forcePathStyle", Read(DJ_BUILD, "store_env(spec.s3.as_ref())")),
+    ("DistillationJob", "spec.s3.accessKeyId.name", Read(DJ_BUILD, "store_env(spec.s3.as_ref())")),
+    ("DistillationJob", "spec.s3.accessKeyId.key", Read(DJ_BUILD, "store_env(spec.s3.as_ref())")),
+    ("DistillationJob", "spec.s3.secretAccessKey.name", Read(DJ_BUILD, "store_env(spec.s3.as_ref())")),
+    ("DistillationJob", "spec.s3.secretAccessKey.key", Read(DJ_BUILD, "store_env(spec.s3.as_ref())")),
     // ModelDeployment.
     ("ModelDeployment", "spec.model.uri", Read(MD_BUILD, "md.spec.model.uri")),
     ("ModelDeployment", "spec.model.volumeClaim", Read(MD_BUILD, "md.spec.model.volume_claim")),
@@ -216,6 +197,13 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("ModelDeployment", "spec.rollout.analysis.goldenDataset.textField", Read(ANALYZE, "spec.text_field")),
     ("ModelDeployment", "spec.rollout.analysis.goldenDataset.labelField", Read(ANALYZE, "spec.label_field")),
     ("ModelDeployment", "spec.rollout.analysis.goldenDataset.samples", Read(ANALYZE, "spec.samples")),
+    ("ModelDeployment", "spec.s3.endpoint", Read(MD_BUILD, "store_env(md.spec.s3.as_ref())")),
+    ("ModelDeployment", "spec.s3.region", Read(MD_BUILD, "store_env(md.spec.s3.as_ref())")),
+    ("ModelDeployment", "spec.s3.forcePathStyle", Read(MD_BUILD, "store_env(md.spec.s3.as_ref())")),
+    ("ModelDeployment", "spec.s3.accessKeyId.name", Read(MD_BUILD, "store_env(md.spec.s3.as_ref())")),
+    ("ModelDeployment", "spec.s3.accessKeyId.key", Read(MD_BUILD, "store_env(md.spec.s3.as_ref())")),
+    ("ModelDeployment", "spec.s3.secretAccessKey.name", Read(MD_BUILD, "store_env(md.spec.s3.as_ref())")),
+    ("ModelDeployment", "spec.s3.secretAccessKey.key", Read(MD_BUILD, "store_env(md.spec.s3.as_ref())")),
     // Benchmark: the operator resolves targets and mounts claims…
     ("Benchmark", "spec.targets[].deployment.name", Read(BENCH_OBSERVE, "track_service(&d.name, d.track)")),
     ("Benchmark", "spec.targets[].deployment.track", Read(BENCH_OBSERVE, "track_status(md, d.track)")),
@@ -229,6 +217,13 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("Benchmark", "spec.image", Read(BENCH_BUILD, "spec.image")),
     ("Benchmark", "spec.reportVolumeClaim", Read(BENCH_BUILD, "spec.report_volume_claim")),
     ("Benchmark", "spec.reportUri", Read("crds/src/benchmark.rs", "spec.report_uri")),
+    ("Benchmark", "spec.s3.endpoint", Read(BENCH_BUILD, "store_env(spec.s3.as_ref())")),
+    ("Benchmark", "spec.s3.region", Read(BENCH_BUILD, "store_env(spec.s3.as_ref())")),
+    ("Benchmark", "spec.s3.forcePathStyle", Read(BENCH_BUILD, "store_env(spec.s3.as_ref())")),
+    ("Benchmark", "spec.s3.accessKeyId.name", Read(BENCH_BUILD, "store_env(spec.s3.as_ref())")),
+    ("Benchmark", "spec.s3.accessKeyId.key", Read(BENCH_BUILD, "store_env(spec.s3.as_ref())")),
+    ("Benchmark", "spec.s3.secretAccessKey.name", Read(BENCH_BUILD, "store_env(spec.s3.as_ref())")),
+    ("Benchmark", "spec.s3.secretAccessKey.key", Read(BENCH_BUILD, "store_env(spec.s3.as_ref())")),
     // …and the worker measures.
     ("Benchmark", "spec.targets[].name", Read(BENCH_PLAN, "let name = t.name.clone()")),
     ("Benchmark", "spec.targets[].artifact.uri", Read(BENCH_PLAN, "&a.uri")),
@@ -252,16 +247,6 @@ const REFUSED_VALUES: &[(&str, &str, &str)] = &[
     ("DistillationJob", "spec.task", r#""causal-lm""#),
     ("DistillationJob", "spec.task", r#""embedding""#),
     ("DistillationJob", "spec.student.architecture.family", r#""llama""#),
-    ("DistillationJob", "spec.teacher.uri", r#""s3://models/teacher""#),
-    ("DistillationJob", "spec.dataset.uri", r#""s3://data/reviews.csv""#),
-    ("DistillationJob", "spec.dataset.transferSet.uri", r#""s3://data/transfer.txt""#),
-    ("DistillationJob", "spec.output.uri", r#""s3://artifacts/student""#),
-    ("ModelDeployment", "spec.model.uri", r#""s3://artifacts/student""#),
-    ("ModelDeployment", "spec.rollout.analysis.goldenDataset.uri", r#""s3://data/golden.csv""#),
-    // spec.targets[].artifact.uri: s3:// refused, examples/invalid/bench-s3-artifact-not-built-yet.yaml
-    // (the first target of the valid example is a deployment, which may not carry an artifact).
-    ("Benchmark", "spec.dataset.uri", r#""s3://data/golden.csv""#),
-    ("Benchmark", "spec.reportUri", r#""s3://reports/cmp""#),
 ];
 
 /// What a refusal of something not built says.

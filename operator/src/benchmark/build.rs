@@ -18,8 +18,8 @@ use crate::distillation::build::{MANAGED_BY, WorkerSettings};
 use crate::modeldeployment::rollout::parse_duration;
 use crate::names;
 use crate::objects::{
-    ClaimUse, MountError, claim_mounts, container_path, container_security_context, mount_specs, pod_security_context,
-    strip_nulls,
+    ClaimUse, MountError, claim_mounts, container_security_context, mount_specs, pod_location, pod_security_context,
+    store_env, strip_nulls, work_volume,
 };
 
 /// Label on the Job and its pods naming the Benchmark ([`names::label_value`] of its name), and
@@ -50,8 +50,8 @@ pub enum SpecError {
     /// The claims cannot be mounted as asked.
     #[error(transparent)]
     Mount(#[from] MountError),
-    /// A location the benchmark pod reads or writes is not a `file://` path.
-    #[error("{field}: {uri:?} is not a file:// path the benchmark pod can read (s3:// is not supported yet)")]
+    /// A location the benchmark pod reads or writes is neither a `file://` path nor `s3://`.
+    #[error("{field}: {uri:?} is neither a file:// path nor an s3:// URI the benchmark pod can read")]
     NotAFilePath {
         /// The field (or the DistillationJob result) naming it.
         field: String,
@@ -131,14 +131,14 @@ pub fn validate(bench: &Benchmark) -> Result<(), SpecError> {
         let Some(artifact) = &target.artifact else { continue };
         let Some(uri) = &artifact.uri else { continue };
         let field = format!("spec.targets[{i}].artifact.uri");
-        container_path(uri).ok_or_else(|| SpecError::NotAFilePath { field, uri: uri.clone() })?;
+        pod_location(uri).ok_or_else(|| SpecError::NotAFilePath { field, uri: uri.clone() })?;
         if let Some(claim) = &artifact.volume_claim {
             let field = format!("spec.targets[{i}].artifact.volumeClaim");
             uses.push(ClaimUse { field, claim: claim.clone(), uri: uri.clone(), read_only: true });
         }
     }
     if let Some(uri) = &spec.report_uri {
-        uses.push(report_use(spec, uri, None)?);
+        uses.extend(report_use(spec, uri, None)?);
     }
     claim_mounts(uses)?;
     Ok(())
@@ -155,12 +155,16 @@ fn dataset_use(spec: &BenchmarkSpec) -> Vec<ClaimUse> {
 }
 
 /// The claim the report is written on: `reportVolumeClaim` with `reportUri`, else the first
-/// artifact target's (`first`: its index, URI and claim).
+/// artifact target's (`first`: its index, URI and claim); none for an `s3://` report, which the
+/// worker uploads.
 fn report_use(
     spec: &BenchmarkSpec,
     uri: &str,
     first: Option<(usize, &str, Option<&String>, &str)>,
-) -> Result<ClaimUse, SpecError> {
+) -> Result<Option<ClaimUse>, SpecError> {
+    if uri.starts_with("s3://") {
+        return Ok(None);
+    }
     let (field, claim, fix) = match (&spec.report_uri, first) {
         (Some(_), _) | (None, None) => (
             "spec.reportVolumeClaim".to_string(),
@@ -174,14 +178,18 @@ fn report_use(
         ),
     };
     let report_field = if spec.report_uri.is_some() { "spec.reportUri".to_string() } else { field.clone() };
-    container_path(uri).ok_or_else(|| SpecError::NotAFilePath { field: report_field, uri: uri.to_string() })?;
+    crate::objects::container_path(uri)
+        .ok_or_else(|| SpecError::NotAFilePath { field: report_field, uri: uri.to_string() })?;
     let claim = claim.ok_or_else(|| SpecError::ReportOnNoClaim { field: field.clone(), uri: uri.to_string(), fix })?;
-    Ok(ClaimUse { field, claim: claim.clone(), uri: uri.to_string(), read_only: false })
+    Ok(Some(ClaimUse { field, claim: claim.clone(), uri: uri.to_string(), read_only: false }))
 }
 
 /// Where the report goes ([`distillery_crds::benchmark::report_uri`]) and the claim it is
-/// written on, for the resolved targets.
-pub fn report_location(bench: &Benchmark, resolved: &[ResolvedTarget]) -> Result<(String, ClaimUse), SpecError> {
+/// written on (none for `s3://`), for the resolved targets.
+pub fn report_location(
+    bench: &Benchmark,
+    resolved: &[ResolvedTarget],
+) -> Result<(String, Option<ClaimUse>), SpecError> {
     let name = bench.metadata.name.as_deref().ok_or(SpecError::MissingMetadata("name"))?;
     let first = resolved.iter().enumerate().find_map(|(i, r)| match r {
         ResolvedTarget::Artifact { uri, claim, claim_field } => {
@@ -218,7 +226,7 @@ fn worker_args(bench: &Benchmark, resolved: &[ResolvedTarget], report_uri: &str)
                 }
             }
             ResolvedTarget::Artifact { uri, claim_field, .. } => {
-                let path = container_path(uri)
+                let path = pod_location(uri)
                     .ok_or_else(|| SpecError::NotAFilePath { field: claim_field.clone(), uri: uri.clone() })?;
                 args.extend(["--artifact".into(), format!("{}={path}", target.name)]);
             }
@@ -255,7 +263,7 @@ pub fn desired_job(
             uses.push(ClaimUse { field: claim_field.clone(), claim: claim.clone(), uri: uri.clone(), read_only: true });
         }
     }
-    uses.push(report_claim);
+    uses.extend(report_claim);
     let mounts = claim_mounts(uses)?;
     let args = worker_args(bench, resolved, &report_uri)?;
 
@@ -267,10 +275,15 @@ pub fn desired_job(
     .into();
     // The root file system is read-only: the worker and the servers it starts write scratch
     // files to /tmp, and the report to its claim.
+    // s3:// artifacts are downloaded to the work volume.
     let (claim_volumes, claim_mounts) = mount_specs(&mounts);
-    let volumes: Vec<Value> = std::iter::once(json!({"name": "tmp", "emptyDir": {}})).chain(claim_volumes).collect();
+    let (work, work_mount) = work_volume();
+    let volumes: Vec<Value> = [json!({"name": "tmp", "emptyDir": {}}), work].into_iter().chain(claim_volumes).collect();
     let volume_mounts: Vec<Value> =
-        std::iter::once(json!({"name": "tmp", "mountPath": "/tmp"})).chain(claim_mounts).collect();
+        [json!({"name": "tmp", "mountPath": "/tmp"}), work_mount].into_iter().chain(claim_mounts).collect();
+    let mut env =
+        vec![json!({"name": BENCHMARK_ENV, "value": worker_document(bench, name, namespace, uid).to_string()})];
+    env.extend(store_env(spec.s3.as_ref()));
     let owner = bench.controller_owner_ref(&()).ok_or(SpecError::MissingMetadata("uid"))?;
     let job = json!({
         "apiVersion": "batch/v1",
@@ -296,7 +309,7 @@ pub fn desired_job(
                         "name": CONTAINER,
                         "image": spec.image.clone().unwrap_or_else(|| settings.default_image.clone()),
                         "args": args,
-                        "env": [{"name": BENCHMARK_ENV, "value": worker_document(bench, name, namespace, uid).to_string()}],
+                        "env": env,
                         "volumeMounts": volume_mounts,
                         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
                         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -402,7 +415,12 @@ mod tests {
             .collect();
         assert_eq!(
             mounts,
-            vec![("/tmp".to_string(), false), ("/data".to_string(), true), ("/artifacts".to_string(), false)]
+            vec![
+                ("/tmp".to_string(), false),
+                ("/work".to_string(), false),
+                ("/data".to_string(), true),
+                ("/artifacts".to_string(), false)
+            ]
         );
         let claims: Vec<&str> = pod["volumes"]
             .as_array()
@@ -429,7 +447,10 @@ mod tests {
             .iter()
             .map(|m| (m["mountPath"].as_str().unwrap(), m["readOnly"].as_bool().unwrap_or(false)))
             .collect();
-        assert_eq!(mounts, vec![("/tmp", false), ("/data", true), ("/artifacts", true), ("/reports", false)]);
+        assert_eq!(
+            mounts,
+            vec![("/tmp", false), ("/work", false), ("/data", true), ("/artifacts", true), ("/reports", false)]
+        );
         // Without its claim the report could not be written: refused before anything runs.
         bench.spec.report_volume_claim = None;
         let err = validate(&bench).unwrap_err();

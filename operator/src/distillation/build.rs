@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::names;
 use crate::objects::{
     ClaimUse, Mount, MountError, claim_mounts, container_security_context, mount_specs, pod_security_context,
-    strip_nulls, top_directory,
+    store_env, strip_nulls, top_directory, work_volume,
 };
 use sha2::{Digest, Sha256};
 
@@ -174,7 +174,18 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
     let (claim_volumes, claim_mounts) = mount_specs(&mounts);
     volumes.extend(claim_volumes);
     volume_mounts.extend(claim_mounts);
+    let (work, work_mount) = work_volume();
+    volumes.push(work);
+    volume_mounts.push(work_mount);
     let document = worker_document(dj, name, namespace, uid);
+    let mut env = vec![
+        json!({"name": "DISTILLERY_JOB", "value": document.to_string()}),
+        json!({"name": "DISTILLERY_CACHE", "value": cache_path(spec)}),
+        json!({"name": "DISTILLERY_REPORT_STATUS", "value": "true"}),
+        json!({"name": "DISTILLERY_TERMINATION_MESSAGE", "value": TERMINATION_MESSAGE_PATH}),
+        json!({"name": "DISTILLERY_OUTPUT", "value": run_output_uri(&spec.output.uri, &run_id(generation, uid))}),
+    ];
+    env.extend(store_env(spec.s3.as_ref()));
     let template = json!({
         "metadata": {"labels": labels, "annotations": {JOB_LABEL: name}},
         "spec": {
@@ -188,13 +199,7 @@ pub fn desired_job(dj: &DistillationJob, settings: &WorkerSettings) -> Result<Jo
                 "name": CONTAINER,
                 "image": spec.image.clone().unwrap_or_else(|| settings.image_for(spec.resources.gpu.count).to_string()),
                 "args": ["distill"],
-                "env": [
-                    {"name": "DISTILLERY_JOB", "value": document.to_string()},
-                    {"name": "DISTILLERY_CACHE", "value": cache_path(spec)},
-                    {"name": "DISTILLERY_REPORT_STATUS", "value": "true"},
-                    {"name": "DISTILLERY_TERMINATION_MESSAGE", "value": TERMINATION_MESSAGE_PATH},
-                    {"name": "DISTILLERY_OUTPUT", "value": run_output_uri(&spec.output.uri, &run_id(generation, uid))},
-                ],
+                "env": env,
                 "resources": {"requests": requests, "limits": limits},
                 "volumeMounts": volume_mounts,
                 "terminationMessagePath": TERMINATION_MESSAGE_PATH,
@@ -290,7 +295,8 @@ mod tests {
                 ("/tmp".to_string(), false),
                 ("/models".to_string(), true),
                 ("/data".to_string(), true),
-                ("/artifacts".to_string(), false)
+                ("/artifacts".to_string(), false),
+                (crate::objects::WORK_PATH.to_string(), false),
             ]
         );
         let env = c.env.as_ref().unwrap();
@@ -447,9 +453,46 @@ mod tests {
         // The same claim twice is one mount.
         dj.spec.dataset.volume_claim = Some("models".into());
         let job = desired_job(&dj, &settings()).unwrap();
-        assert_eq!(job.spec.unwrap().template.spec.unwrap().volumes.unwrap().len(), 4, "cache, tmp, models, artifacts");
+        assert_eq!(
+            job.spec.unwrap().template.spec.unwrap().volumes.unwrap().len(),
+            5,
+            "cache, tmp, models, artifacts, work"
+        );
         let mut s3 = example();
         s3.spec.teacher.uri = "s3://bucket/teacher".into();
         assert!(matches!(desired_job(&s3, &settings()), Err(SpecError::Mount(MountError::ClaimWithoutPath { .. }))));
+    }
+
+    #[test]
+    fn an_s3_job_mounts_no_claim_and_gets_the_store_settings_with_secret_references() {
+        let mut dj = example();
+        dj.spec.teacher.uri = "s3://models/minilm".into();
+        dj.spec.dataset.uri = "s3://data/reviews.csv".into();
+        dj.spec.output.uri = "s3://artifacts/small".into();
+        for claim in
+            [&mut dj.spec.teacher.volume_claim, &mut dj.spec.dataset.volume_claim, &mut dj.spec.output.volume_claim]
+        {
+            *claim = None;
+        }
+        dj.spec.s3 = Some(
+            serde_json::from_value(json!({
+                "endpoint": "http://minio:9000", "forcePathStyle": true,
+                "accessKeyId": {"name": "store", "key": "id"}, "secretAccessKey": {"name": "store", "key": "secret"},
+            }))
+            .unwrap(),
+        );
+        let job = serde_json::to_value(desired_job(&dj, &settings()).unwrap()).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        assert!(pod["volumes"].as_array().unwrap().iter().all(|v| v.get("persistentVolumeClaim").is_none()));
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        let var = |name: &str| env.iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null);
+        assert_eq!(var("DISTILLERY_OUTPUT")["value"], "s3://artifacts/small/g1-uid1");
+        assert_eq!(var("DISTILLERY_CACHE")["value"], CACHE_PATH, "no claim: the teacher cache is the pod's");
+        assert_eq!(var("DISTILLERY_WORK_DIR")["value"], crate::objects::WORK_PATH);
+        assert_eq!(var("DISTILLERY_S3_ENDPOINT")["value"], "http://minio:9000");
+        assert_eq!(
+            var("AWS_SECRET_ACCESS_KEY")["valueFrom"]["secretKeyRef"],
+            json!({"name": "store", "key": "secret"})
+        );
     }
 }

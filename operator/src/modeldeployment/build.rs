@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 
 use crate::distillation::build::MANAGED_BY;
 use crate::names::{child_name, label_value, short_hash};
-use crate::objects::{claim_mount_path, container_path, container_security_context, pod_security_context, strip_nulls};
+use crate::objects::{
+    claim_mount_path, container_security_context, pod_location, pod_security_context, store_env, strip_nulls,
+    work_volume,
+};
 
 /// Label naming the ModelDeployment on everything it owns (a label value: hashed past 63).
 pub const MDEP_LABEL: &str = "distillery.dev/modeldeployment";
@@ -115,14 +118,6 @@ pub enum SpecError {
         /// The URI.
         uri: String,
     },
-    /// `s3://` locations are not served yet.
-    #[error("{field}: {uri:?}: s3:// artifacts are not supported yet; use a file:// path on a volume claim")]
-    S3NotSupported {
-        /// The URI's field.
-        field: &'static str,
-        /// The URI.
-        uri: String,
-    },
 }
 
 /// Checks what the schema cannot: every `file://` location the pods read has a claim and a
@@ -149,7 +144,8 @@ fn check_location(
     claim_field: &'static str,
 ) -> Result<(), SpecError> {
     if uri.starts_with("s3://") {
-        return Err(SpecError::S3NotSupported { field, uri: uri.to_string() });
+        // Read through spec.s3; the schema refuses a claim beside it.
+        return Ok(());
     }
     if claim_mount_path(uri).is_none() {
         return Err(SpecError::BadPath { field, uri: uri.to_string() });
@@ -264,26 +260,29 @@ pub fn deployment(
     labels.insert(TRACK_LABEL.into(), track.as_str().into());
     let mut pod_labels = labels.clone();
     pod_labels.insert(REVISION_LABEL.into(), model.revision.to_string());
-    let path = container_path(&model.model_uri)
-        .ok_or(SpecError::BadPath { field: "spec.model.uri", uri: model.model_uri.clone() })?;
-    let mount = claim_mount_path(&model.model_uri)
-        .ok_or(SpecError::BadPath { field: "spec.model.uri", uri: model.model_uri.clone() })?;
-    let mut volumes = vec![json!({"name": "tmp", "emptyDir": {}})];
-    let mut mounts = vec![json!({"name": "tmp", "mountPath": "/tmp"})];
+    let bad_path = || SpecError::BadPath { field: "spec.model.uri", uri: model.model_uri.clone() };
+    let path = pod_location(&model.model_uri).ok_or_else(bad_path)?;
+    let (work, work_mount) = work_volume();
+    let mut volumes = vec![json!({"name": "tmp", "emptyDir": {}}), work];
+    let mut mounts = vec![json!({"name": "tmp", "mountPath": "/tmp"}), work_mount];
     if let Some(claim) = &model.volume_claim {
+        let mount = claim_mount_path(&model.model_uri).ok_or_else(bad_path)?;
         volumes.push(json!({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}));
         mounts.push(json!({"name": "model", "mountPath": mount, "readOnly": true}));
     }
-    let env = json!([
-        {"name": "DISTILLERY_MODEL", "value": path},
-        {"name": "DISTILLERY_MODEL_NAME", "value": name},
-        {"name": "DISTILLERY_MODEL_VARIANT", "value": model.variant.clone().unwrap_or_else(|| "auto".into())},
-        {"name": "DISTILLERY_EXPECT_DIGEST", "value": model.model_digest.clone().unwrap_or_default()},
-        {"name": "DISTILLERY_PORT", "value": SERVER_PORT.to_string()},
-        {"name": "DISTILLERY_MAX_BATCH_SIZE", "value": server.max_batch_size.to_string()},
-        {"name": "DISTILLERY_MAX_BATCH_DELAY_MS", "value": server.max_batch_delay_ms.to_string()},
-        {"name": "DISTILLERY_THREADS", "value": server.threads.to_string()},
-    ]);
+    let mut env = vec![
+        json!({"name": "DISTILLERY_MODEL", "value": path}),
+        json!({"name": "DISTILLERY_MODEL_NAME", "value": name}),
+        json!({"name": "DISTILLERY_MODEL_VARIANT", "value": model.variant.clone().unwrap_or_else(|| "auto".into())}),
+        json!({"name": "DISTILLERY_EXPECT_DIGEST", "value": model.model_digest.clone().unwrap_or_default()}),
+        json!({"name": "DISTILLERY_PORT", "value": SERVER_PORT.to_string()}),
+        json!({"name": "DISTILLERY_MAX_BATCH_SIZE", "value": server.max_batch_size.to_string()}),
+        json!({"name": "DISTILLERY_MAX_BATCH_DELAY_MS", "value": server.max_batch_delay_ms.to_string()}),
+        json!({"name": "DISTILLERY_THREADS", "value": server.threads.to_string()}),
+        // An s3:// model is downloaded here, once per manifest digest, and verified.
+        json!({"name": "DISTILLERY_MODEL_CACHE", "value": format!("{}/models", crate::objects::WORK_PATH)}),
+    ];
+    env.extend(store_env(md.spec.s3.as_ref()));
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -423,7 +422,7 @@ pub fn resolve_job_name(md_name: &str, source: &str) -> String {
 pub fn resolve_job(md: &ModelDeployment, model: &ModelToResolve, settings: &ServingSettings) -> Result<Job, SpecError> {
     let (name, _, _) = identity(md)?;
     let path =
-        container_path(&model.uri).ok_or(SpecError::BadPath { field: "spec.model.uri", uri: model.uri.clone() })?;
+        pod_location(&model.uri).ok_or(SpecError::BadPath { field: "spec.model.uri", uri: model.uri.clone() })?;
     let args = vec![
         "inspect".to_string(),
         "--artifact".into(),
@@ -526,8 +525,9 @@ fn worker_job(
         (MDEP_LABEL.to_string(), names.label.clone()),
         (PURPOSE_LABEL.to_string(), purpose.to_string()),
     ]);
-    let mut volumes = vec![];
-    let mut mounts = vec![];
+    let (work, work_mount) = work_volume();
+    let mut volumes = vec![work];
+    let mut mounts = vec![work_mount];
     for (i, (claim, uri)) in claims.iter().enumerate() {
         let path = claim_mount_path(uri).ok_or(SpecError::BadPath { field: "uri", uri: uri.clone() })?;
         volumes.push(
@@ -553,6 +553,7 @@ fn worker_job(
                         "name": WORKER_CONTAINER,
                         "image": settings.worker_image,
                         "args": args,
+                        "env": store_env(md.spec.s3.as_ref()),
                         "volumeMounts": mounts,
                         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
                         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -700,8 +701,9 @@ mod tests {
         assert_eq!(after("--window"), "10s");
         assert_eq!(after("--canary-metrics"), "http://10.1.0.2:8080/metrics,http://10.1.0.3:8080/metrics");
         assert!(after("--golden-dataset").contains("\"samples\":200"));
-        assert_eq!(c["volumeMounts"][0]["mountPath"], "/data");
-        assert_eq!(job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"], "datasets");
+        assert_eq!(c["volumeMounts"][1]["mountPath"], "/data");
+        assert_eq!(job["spec"]["template"]["spec"]["volumes"][1]["persistentVolumeClaim"]["claimName"], "datasets");
+        assert_eq!(c["volumeMounts"][0]["mountPath"], crate::objects::WORK_PATH, "scratch space for s3 downloads");
         let model = ModelToResolve {
             uri: "file:///artifacts/small".into(),
             variant: "auto".into(),
@@ -715,12 +717,25 @@ mod tests {
     }
 
     #[test]
-    fn file_locations_need_a_claim_and_s3_is_refused() {
+    fn file_locations_need_a_claim_and_s3_is_read_through_the_store() {
         assert!(validate(&md(SPEC)).is_ok());
         let no_claim = md("model: {uri: file:///artifacts/small}\n");
         assert!(matches!(validate(&no_claim), Err(SpecError::NoClaim { field: "spec.model.uri", .. })));
-        let s3 = md("model: {uri: s3://bucket/small}\n");
-        assert!(validate(&s3).unwrap_err().to_string().contains("not supported yet"));
+        let s3 = md("model: {uri: s3://bucket/small}\ns3: {endpoint: 'http://minio:9000', forcePathStyle: true}\n");
+        assert!(validate(&s3).is_ok());
+        let model = TrackStatus {
+            model_uri: "s3://bucket/small".into(),
+            model_digest: Some("ab".repeat(32)),
+            ..Default::default()
+        };
+        let d = serde_json::to_value(deployment(&s3, Track::Stable, &model, 1, &settings()).unwrap()).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert!(pod["volumes"].as_array().unwrap().iter().all(|v| v.get("persistentVolumeClaim").is_none()));
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        let var = |name: &str| env.iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
+        assert_eq!(var("DISTILLERY_MODEL"), Some(json!("s3://bucket/small")), "the server downloads it itself");
+        assert_eq!(var("DISTILLERY_MODEL_CACHE"), Some(json!("/work/models")));
+        assert_eq!(var("DISTILLERY_S3_ENDPOINT"), Some(json!("http://minio:9000")));
         let golden = md(&format!("{SPEC}rollout:\n  analysis:\n    goldenDataset: {{uri: file:///data/g.csv}}\n"));
         assert!(validate(&golden).unwrap_err().to_string().contains("goldenDataset.volumeClaim"));
     }
