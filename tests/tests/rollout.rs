@@ -265,6 +265,20 @@ impl Harness {
         }
     }
 
+    /// Waits until Deployment `name` is gone. The operator stores the status that announces a
+    /// canary's end before it deletes the canary (so a failed status write cannot bring it
+    /// back), so a test that saw that status must allow the delete a moment to follow.
+    async fn wait_deployment_gone(&self, name: &str, why: &str) {
+        let deployments: Api<Deployment> = Api::default_namespaced(self.server.client());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while deployments.get_opt(name).await.unwrap().is_some() {
+            if Instant::now() > deadline {
+                panic!("Deployment {name} still exists 15 s later: {why}\n{}", self.diagnostics());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The main Service's address.
     async fn service_address(&self, name: &str) -> String {
         let services: Api<Service> = Api::default_namespaced(self.server.client());
@@ -527,8 +541,7 @@ async fn a_good_canary_steps_up_with_passing_analyses_and_is_promoted_without_a_
     let analysis = &promoted["lastAnalysis"];
     assert!(analysis["runs"]["passed"].as_u64().unwrap() >= 3, "an analysis passed at each step: {analysis:#}");
     assert_eq!(analysis["runs"]["failed"].as_u64().unwrap_or(0), 0, "{analysis:#}");
-    let deployments: Api<Deployment> = Api::default_namespaced(h.server.client());
-    assert!(deployments.get_opt(&format!("{name}-canary")).await.unwrap().is_none(), "the canary's pods are gone");
+    h.wait_deployment_gone(&format!("{name}-canary"), "the canary's pods are gone").await;
     let after = answers.iter().rev().take(20).filter(|a| a.version == version(&good_digest)).count();
     assert_eq!(after, 20, "the last answers all come from the promoted model");
     eprintln!(
@@ -724,8 +737,7 @@ async fn a_gitops_revert_stops_the_canary_without_analysis() {
     assert!(
         status.get("lastAnalysis").is_none_or(|a| a.is_null() || a["run"].as_u64().unwrap_or(0) <= runs_before + 1)
     );
-    let deployments: Api<Deployment> = Api::default_namespaced(h.server.client());
-    assert!(deployments.get_opt(&format!("{name}-canary")).await.unwrap().is_none());
+    h.wait_deployment_gone(&format!("{name}-canary"), "the revert removes the canary").await;
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::default_namespaced(h.server.client());
     let analysis_jobs =
         jobs.list(&ListParams::default().labels("distillery.dev/purpose=analysis")).await.unwrap().items;
@@ -951,6 +963,7 @@ async fn a_restarted_operator_continues_the_rollout_at_the_same_step() {
         (s["phase"] == "Healthy" && s["stable"]["modelDigest"] == models().digest("good").as_str()).then_some(())
     })
     .await;
+    h.wait_deployment_gone(&format!("{name}-canary"), "the promotion removes the canary").await;
     let deployments: Api<Deployment> = Api::default_namespaced(h.server.client());
     let names: Vec<String> =
         deployments.list(&ListParams::default()).await.unwrap().items.iter().map(kube::ResourceExt::name_any).collect();
