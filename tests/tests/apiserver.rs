@@ -143,6 +143,53 @@ conformance!(
     server_side_apply_owns_fields_conflicts_and_creates_body
 );
 
+conformance!(
+    a_secrets_string_data_is_merged_into_data_and_never_stored,
+    on_a_real_cluster_secret_string_data,
+    a_secrets_string_data_is_merged_into_data_and_never_stored_body
+);
+
+async fn a_secrets_string_data_is_merged_into_data_and_never_stored_body(t: &Target) {
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: Api<Secret> = t.api();
+    let values = |s: &Secret| -> Vec<(String, String)> {
+        s.data.iter().flatten().map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).unwrap())).collect()
+    };
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    // `stringData` wins over `data` for a key in both.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+        "data": {"a": "ZnJvbS1kYXRh", "b": "b2xk"}, "stringData": {"b": "new", "c": "plain"}});
+    let created = secrets.create(&PostParams::default(), &serde_json::from_value(secret).unwrap()).await.unwrap();
+    for s in [&created, &secrets.get("creds").await.unwrap()] {
+        assert_eq!(values(s), pairs(&[("a", "from-data"), ("b", "new"), ("c", "plain")]));
+        assert_eq!(s.string_data, None, "stringData is never stored");
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+    }
+
+    // A patch of stringData changes data.
+    let patch = json!({"stringData": {"a": "patched"}});
+    let patched = secrets.patch("creds", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    assert_eq!(values(&patched), pairs(&[("a", "patched"), ("b", "new"), ("c", "plain")]));
+    assert_eq!(patched.string_data, None);
+    // stringData saying what data already holds changes nothing.
+    let mut same = patched.clone();
+    same.string_data = Some([("b".to_string(), "new".to_string())].into());
+    let replaced = secrets.replace("creds", &PostParams::default(), &same).await.unwrap();
+    assert_eq!(rv(&replaced), rv(&patched), "a no-op write");
+
+    // A data value that is not base64 is refused by the decoder.
+    let bad = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bad"}, "data": {"x": "not base64"}});
+    let request = http::Request::post(format!("/api/v1/namespaces/{}/secrets", t.namespace))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&bad).unwrap())
+        .unwrap();
+    let (code, _, message) = api_error(t.client.request::<Value>(request).await);
+    assert_eq!(code, 400, "{message}");
+    assert!(message.contains("illegal base64 data at input byte 3"), "{message}");
+}
+
 async fn crud_conflicts_and_not_found_are_real_status_errors_body(t: &Target) {
     let cms: Api<ConfigMap> = t.api();
     let created = cms.create(&PostParams::default(), &config_map("a", json!({}), json!({"k": "1"}))).await.unwrap();

@@ -1,8 +1,9 @@
 //! The simulated cluster's Job controller and kubelet count and report what the real ones do:
 //! a pod deleted while it runs is a failure, a retry waits its backoff, `podFailurePolicy` fails
 //! the Job at once, a termination message is cut to its last 4,096 bytes, a Job's template
-//! cannot be changed, and a deleted pod is killed after its grace period or, when its container
-//! never ran, marked Failed. Pods run `/bin/sh` (image repository `shell`).
+//! cannot be changed, a deleted pod is killed after its grace period or, when its container
+//! never ran, marked Failed, and a pod whose env names a Secret key waits for it, then starts.
+//! Pods run `/bin/sh` (image repository `shell`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -225,4 +226,63 @@ async fn a_deleted_pod_is_killed_after_its_grace_period_and_one_that_never_ran_i
     h.wait("the Job to fail", Duration::from_secs(20), async || h.job_condition("unpullable", "Failed").await).await;
     let job = h.jobs().get("unpullable").await.unwrap();
     assert_eq!(job.status.as_ref().unwrap().failed, Some(1), "counted as a failure: {:?}", job.status);
+}
+
+/// A pod's env from a Secret key and a ConfigMap key, as a real kubelet resolves it: while the
+/// Secret is missing, then while it lacks the key, the container waits with
+/// `CreateContainerConfigError` and the kubelet's message (written once, not on every retry); an
+/// `optional` reference to a missing Secret leaves its variable out; once the key exists the pod
+/// starts on its own, and its process sees the value. The Secret is written with `stringData`,
+/// which the API server folds into `data`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_waits_for_the_secret_key_its_env_names_and_then_sees_its_value() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let h = Harness::start().await;
+    let config_maps: Api<ConfigMap> = Api::default_namespaced(h.server.client());
+    let secrets: Api<Secret> = Api::default_namespaced(h.server.client());
+    let settings =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "fast"}});
+    config_maps.create(&PostParams::default(), &serde_json::from_value(settings).unwrap()).await.unwrap();
+    let key = |kind: &str, name: &str, key: &str, optional: bool| json!({kind: {"name": name, "key": key, "optional": optional}});
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "needs-secret"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "shell:1",
+            "args": ["-c", "printf '%s|%s|%s' \"$TOKEN\" \"$MODE\" \"${EXTRA-unset}\" > /dev/termination-log"],
+            "env": [{"name": "TOKEN", "valueFrom": key("secretKeyRef", "creds", "token", false)},
+                    {"name": "MODE", "valueFrom": key("configMapKeyRef", "settings", "mode", false)},
+                    {"name": "EXTRA", "valueFrom": key("secretKeyRef", "absent", "x", true)}]}]}});
+    h.pods().create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.unwrap();
+    let waiting_with = async |message: &str| {
+        h.wait(&format!("the pod to wait with {message:?}"), Duration::from_secs(20), async || {
+            let pod = h.pods().get("needs-secret").await.ok()?;
+            let status = pod.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.waiting.clone()?;
+            (status.reason.as_deref() == Some("CreateContainerConfigError")
+                && status.message.as_deref() == Some(message))
+            .then_some(pod)
+        })
+        .await
+    };
+
+    let missing = waiting_with("secret \"creds\" not found").await;
+    // Retried, not rewritten: the pod's waiting state stays the same object.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = h.pods().get("needs-secret").await.unwrap();
+    assert_eq!(later.resource_version(), missing.resource_version(), "the same waiting state written again");
+
+    let creds =
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "stringData": {"user": "me"}});
+    secrets.create(&PostParams::default(), &serde_json::from_value(creds).unwrap()).await.unwrap();
+    waiting_with("couldn't find key token in Secret default/creds").await;
+
+    let patch = json!({"stringData": {"token": "s3cret $(MODE) value"}});
+    secrets.patch("creds", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    let message = h
+        .wait("the pod to succeed", Duration::from_secs(20), async || {
+            let pod = h.pods().get("needs-secret").await.ok()?;
+            let status = pod.status?;
+            (status.phase.as_deref() == Some("Succeeded")).then_some(())?;
+            status.container_statuses?.first()?.state.as_ref()?.terminated.as_ref()?.message.clone()
+        })
+        .await;
+    // A Secret's value is taken as it is: no `$(VAR)` expansion.
+    assert_eq!(message, "s3cret $(MODE) value|fast|unset");
 }

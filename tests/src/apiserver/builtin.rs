@@ -206,6 +206,93 @@ fn job_template_unchanged(old: &Value, new: &Value, causes: &mut Causes) {
     }
 }
 
+/// What the real API server does to a built-in object as it decodes it, before validation: a
+/// Secret's `data` values must be base64 (else the 400 its decoder answers), its `stringData` is
+/// merged into `data` (base64-encoded, a key of both taking `stringData`'s value) and never
+/// stored, and its `type` defaults to `Opaque`. An error is the message of that 400.
+pub fn normalise(rt: &ResourceType, object: &mut Value) -> Result<(), String> {
+    if !(rt.group.is_empty() && rt.kind == "Secret") {
+        return Ok(());
+    }
+    let undecodable = |what: String| format!("Secret in version \"v1\" cannot be handled as a Secret: {what}");
+    let Some(secret) = object.as_object_mut() else { return Ok(()) };
+    for value in secret.get("data").and_then(Value::as_object).into_iter().flat_map(|d| d.values()) {
+        match value {
+            Value::Null => {}
+            Value::String(text) => {
+                if let Some(at) = illegal_base64(text) {
+                    return Err(undecodable(format!("illegal base64 data at input byte {at}")));
+                }
+            }
+            other => {
+                return Err(undecodable(format!(
+                    "json: cannot unmarshal {} into Go value of type []uint8",
+                    json_type(other)
+                )));
+            }
+        }
+    }
+    let string_data = secret.remove("stringData");
+    let entries = match string_data {
+        None | Some(Value::Null) => Default::default(),
+        Some(Value::Object(entries)) => entries,
+        Some(other) => {
+            return Err(undecodable(format!(
+                "json: cannot unmarshal {} into Go struct field Secret.stringData of type map[string]string",
+                json_type(&other)
+            )));
+        }
+    };
+    if !entries.is_empty() {
+        let data = secret.entry("data").or_insert_with(|| Value::Object(Default::default()));
+        if data.is_null() {
+            *data = Value::Object(Default::default());
+        }
+        let Some(data) = data.as_object_mut() else {
+            return Err(undecodable(
+                "json: cannot unmarshal into Go struct field Secret.data of type map[string][]uint8".into(),
+            ));
+        };
+        for (key, value) in entries {
+            let Value::String(text) = value else {
+                return Err(undecodable(format!(
+                    "json: cannot unmarshal {} into Go struct field Secret.stringData of type string",
+                    json_type(&value)
+                )));
+            };
+            let encoded = serde_json::to_value(k8s_openapi::ByteString(text.into_bytes())).expect("base64 text");
+            data.insert(key, encoded);
+        }
+    }
+    if secret.get("type").is_none_or(|t| t.as_str().is_none_or(str::is_empty)) {
+        secret.insert("type".into(), Value::String("Opaque".into()));
+    }
+    Ok(())
+}
+
+/// Where standard, padded base64 (what Go's `encoding/json` reads a `[]byte` from) goes wrong:
+/// the first byte outside its alphabet, else (roughly where Go reports it) the first padding byte
+/// or the start of an incomplete last quantum.
+fn illegal_base64(text: &str) -> Option<usize> {
+    if let Some(at) = text.bytes().position(|b| !(b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')) {
+        return Some(at);
+    }
+    let decoded: Result<k8s_openapi::ByteString, _> = serde_json::from_value(Value::String(text.to_string()));
+    decoded.is_err().then(|| text.find('=').unwrap_or(text.len() / 4 * 4))
+}
+
+/// How Go's JSON decoder names a JSON value's type in its errors.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
 /// The `(field, message)` violations of a built-in object (empty when it is valid); `old` is the
 /// stored object on an update.
 pub fn validate(rt: &ResourceType, object: &Value, old: Option<&Value>) -> Causes {
@@ -335,6 +422,29 @@ mod tests {
         assert_eq!(fields(job_with(json!({"rules": many}), "Never")), ["spec.podFailurePolicy.rules"]);
         let not_in_zero = json!({"rules": [{"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [0]}}]});
         assert!(fields(job_with(not_in_zero, "Never")).is_empty(), "0 is allowed with NotIn");
+    }
+
+    #[test]
+    fn a_secrets_string_data_is_merged_into_its_data_and_bad_base64_is_refused() {
+        let registry = Registry::default();
+        let secrets = registry.find("", "v1", "secrets").unwrap();
+        let mut secret = json!({"data": {"a": "YQ==", "b": "b2xk"}, "stringData": {"b": "new", "c": "plain"}});
+        normalise(secrets, &mut secret).unwrap();
+        assert_eq!(secret, json!({"data": {"a": "YQ==", "b": "bmV3", "c": "cGxhaW4="}, "type": "Opaque"}));
+        let mut only_string_data = json!({"type": "kubernetes.io/basic-auth", "stringData": {"username": "u"}});
+        normalise(secrets, &mut only_string_data).unwrap();
+        assert_eq!(only_string_data, json!({"type": "kubernetes.io/basic-auth", "data": {"username": "dQ=="}}));
+        let refused = |data: serde_json::Value| normalise(secrets, &mut json!({"data": data})).unwrap_err();
+        assert_eq!(
+            refused(json!({"a": "not base64"})),
+            "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at input byte 3"
+        );
+        assert!(refused(json!({"a": "YQ"})).ends_with("illegal base64 data at input byte 0"), "unpadded");
+        assert!(refused(json!({"a": 1})).contains("cannot unmarshal number"));
+        let mut config_map = json!({"data": {"a": "not base64"}, "stringData": {"b": "c"}});
+        let config_maps = registry.find("", "v1", "configmaps").unwrap();
+        normalise(config_maps, &mut config_map).unwrap();
+        assert_eq!(config_map["stringData"], json!({"b": "c"}), "only Secrets have stringData");
     }
 
     #[test]

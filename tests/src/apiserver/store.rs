@@ -510,6 +510,7 @@ impl State {
                 return Err(ApiError::invalid(rt, name, &violations));
             }
         } else {
+            super::builtin::normalise(rt, object).map_err(ApiError::bad_request)?;
             let violations = super::builtin::validate(rt, object, old);
             if !violations.is_empty() {
                 return Err(ApiError::invalid(rt, name, &violations));

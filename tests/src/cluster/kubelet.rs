@@ -1,14 +1,20 @@
 //! The kubelet of the simulated cluster: runs each pod's (single) container as a local process of
 //! one of our own binaries, picked by the image's repository name.
 //!
-//! What it honours: `args` (and `command` after its first element), `env` (values and the
-//! `metadata.name`/`metadata.namespace` field references), `emptyDir` and
+//! What it honours: `args` (and `command` after its first element), `env` (values, the
+//! `metadata.name`/`metadata.namespace`/`status.podIP` field references, and `secretKeyRef` and
+//! `configMapKeyRef`, read with the kubelet's own administrator client: a missing Secret,
+//! ConfigMap or key leaves the container waiting with `CreateContainerConfigError` and the real
+//! kubelet's message, an `optional` one leaves the variable out; not `envFrom` nor
+//! `resourceFieldRef`, which are refused the same way), `emptyDir` and
 //! `persistentVolumeClaim` volumes (host directories; container paths in env and args are
 //! rewritten, see [`super::paths`]), `restartPolicy` (`Never`, `OnFailure`, `Always`), HTTP
 //! readiness probes, the termination-message file (read back into the container's terminated
 //! state; the log tail with `FallbackToLogsOnError`). Deleting a pod sends its process group
 //! SIGTERM, then SIGKILL after the grace period; a deleted pod with no running container is
-//! marked Failed (`ContainerStatusUnknown`), as a kubelet does;
+//! marked Failed (`ContainerStatusUnknown`), as a kubelet does. A container that cannot be created
+//! (waiting with a reason) is tried again every second until it can or its pod goes, its waiting
+//! state written only when it changes, so that a pod starts once the Secret it needs exists;
 //! dropping the kubelet kills every process it started. The pod gets `KUBECONFIG` for the
 //! harness's API server, with the token of the pod's `serviceAccountName` (`default` when unset)
 //! in place of a mounted service-account token: under RBAC it has what that account is bound to.
@@ -20,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
@@ -87,6 +93,8 @@ struct ProcessTable {
     /// Process groups sent SIGTERM for a deletion, until they exit (or get SIGKILL).
     stopping: HashMap<String, u32>,
     deleting: std::collections::HashSet<String>,
+    /// Set when the harness ends: nothing starts any more.
+    closed: bool,
 }
 
 impl Processes {
@@ -94,11 +102,11 @@ impl Processes {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a started container; false (and nothing recorded) when its pod is being deleted,
-    /// so that the caller stops it.
+    /// Records a started container; false (and nothing recorded) when its pod is being deleted or
+    /// the harness has ended, so that the caller stops it.
     fn insert(&self, uid: &str, pgid: u32) -> bool {
         let mut table = self.table();
-        if table.deleting.contains(uid) {
+        if table.deleting.contains(uid) || table.closed {
             return false;
         }
         table.groups.insert(uid.to_string(), pgid);
@@ -136,9 +144,14 @@ impl Processes {
         self.table().deleting.contains(uid)
     }
 
-    /// Kills every process group (when the harness ends).
+    fn closed(&self) -> bool {
+        self.table().closed
+    }
+
+    /// Kills every process group, and starts none after (when the harness ends).
     pub fn kill_all(&self) {
         let mut table = self.table();
+        table.closed = true;
         let mut all: Vec<u32> = table.groups.drain().map(|(_, g)| g).collect();
         all.extend(table.stopping.drain().map(|(_, g)| g));
         drop(table);
@@ -277,9 +290,16 @@ struct Prepared {
     dir: PathBuf,
 }
 
+/// How often a pod whose container cannot be created yet is tried again (a Secret or ConfigMap
+/// its env names may appear).
+const PREPARE_RETRY: Duration = Duration::from_secs(1);
+
 /// Resolves image, volumes, env and args; an error is (reason, message) for the waiting state.
-fn prepare(
+/// Secrets and ConfigMaps are read with the kubelet's own client (the harness's), as a kubelet
+/// reads them with the node's identity, not the pod's service account.
+async fn prepare(
     config: &KubeletConfig,
+    client: &kube::Client,
     pod: &Pod,
     container: &Container,
     pod_ip: &str,
@@ -352,23 +372,52 @@ fn prepare(
     if let Some(lib) = ort {
         env.push(("ORT_DYLIB_PATH".to_string(), lib.display().to_string()));
     }
+    if container.env_from.as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(("CreateContainerConfigError".into(), "envFrom is not simulated".into()));
+    }
+    let namespace = pod.namespace().unwrap_or_default();
+    let mut sources = KeySources::default();
     for e in container.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
             (Some(v), _) => paths.to_host(&expand_vars(v, &env)),
-            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                Some("metadata.name") => pod.name_any(),
-                Some("metadata.namespace") => pod.namespace().unwrap_or_default(),
-                Some("status.podIP") => pod_ip.to_string(),
-                _ => {
+            (None, Some(from)) => {
+                if let Some(field) = &from.field_ref {
+                    match field.field_path.as_str() {
+                        "metadata.name" => pod.name_any(),
+                        "metadata.namespace" => namespace.clone(),
+                        "status.podIP" => pod_ip.to_string(),
+                        _ => {
+                            return Err((
+                                "CreateContainerConfigError".into(),
+                                format!(
+                                    "env {:?}: only metadata.name, metadata.namespace and status.podIP field references are simulated",
+                                    e.name
+                                ),
+                            ));
+                        }
+                    }
+                } else if let Some(key) = &from.secret_key_ref {
+                    let optional = key.optional == Some(true);
+                    match sources.secret(client, &namespace, &key.name, &key.key, optional).await? {
+                        Some(value) => value,
+                        None => continue,
+                    }
+                } else if let Some(key) = &from.config_map_key_ref {
+                    let optional = key.optional == Some(true);
+                    match sources.config_map(client, &namespace, &key.name, &key.key, optional).await? {
+                        Some(value) => value,
+                        None => continue,
+                    }
+                } else {
                     return Err((
                         "CreateContainerConfigError".into(),
                         format!(
-                            "env {:?}: only metadata.name, metadata.namespace and status.podIP field references are simulated",
+                            "env {:?}: only values, field, secretKeyRef and configMapKeyRef references are simulated",
                             e.name
                         ),
                     ));
                 }
-            },
+            }
             (None, None) => String::new(),
         };
         env.push((e.name.clone(), value));
@@ -379,21 +428,108 @@ fn prepare(
     Ok(Prepared { program, args, env, paths, termination_file, dir })
 }
 
+/// The Secrets and ConfigMaps one attempt at a container's env has read, each read once (as the
+/// kubelet does): `None` for one that does not exist.
+#[derive(Default)]
+struct KeySources {
+    secrets: HashMap<String, Option<Secret>>,
+    config_maps: HashMap<String, Option<ConfigMap>>,
+}
+
+impl KeySources {
+    /// A `secretKeyRef`'s value, in the real kubelet's words when it cannot be had; `None` when
+    /// it is optional and its Secret or key is missing (the variable is left out).
+    async fn secret(
+        &mut self,
+        client: &kube::Client,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        optional: bool,
+    ) -> Result<Option<String>, (String, String)> {
+        let secret = match self.secrets.get(name) {
+            Some(s) => s.clone(),
+            None => {
+                let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+                let read = api.get_opt(name).await.map_err(config_error)?;
+                self.secrets.insert(name.to_string(), read.clone());
+                read
+            }
+        };
+        let Some(secret) = secret else {
+            return if optional { Ok(None) } else { Err(config_error(format!("secret \"{name}\" not found"))) };
+        };
+        match secret.data.as_ref().and_then(|d| d.get(key)) {
+            Some(bytes) => Ok(Some(String::from_utf8_lossy(&bytes.0).into_owned())),
+            None if optional => Ok(None),
+            None => Err(config_error(format!("couldn't find key {key} in Secret {namespace}/{name}"))),
+        }
+    }
+
+    /// A `configMapKeyRef`'s value (from `data`), as [`Self::secret`].
+    async fn config_map(
+        &mut self,
+        client: &kube::Client,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        optional: bool,
+    ) -> Result<Option<String>, (String, String)> {
+        let config_map = match self.config_maps.get(name) {
+            Some(c) => c.clone(),
+            None => {
+                let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+                let read = api.get_opt(name).await.map_err(config_error)?;
+                self.config_maps.insert(name.to_string(), read.clone());
+                read
+            }
+        };
+        let Some(config_map) = config_map else {
+            return if optional { Ok(None) } else { Err(config_error(format!("configmap \"{name}\" not found"))) };
+        };
+        match config_map.data.as_ref().and_then(|d| d.get(key)) {
+            Some(value) => Ok(Some(value.clone())),
+            None if optional => Ok(None),
+            None => Err(config_error(format!("couldn't find key {key} in ConfigMap {namespace}/{name}"))),
+        }
+    }
+}
+
+fn config_error(message: impl ToString) -> (String, String) {
+    ("CreateContainerConfigError".to_string(), message.to_string())
+}
+
 async fn run_pod(client: kube::Client, config: KubeletConfig, processes: Processes, pod: Pod) {
     let name = pod.name_any();
     let uid = pod.uid().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(client, &pod.namespace().unwrap_or_default());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
     let spec = pod.spec.clone().unwrap_or_default();
     let Some(container) = spec.containers.first().cloned() else { return };
     let image = container.image.clone().unwrap_or_default();
     let pod_ip = next_pod_ip();
-    let prepared = match prepare(&config, &pod, &container, &pod_ip) {
-        Ok(p) => p,
-        Err((reason, message)) => {
+    // A container that cannot be created yet is tried again, as a kubelet does, until it can or
+    // its pod goes; its waiting state is written only when it changes.
+    let mut shown: Option<(String, String)> = None;
+    let prepared = loop {
+        match prepare(&config, &client, &pod, &container, &pod_ip).await {
+            Ok(p) => break p,
             // (Unless it is being deleted: then it was marked Failed, and a terminal phase stays.)
-            if !processes.deleting(&uid) {
-                set_status(&pods, &name, waiting(&container.name, &image, &reason, &message)).await;
+            Err(_) if processes.deleting(&uid) || processes.closed() => return,
+            Err(why) => {
+                if shown.as_ref() != Some(&why) {
+                    set_status(&pods, &name, waiting(&container.name, &image, &why.0, &why.1)).await;
+                    shown = Some(why);
+                }
             }
+        }
+        tokio::time::sleep(PREPARE_RETRY).await;
+        // A deletion the watch did not show (it may miss one while it reconnects) ends it too.
+        match pods.get_opt(&name).await {
+            Ok(Some(current)) if current.uid() == pod.uid() && current.metadata.deletion_timestamp.is_none() => {}
+            Ok(_) => return,
+            Err(_) => {}
+        }
+        if processes.deleting(&uid) || processes.closed() {
             return;
         }
     };
