@@ -6,13 +6,12 @@
 //!   function, and the expression that reads it), and that expression is found there outside
 //!   comments and unit tests — so removing the code that reads a field, or adding a field nobody
 //!   reads, fails this test;
-//! - **refused**: setting it is refused at admission (the CRD's schema and CEL rules, the code the
-//!   API server runs) with a message that names the field and says it is not supported or not
-//!   built yet;
 //! - a listed **exception**, with its reason.
 //!
-//! Values of a field that is read can still be refused (`task: causal-lm`): those
-//! are listed in [`REFUSED_VALUES`] and checked the same way. Status fields are the operator's and
+//! Values of a field that is read can still be refused (`task: causal-lm`): those are listed in
+//! [`REFUSED_VALUES`], and setting one must be refused at admission (the CRD's schema and CEL
+//! rules, the code the API server runs) with a message that names the field and says it is not
+//! supported or not built yet. Status fields are the operator's and
 //! worker's output, not input, and are not walked.
 
 use std::collections::BTreeSet;
@@ -31,11 +30,6 @@ enum Use {
     /// containing the third: for a needle that also appears elsewhere in the file (the dataset's
     /// and the transfer set's `spec.format` are read by different functions).
     ReadIn(&'static str, &'static str, &'static str),
-    /// Refused at admission when set to this JSON value.
-    Refused(&'static str),
-    /// Refused at admission when the field at this path (the field or a parent it needs, with
-    /// the fields that must come with it) is set to this JSON value.
-    RefusedAs(&'static str, &'static str),
     /// Accepted and not read, for the reason given.
     Exception(&'static str),
 }
@@ -343,8 +337,8 @@ fn refusal(doc: &Value, what: &str, field: &str) -> String {
                 NOT_BUILT.iter().any(|m| message.contains(m)),
                 "{what} was refused, but not as something not built yet:\n{message}"
             );
-            // The field itself, or the object it belongs to when that is refused whole
-            // (`spec.output.s3` for each of its fields) — never just `spec`, unless asked.
+            // The field itself, or the object it belongs to when that is refused whole — never
+            // just `spec`, unless asked.
             let parts: Vec<&str> = field.split('.').collect();
             let names = |path: &str| {
                 message
@@ -388,17 +382,6 @@ fn every_spec_field_is_read_or_refused_at_apply() {
                     .push(format!("{kind} {path}: {function:?} in {file} no longer reads it ({needle:?} not found)")),
                 Some(_) => {}
             },
-            Refused(value) => {
-                let mut doc = base(kind);
-                set(&mut doc, path, serde_json::from_str(value).unwrap());
-                refusal(&doc, &format!("{kind} {path}: {value}"), path);
-            }
-            RefusedAs(at, value) => {
-                assert!(path.starts_with(at), "{path}: {at} is not the field or a parent of it");
-                let mut doc = base(kind);
-                set(&mut doc, at, serde_json::from_str(value).unwrap());
-                refusal(&doc, &format!("{kind} {at}: {value}"), at);
-            }
             Exception(reason) => assert!(!reason.is_empty()),
         }
     }

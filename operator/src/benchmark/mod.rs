@@ -249,12 +249,12 @@ async fn read_targets(bench: &Benchmark, ctx: &Context, namespace: &str) -> Resu
                 let labels = format!("{MDEP_LABEL}={},{TRACK_LABEL}={track}", Names::of(&d.name).label);
                 ready_pod_ips = observe::ready_pod_ips(&pods.list(&ListParams::default().labels(&labels)).await?.items);
             }
-            found.push(Found::Deployment { md, service_ip, ready_pod_ips });
+            found.push(Found::Deployment { md: md.map(Box::new), service_ip, ready_pod_ips });
         } else if let Some(reference) = target.artifact.as_ref().and_then(|a| a.distillation_job_ref.as_ref()) {
             if !dj_cache.contains_key(&reference.name) {
                 dj_cache.insert(reference.name.clone(), djs.get_opt(&reference.name).await?);
             }
-            found.push(Found::Distillation(dj_cache[&reference.name].clone()));
+            found.push(Found::Distillation(dj_cache[&reference.name].clone().map(Box::new)));
         } else {
             found.push(Found::Uri);
         }

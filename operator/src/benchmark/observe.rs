@@ -31,15 +31,15 @@ pub const QUOTED_MESSAGE: usize = 400;
 pub enum Found {
     /// A deployment target.
     Deployment {
-        /// The ModelDeployment, if it exists.
-        md: Option<ModelDeployment>,
+        /// The ModelDeployment, if it exists (boxed: a resource is large beside the other variants).
+        md: Option<Box<ModelDeployment>>,
         /// The track Service's cluster IP, if the track serves and the Service has one.
         service_ip: Option<String>,
         /// IPs of the track's ready pods.
         ready_pod_ips: Vec<String>,
     },
     /// An artifact target naming a DistillationJob, if it exists.
-    Distillation(Option<DistillationJob>),
+    Distillation(Option<Box<DistillationJob>>),
     /// An artifact target with a `uri`: nothing to wait for.
     Uri,
 }
@@ -455,12 +455,12 @@ mod tests {
     fn found(md: Option<ModelDeployment>, dj: Option<DistillationJob>) -> Vec<Found> {
         vec![
             Found::Deployment {
-                md,
+                md: md.map(Box::new),
                 service_ip: Some("10.96.0.7".into()),
                 ready_pod_ips: vec!["10.0.0.5".into(), "10.0.0.6".into()],
             },
-            Found::Distillation(dj.clone()),
-            Found::Distillation(dj),
+            Found::Distillation(dj.clone().map(Box::new)),
+            Found::Distillation(dj.map(Box::new)),
         ]
     }
 
@@ -516,9 +516,9 @@ mod tests {
 
         let mut no_pods = found(Some(serving()), Some(succeeded_dj()));
         no_pods[0] =
-            Found::Deployment { md: Some(serving()), service_ip: Some("10.96.0.7".into()), ready_pod_ips: vec![] };
+            Found::Deployment { md: Some(Box::new(serving())), service_ip: Some("10.96.0.7".into()), ready_pod_ips: vec![] };
         assert!(waiting(&no_pods).1.ends_with("stable track: it has no ready server pod"));
-        no_pods[0] = Found::Deployment { md: Some(serving()), service_ip: None, ready_pod_ips: vec![] };
+        no_pods[0] = Found::Deployment { md: Some(Box::new(serving())), service_ip: None, ready_pod_ips: vec![] };
         assert!(waiting(&no_pods).1.ends_with("Service reviews-classifier-stable has no address yet"));
         let (_, message) = waiting(&found(Some(md(json!({}))), Some(succeeded_dj())));
         assert!(message.ends_with("stable track: the ModelDeployment serves no model yet"), "{message}");
