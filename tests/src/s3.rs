@@ -1,7 +1,9 @@
 //! A real S3 server for the tests: moto's (`python -m moto.server`, installed by
 //! `scripts/setup-s3.sh`) on a loopback port, and a proxy in front of it that answers every Nth
 //! request `503 SlowDown` itself — how a busy S3 sheds load — so that retries are exercised
-//! against the real server behind it.
+//! against the real server behind it, and that can refuse (`403 InvalidAccessKeyId`) every request
+//! not signed with a given access key: moto without auth accepts any key, so this is what shows a
+//! pod really signs with the key from its Secret (the key id is checked, not the signature).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -90,6 +92,20 @@ pub struct FaultyProxy {
     pub injected: Arc<AtomicUsize>,
     /// Requests forwarded so far.
     pub forwarded: Arc<AtomicUsize>,
+    /// Requests refused for not being signed with the required access key.
+    pub refused: Arc<AtomicUsize>,
+}
+
+const INVALID_KEY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>";
+
+/// Whether `request` is signed (SigV4) with `access_key`.
+fn signed_with(request: &hyper::Request<Incoming>, access_key: &str) -> bool {
+    let credential = format!("Credential={access_key}/");
+    request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|auth| auth.starts_with("AWS4-HMAC-SHA256") && auth.contains(&credential))
 }
 
 const SLOW_DOWN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
@@ -115,20 +131,41 @@ async fn forward(upstream: &str, request: hyper::Request<Incoming>) -> Result<hy
 impl FaultyProxy {
     /// Listens on a loopback port and forwards to `upstream` (`http://host:port`).
     pub async fn start(upstream: &str, every: usize) -> Self {
+        Self::start_requiring(upstream, every, None).await
+    }
+
+    /// As [`FaultyProxy::start`], refusing with 403 every request not signed with `access_key`
+    /// when one is given.
+    pub async fn start_requiring(upstream: &str, every: usize, access_key: Option<&str>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let upstream = Arc::new(upstream.trim_start_matches("http://").to_string());
         let (injected, forwarded) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let access_key: Option<Arc<str>> = access_key.map(Arc::from);
         let seen = Arc::new(AtomicUsize::new(0));
-        let (i, f) = (injected.clone(), forwarded.clone());
+        let (i, f, r) = (injected.clone(), forwarded.clone(), refused.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (upstream, seen, injected, forwarded) = (upstream.clone(), seen.clone(), i.clone(), f.clone());
+                let (refused, access_key) = (r.clone(), access_key.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let (upstream, seen, injected, forwarded) =
                             (upstream.clone(), seen.clone(), injected.clone(), forwarded.clone());
+                        let (refused, access_key) = (refused.clone(), access_key.clone());
                         async move {
+                            if let Some(key) = access_key.as_deref()
+                                && !signed_with(&request, key)
+                            {
+                                refused.fetch_add(1, Ordering::SeqCst);
+                                let response = hyper::Response::builder()
+                                    .status(403)
+                                    .header("content-type", "application/xml")
+                                    .body(Full::new(Bytes::from_static(INVALID_KEY.as_bytes())))
+                                    .expect("a static response");
+                                return Ok::<_, std::convert::Infallible>(response);
+                            }
                             if (seen.fetch_add(1, Ordering::SeqCst) + 1) % every.max(1) == 0 {
                                 injected.fetch_add(1, Ordering::SeqCst);
                                 let response = hyper::Response::builder()
@@ -153,6 +190,6 @@ impl FaultyProxy {
                 });
             }
         });
-        Self { endpoint, injected, forwarded }
+        Self { endpoint, injected, forwarded, refused }
     }
 }
