@@ -564,5 +564,5 @@ fn inspect_gives_the_served_files_digest_and_refuses_a_changed_file() {
     refused(&["--artifact", "/nonexistent/artifact"], &["/nonexistent/artifact", "no such artifact directory"]);
     std::fs::remove_file(copy.join("distillery.json")).unwrap();
     refused(&["--artifact", &copy_uri], &[&copy_uri, "distillery.json"]);
-    refused(&["--artifact", "s3://bucket/artifacts/small"], &["s3://bucket/artifacts/small", "not supported yet"]);
+    refused(&["--artifact", "https://x/small"], &["https://x/small", "https:// artifacts are not supported"]);
 }

@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use distillery_crds::analysis::{AnalysisRun, LiveTraffic, TrackTraffic};
 use distillery_crds::common::{Compression, DataFormat, EvalDataset};
 use distillery_crds::deployment::GoldenEvidence;
+
+use crate::store::{Kind, Resolver, StoreError};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
@@ -89,9 +91,10 @@ pub enum AnalyzeError {
 /// Why the golden set could not be read (recorded as a run error, never fatal).
 #[derive(Debug, thiserror::Error)]
 pub enum GoldenError {
-    /// A store this build cannot read.
-    #[error("{0}: only file:// URIs and local paths can be read; other stores are not supported yet")]
-    Unsupported(String),
+    /// The URI cannot be used, or its `s3://` object could not be downloaded (the message names
+    /// the URI).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The file could not be opened or read.
     #[error("{path}: {message}")]
     Read {
@@ -220,17 +223,6 @@ pub struct GoldenRow {
     pub label: Option<String>,
 }
 
-/// The local file of a dataset URI or path.
-fn dataset_path(uri: &str) -> Result<PathBuf, GoldenError> {
-    if let Some(path) = uri.strip_prefix("file://") {
-        return Ok(PathBuf::from(path));
-    }
-    if uri.contains("://") {
-        return Err(GoldenError::Unsupported(uri.into()));
-    }
-    Ok(PathBuf::from(uri))
-}
-
 /// Opens `path`, decompressing by `compression` (`auto`: by the file name), as the training data
 /// reader does.
 fn open(path: &Path, compression: Compression) -> Result<Box<dyn BufRead>, GoldenError> {
@@ -252,9 +244,10 @@ fn open(path: &Path, compression: Compression) -> Result<Box<dyn BufRead>, Golde
 }
 
 /// Reads a golden set: every row with a non-empty text, in file order; the label where the spec
-/// names a label field and the row has a non-empty value.
-pub fn read_golden(spec: &EvalDataset) -> Result<Vec<GoldenRow>, GoldenError> {
-    let path = dataset_path(&spec.uri)?;
+/// names a label field and the row has a non-empty value. A plain path or `file://` URI is read
+/// where it is; an `s3://` object is downloaded into `resolver`'s work directory first.
+pub async fn read_golden(spec: &EvalDataset, resolver: &Resolver) -> Result<Vec<GoldenRow>, GoldenError> {
+    let path = resolver.fetch(&spec.uri, Kind::File).await?;
     let reader = open(&path, spec.compression)?;
     let read_error = |row: usize, message: String| GoldenError::Read {
         path: path.clone(),
@@ -537,7 +530,10 @@ pub async fn measure_golden(
     model: &str,
     options: &AnalyzeOptions,
 ) -> Result<(GoldenEvidence, GoldenSlice), Vec<String>> {
-    let rows = read_golden(spec).map_err(|e| vec![format!("golden set {}: {e}", spec.uri)])?;
+    let golden_error = |e: &dyn std::fmt::Display| vec![format!("golden set {}: {e}", spec.uri)];
+    // The ModelDeployment's store settings, from the environment the operator sets.
+    let resolver = Resolver::for_spec(None).map_err(|e| golden_error(&e))?;
+    let rows = read_golden(spec, &resolver).await.map_err(|e| golden_error(&e))?;
     let slice = golden_slice(rows.len(), spec.samples, run);
     let picked: Vec<&GoldenRow> = slice.iter().map(|&i| &rows[i]).collect();
     let texts: Arc<Vec<String>> = Arc::new(picked.iter().map(|r| r.text.clone()).collect());
@@ -1205,6 +1201,8 @@ distillery_server_ready 1
     #[test]
     fn golden_sets_read_csv_and_jsonl_skipping_empty_texts() {
         let dir = tempfile::tempdir().unwrap();
+        let resolver = Resolver::new(Default::default(), dir.path().join("work"));
+        let read_golden = |spec: &EvalDataset| crate::store::block_on(read_golden(spec, &resolver));
         let csv = dir.path().join("g.csv");
         std::fs::write(&csv, "review,category\n\"good, really\",fresh\n  ,rotten\nmeh,\nbad,rotten\n").unwrap();
         let spec = |uri: String, format: &str, label: &str| -> EvalDataset {
@@ -1230,9 +1228,8 @@ distillery_server_ready 1
         enc.finish().unwrap();
         let rows = read_golden(&spec(format!("file://{}", gz.display()), "jsonl", "category")).unwrap();
         assert_eq!(rows, [GoldenRow { text: "fine".into(), label: Some("1".into()) }]);
-        assert!(
-            read_golden(&spec("s3://b/g.csv".into(), "csv", "")).unwrap_err().to_string().contains("not supported yet")
-        );
+        let err = read_golden(&spec("https://b/g.csv".into(), "csv", "")).unwrap_err().to_string();
+        assert!(err.starts_with("https://b/g.csv: use file:///absolute/path or s3://bucket/key"), "{err}");
         let err = read_golden(&spec("/nonexistent/g.csv".into(), "csv", "")).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/g.csv") && err.contains("cannot open"), "{err}");
     }

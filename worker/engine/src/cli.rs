@@ -129,8 +129,8 @@ pub enum Command {
         /// memory. Repeat per target.
         #[arg(long = "target-metrics")]
         target_metrics: Vec<String>,
-        /// `NAME=DIR`: an artifact target's directory, instead of its `artifact.uri` (required
-        /// for a `distillationJobRef`). Repeat per target.
+        /// `NAME=DIR`: an artifact target's directory (or its `file://` or `s3://` URI), instead
+        /// of its `artifact.uri` (required for a `distillationJobRef`). Repeat per target.
         #[arg(long = "artifact")]
         artifacts: Vec<String>,
         /// Write the report here instead of the spec's `reportUri` (or its default beside the
@@ -199,7 +199,8 @@ pub enum Command {
     /// reads from the termination message). Exits 1 with the reason when a server would refuse
     /// the artifact.
     Inspect {
-        /// The artifact: a `file://` URI or a local path.
+        /// The artifact: an `s3://` URI (downloaded into the work directory, every file checked
+        /// against the manifest), a `file://` URI or a local path.
         #[arg(short = 'a', long)]
         artifact: String,
         /// Which ONNX file: `auto` (the manifest's served variant), `fp32` or `int8`.
@@ -458,16 +459,20 @@ fn run_benchmark(
             })
         })?;
         let plan = bench::plan::plan(&benchmark, resolved)?;
+        let resolver = crate::store::Resolver::for_spec(benchmark.spec.s3.as_ref())?;
         let binary = bench::server::server_binary(server_binary);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
             bench::BenchError::Target { target: "-".into(), message: format!("cannot start the runtime: {e}") }
         })?;
-        let report =
-            runtime.block_on(bench::run(&plan, &binary, &mut |line| eprintln!("distillery-worker: {line}")))?;
-        bench::report::write(&report, &plan.report_dir)?;
+        let report = runtime
+            .block_on(bench::run(&plan, &binary, &resolver, &mut |line| eprintln!("distillery-worker: {line}")))?;
+        let dir = runtime.block_on(bench::write_report(&report, &plan, &resolver))?;
         let summary = serde_json::to_string(&report.summary()).expect("the summary serializes");
-        let table =
-            format!("{}\nreport: {}\n", bench::report::table(&report), plan.report_dir.join("report.html").display());
+        let location = match &plan.report_dir {
+            Some(_) => dir.join("report.html").display().to_string(),
+            None => format!("{}/report.html (written in {} first)", plan.report_uri, dir.display()),
+        };
+        let table = format!("{}\nreport: {location}\n", bench::report::table(&report));
         Ok((summary, table))
     })();
     let message = match &result {
@@ -610,21 +615,40 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, Failure> {
         Source::Inline(text) => spec::parse(text, Path::new("$DISTILLERY_JOB")),
     }
     .map_err(|e| Failure::permanent(e.to_string()))?;
-    let (output, uri) = distill::output_location(&job, options.output.as_deref()).map_err(|e| {
+    let resolver = crate::inputs::resolver(&job).map_err(|e| Failure::permanent(e.to_string()))?;
+    let (output, uri) = distill::output_location(&job, options.output.as_deref(), &resolver).map_err(|e| {
         let field = if options.output.is_some() { "--output" } else { "spec.output.uri" };
         Failure::permanent(format!("{field}: {e}"))
     })?;
+    let remote = crate::store::is_remote(&uri);
     let device = device(&job)?;
     let name = job.metadata.name.as_deref().unwrap_or("(unnamed)");
     let mut reporter = progress::for_stderr();
     if options.report_status {
         reporter = Box::new(cluster::StatusReporter::new(&job, reporter).map_err(Failure::transient)?);
     }
+    let written_to = if remote {
+        format!("{uri} (written in {} first, then uploaded)", output.display())
+    } else {
+        output.display().to_string()
+    };
     reporter.report(&Event::Stage {
         stage: ProgressStage::Starting,
-        message: format!("DistillationJob {name}: spec is valid; output {}; device {device:?}", output.display()),
+        message: format!("DistillationJob {name}: spec is valid; output {written_to}; device {device:?}"),
     });
-    let outcome = distill::run(&job, &output, &cache_dir(), &device, reporter.as_mut())?;
+    let spec_hash = distill::spec_hash(&job);
+    if remote {
+        // Before the hours of work: the bucket is reachable and holds no other spec's artifact.
+        crate::store::block_on(distill::check_remote_output(resolver.store(), &uri, &spec_hash))?;
+    }
+    let outcome = distill::run(&job, &output, &cache_dir(), &device, reporter.as_mut(), &resolver)?;
+    if remote {
+        reporter.report(&Event::Stage {
+            stage: ProgressStage::WritingArtifact,
+            message: format!("uploading the artifact to {uri} (every file, then the manifest)"),
+        });
+        distill::publish(&resolver, &output, &uri, &spec_hash)?;
+    }
     let m = &outcome.manifest.metrics;
     println!("\nDistillationJob {name} — held-out accuracy on {} examples", m["heldOutExamples"]);
     print!("{}", distill::table(&outcome.rows));
@@ -644,7 +668,7 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, Failure> {
     for warning in &outcome.manifest.warnings {
         println!("WARNING {}: {}", warning.reason, warning.message);
     }
-    println!("artifact: {}", outcome.output.display());
+    println!("artifact: {written_to}");
     drop(reporter);
     let summary = cluster::summary(&outcome, &uri)
         .map_err(|e| Failure::transient(format!("cannot read the manifest just written: {e}")))?;

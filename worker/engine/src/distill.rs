@@ -25,14 +25,15 @@ use crate::onnx::artifact::{self as onnx_artifact, EvalSet};
 use crate::prepare::{self, PrepareError, PreparedTeacher};
 use crate::progress::{Event, ProgressStage, Reporter};
 use crate::runner::{self, Checkpointing, RunError, RunSummary};
-use crate::store::{StoreError, local_path, sha256, sha256_file, write_atomically};
+use crate::store::{Location, Resolver, Store, StoreError, is_remote, sha256, sha256_file, write_atomically};
 use crate::student::{self, Student, StudentError};
 use crate::train::{Examples, FitSettings, Objective, accuracy, logits};
 
 /// Why a run failed, and what the operator should do about it ([`DistillError::policy`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DistillError {
-    /// A URI cannot be used.
+    /// A URI cannot be used, or the store failed (downloading an input, checking or publishing
+    /// an `s3://` output).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The data or the teacher's tokenizer could not be read.
@@ -111,6 +112,16 @@ impl DistillError {
     pub fn policy(&self) -> ErrorPolicy {
         match self {
             Self::Io { .. } => ErrorPolicy::Retry,
+            // A bad URI or setting, denied access, a missing bucket or object, a damaged file:
+            // the spec (or the store) must change. Anything else the store said after its own
+            // retries (5xx, timeouts) and local disk trouble: retry.
+            Self::Store(e) | Self::Input(InputError::Store(e)) => {
+                if e.is_permanent() {
+                    ErrorPolicy::WaitForSpecChange
+                } else {
+                    ErrorPolicy::Retry
+                }
+            }
             Self::Run(e) => run_policy(e),
             Self::Teacher(e) => match &**e {
                 PrepareError::Io { .. } => ErrorPolicy::Retry,
@@ -195,8 +206,39 @@ pub fn check_output(output: &Path, spec_hash: &str) -> Result<(), DistillError> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(&manifest_path)(e)),
     };
-    let path = output.display().to_string();
-    let manifest: ArtifactManifest = serde_json::from_slice(&bytes).map_err(|e| DistillError::Immutable {
+    let job = std::fs::read(output.join(onnx_artifact::JOB_FILE)).ok();
+    check_existing(&output.display().to_string(), &bytes, job.as_deref(), spec_hash)
+}
+
+/// [`check_output`] for an `s3://` output: the manifest and `job.json` under `uri` read through
+/// `store` (no manifest there: fine). Listing the prefix first also fails fast — before any
+/// training — on a missing bucket or refused credentials.
+pub async fn check_remote_output(store: &Store, uri: &str, spec_hash: &str) -> Result<(), DistillError> {
+    let listed = store.list(uri).await?;
+    if !listed.iter().any(|(name, _)| name == MANIFEST_FILE) {
+        return Ok(());
+    }
+    let base = uri.trim_end_matches('/');
+    let manifest = store.get(&format!("{base}/{MANIFEST_FILE}")).await?;
+    let job = store.get(&format!("{base}/{}", onnx_artifact::JOB_FILE)).await.ok();
+    check_existing(uri, &manifest, job.as_deref(), spec_hash)
+}
+
+/// Publishes the complete artifact in `dir` to the `s3://` location `uri` (every file first, the
+/// manifest last), after checking again that no other spec's artifact appeared there
+/// meanwhile. Returns the manifest's sha256.
+pub fn publish(resolver: &Resolver, dir: &Path, uri: &str, spec_hash: &str) -> Result<String, DistillError> {
+    crate::store::block_on(async {
+        check_remote_output(resolver.store(), uri, spec_hash).await?;
+        Ok(resolver.store().publish_artifact(dir, uri).await?)
+    })
+}
+
+/// Whether an existing artifact at `location` (its manifest's bytes, and its `job.json`'s when
+/// there is one) may be written over by a run of the spec hashing to `spec_hash`.
+fn check_existing(location: &str, manifest: &[u8], job: Option<&[u8]>, spec_hash: &str) -> Result<(), DistillError> {
+    let path = location.to_string();
+    let manifest: ArtifactManifest = serde_json::from_slice(manifest).map_err(|e| DistillError::Immutable {
         path: path.clone(),
         why: format!("holds a {MANIFEST_FILE} this worker cannot read ({e}), so it cannot tell which spec made it"),
     })?;
@@ -204,10 +246,7 @@ pub fn check_output(output: &Path, spec_hash: &str) -> Result<(), DistillError> 
     if existing == spec_hash {
         return Ok(());
     }
-    let recorded = std::fs::read(output.join(onnx_artifact::JOB_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<DistillationJob>(&b).ok())
-        .map(|job| self::spec_hash(&job));
+    let recorded = job.and_then(|b| serde_json::from_slice::<DistillationJob>(b).ok()).map(|job| self::spec_hash(&job));
     if recorded.as_deref() == Some(spec_hash) {
         return Ok(());
     }
@@ -219,13 +258,15 @@ pub fn check_output(output: &Path, spec_hash: &str) -> Result<(), DistillError> 
     })
 }
 
-/// Runs `job`, writing the artifact into `output`.
+/// Runs `job`, writing the artifact into the local directory `output`; its inputs are read
+/// through `resolver` (an `s3://` one downloaded into its work directory first).
 pub fn run(
     job: &DistillationJob,
     output: &Path,
     cache_root: &Path,
     device: &Device,
     reporter: &mut dyn Reporter,
+    resolver: &Resolver,
 ) -> Result<Outcome, DistillError> {
     check_supported(job)?;
     // Checked before the hours of work, and again before writing (another run may have finished
@@ -235,7 +276,7 @@ pub fn run(
     let stage = |reporter: &mut dyn Reporter, stage: ProgressStage, message: String| {
         reporter.report(&Event::Stage { stage, message });
     };
-    let inputs = inputs::load(job)?;
+    let inputs = inputs::load_with(job, resolver)?;
     stage(
         reporter,
         ProgressStage::ReadingData,
@@ -679,12 +720,26 @@ pub fn table(rows: &[ModelRow]) -> String {
 
 /// Where `job`'s artifact goes, as a local directory and the URI the summary reports: `--output`
 /// when given — a directory, or a URI (the operator passes `<spec.output.uri>/<run id>`) — else
-/// the spec's `output.uri`.
-pub fn output_location(job: &DistillationJob, output: Option<&str>) -> Result<(PathBuf, String), StoreError> {
+/// the spec's `output.uri`. An `s3://` URI is written locally first, in `runs/<bucket>/<key>` of
+/// `resolver`'s work directory, and published from there ([`publish`]).
+pub fn output_location(
+    job: &DistillationJob,
+    output: Option<&str>,
+    resolver: &Resolver,
+) -> Result<(PathBuf, String), StoreError> {
+    let local = |uri: &str| -> Result<PathBuf, StoreError> {
+        if is_remote(uri) {
+            return resolver.staging("runs", uri);
+        }
+        match Location::parse(uri)? {
+            Location::File(path) => Ok(path),
+            Location::S3 { .. } => unreachable!("is_remote"),
+        }
+    };
     match output {
-        Some(uri) if uri.contains("://") => Ok((local_path(uri)?, uri.to_string())),
+        Some(uri) if uri.contains("://") => Ok((local(uri)?, uri.to_string())),
         Some(dir) => Ok((PathBuf::from(dir), format!("file://{dir}"))),
-        None => Ok((local_path(&job.spec.output.uri)?, job.spec.output.uri.clone())),
+        None => Ok((local(&job.spec.output.uri)?, job.spec.output.uri.clone())),
     }
 }
 
@@ -774,18 +829,37 @@ mod tests {
     }
 
     #[test]
-    fn the_output_is_the_flag_a_uri_in_it_or_the_spec() {
+    fn the_output_is_the_flag_a_uri_in_it_or_the_spec_and_s3_is_staged_in_the_work_directory() {
         let job = small_job();
-        let (dir, uri) = output_location(&job, Some("file:///artifacts/small/g2-0a1b2c3d")).unwrap();
+        let r = Resolver::new(Default::default(), PathBuf::from("/work"));
+        let (dir, uri) = output_location(&job, Some("file:///artifacts/small/g2-0a1b2c3d"), &r).unwrap();
         assert_eq!(
             (dir, uri.as_str()),
             (PathBuf::from("/artifacts/small/g2-0a1b2c3d"), "file:///artifacts/small/g2-0a1b2c3d")
         );
-        let (dir, uri) = output_location(&job, Some("/tmp/out")).unwrap();
+        let (dir, uri) = output_location(&job, Some("/tmp/out"), &r).unwrap();
         assert_eq!((dir, uri.as_str()), (PathBuf::from("/tmp/out"), "file:///tmp/out"));
-        let (dir, uri) = output_location(&job, None).unwrap();
+        let (dir, uri) = output_location(&job, None, &r).unwrap();
         assert_eq!(uri, job.spec.output.uri);
-        assert_eq!(dir, local_path(&job.spec.output.uri).unwrap());
-        assert!(output_location(&job, Some("s3://bucket/x/g1-0a1b2c3d")).is_err());
+        assert_eq!(Some(dir.as_path()), job.spec.output.uri.strip_prefix("file://").map(Path::new));
+        let (dir, uri) = output_location(&job, Some("s3://bucket/x/g1-0a1b2c3d"), &r).unwrap();
+        assert_eq!(
+            (dir, uri.as_str()),
+            (PathBuf::from("/work/runs/bucket/x/g1-0a1b2c3d"), "s3://bucket/x/g1-0a1b2c3d")
+        );
+        let e = output_location(&job, Some("file://relative/x"), &r).unwrap_err();
+        assert!(e.is_permanent(), "{e}");
+    }
+
+    #[test]
+    fn a_store_error_is_retried_only_when_a_retry_can_help() {
+        let transient = StoreError::Store { uri: "s3://b/k".into(), message: "503 SlowDown".into() };
+        let denied = StoreError::Denied { uri: "s3://b/k".into(), message: "403".into() };
+        let missing = StoreError::NotFound { uri: "s3://b/k".into(), message: "NoSuchBucket".into() };
+        assert_eq!(DistillError::Store(transient).policy(), ErrorPolicy::Retry);
+        assert_eq!(DistillError::Store(denied).policy(), ErrorPolicy::WaitForSpecChange);
+        assert_eq!(DistillError::Input(InputError::Store(missing)).policy(), ErrorPolicy::WaitForSpecChange);
+        let slow = StoreError::Store { uri: "s3://b/d.csv".into(), message: "timeout".into() };
+        assert_eq!(DistillError::Input(InputError::Store(slow)).policy(), ErrorPolicy::Retry);
     }
 }

@@ -1,6 +1,7 @@
 //! The first stage of a distillation run: the job's dataset read and split, and every text
 //! tokenized with the teacher's tokenizer at the spec's `maxSequenceLength`, and the unlabelled
-//! transfer set, when the spec names one, read and tokenized alike.
+//! transfer set, when the spec names one, read and tokenized alike. An `s3://` teacher, dataset
+//! or transfer set is downloaded into the work directory first ([`crate::store::Resolver`]).
 
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use distillery_crds::DistillationJob;
 use crate::batch::{TokenizerError, encode_all, load_tokenizer};
 use crate::data::{DataError, Dataset, Split, limit, read_dataset, read_transfer, split};
 use crate::loss::UNLABELLED;
-use crate::store::{StoreError, local_path, sha256_file};
+use crate::store::{Kind, Resolver, StoreError, sha256_file};
 
 /// A job's data, ready to train on.
 pub struct Inputs {
@@ -72,11 +73,21 @@ pub enum InputError {
     Tokenizer(#[from] TokenizerError),
 }
 
+/// How `job`'s URIs are reached: its `spec.s3` settings, else the environment's.
+pub fn resolver(job: &DistillationJob) -> Result<Resolver, StoreError> {
+    Resolver::for_spec(job.spec.s3.as_ref())
+}
+
 /// Reads and splits the labelled dataset of `job`, as [`load`] does (no tokenization): what the
 /// exporter and quantizer evaluate an artifact on.
 pub fn labelled(job: &DistillationJob) -> Result<(Dataset, Split), InputError> {
+    labelled_with(job, &resolver(job)?)
+}
+
+/// [`labelled`], its URIs resolved by `resolver`.
+pub fn labelled_with(job: &DistillationJob, resolver: &Resolver) -> Result<(Dataset, Split), InputError> {
     let spec = &job.spec.dataset;
-    let dataset = read_dataset(&local_path(&spec.uri)?, spec)?;
+    let dataset = read_dataset(&resolver.materialize(&spec.uri, Kind::File)?, spec)?;
     let mut split = split(&dataset.examples, &spec.validation_split);
     if let Some(max) = spec.max_examples {
         split = limit(&split, max as usize);
@@ -86,9 +97,14 @@ pub fn labelled(job: &DistillationJob) -> Result<(Dataset, Split), InputError> {
 
 /// Reads, splits and tokenizes the data of `job`.
 pub fn load(job: &DistillationJob) -> Result<Inputs, InputError> {
+    load_with(job, &resolver(job)?)
+}
+
+/// [`load`], its URIs resolved by `resolver`.
+pub fn load_with(job: &DistillationJob, resolver: &Resolver) -> Result<Inputs, InputError> {
     let spec = &job.spec.dataset;
-    let teacher_dir = local_path(&job.spec.teacher.uri)?;
-    let (dataset, split) = labelled(job)?;
+    let teacher_dir = resolver.materialize(&job.spec.teacher.uri, Kind::Directory)?;
+    let (dataset, split) = labelled_with(job, resolver)?;
     let tokenizer = load_tokenizer(&teacher_dir.join("tokenizer.json"), spec.max_sequence_length as usize)?;
     let texts: Vec<&str> = dataset.examples.iter().map(|e| e.text.as_str()).collect();
     let mut ids = encode_all(&tokenizer, &texts)?;
@@ -96,7 +112,7 @@ pub fn load(job: &DistillationJob) -> Result<Inputs, InputError> {
     let transfer = match &spec.transfer_set {
         None => None,
         Some(t) => {
-            let path = local_path(&t.uri)?;
+            let path = resolver.materialize(&t.uri, Kind::File)?;
             let texts = read_transfer(&path, t)?;
             let digest = sha256_file(&path).map_err(|source| DataError::Open { path: path.clone(), source })?;
             if texts.is_empty() {

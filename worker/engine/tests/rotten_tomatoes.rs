@@ -5,13 +5,18 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use distillery_worker::{data, spec, store};
+use distillery_worker::{data, inputs, spec, store};
+
+/// The local file of the job's dataset.
+fn dataset_path(job: &distillery_crds::DistillationJob) -> PathBuf {
+    inputs::resolver(job).unwrap().materialize(&job.spec.dataset.uri, store::Kind::File).unwrap()
+}
 
 #[test]
 fn rotten_tomatoes_reads_and_splits_by_movie() {
     let job = spec::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/local/distill.yaml")).unwrap();
     let ds_spec = &job.spec.dataset;
-    let path = store::local_path(&ds_spec.uri).unwrap();
+    let path = dataset_path(&job);
     assert!(path.is_file(), "{} missing: run scripts/setup.sh", path.display());
     let ds = data::read_dataset(&path, ds_spec).unwrap();
     assert_eq!(ds.labels, ["fresh", "rotten"]);
@@ -33,7 +38,7 @@ fn bag_of_words_baseline_reaches_the_published_figure() {
     use distillery_worker::baseline::{BagOfWords, BagOfWordsSettings};
     let job = spec::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/local/distill.yaml")).unwrap();
     let ds_spec = &job.spec.dataset;
-    let ds = data::read_dataset(&store::local_path(&ds_spec.uri).unwrap(), ds_spec).unwrap();
+    let ds = data::read_dataset(&dataset_path(&job), ds_spec).unwrap();
     let split = data::split(&ds.examples, &ds_spec.validation_split);
     let pick = |idx: &[usize]| -> (Vec<&str>, Vec<usize>) {
         idx.iter().map(|&i| (ds.examples[i].text.as_str(), ds.examples[i].label)).unzip()

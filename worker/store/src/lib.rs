@@ -90,6 +90,49 @@ pub struct S3Settings {
     pub credentials: Option<(String, String)>,
 }
 
+/// The environment variables [`S3Settings::from_env`] reads: what the operator sets in every pod
+/// it creates from the resource's `spec.s3` (the credentials go in `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY`, read by the store itself).
+pub const ENDPOINT_ENV: &str = "DISTILLERY_S3_ENDPOINT";
+/// See [`ENDPOINT_ENV`].
+pub const REGION_ENV: &str = "DISTILLERY_S3_REGION";
+/// See [`ENDPOINT_ENV`]: `true` or `false`.
+pub const FORCE_PATH_STYLE_ENV: &str = "DISTILLERY_S3_FORCE_PATH_STYLE";
+
+impl S3Settings {
+    /// The settings the environment gives: `DISTILLERY_S3_ENDPOINT`, `DISTILLERY_S3_REGION` and
+    /// `DISTILLERY_S3_FORCE_PATH_STYLE` (`true` or `false`); an unset or empty variable is the
+    /// default (no endpoint, no region, virtual-hosted style). Credentials are left to the store,
+    /// which reads `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, else the default chain.
+    pub fn from_env() -> Result<Self, StoreError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`S3Settings::from_env`] with `lookup` standing for the environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, StoreError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let force_path_style = match get(FORCE_PATH_STYLE_ENV).as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(StoreError::Setting {
+                    variable: FORCE_PATH_STYLE_ENV,
+                    message: format!("{other:?} is neither true nor false"),
+                });
+            }
+        };
+        if let Some(endpoint) = get(ENDPOINT_ENV)
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(StoreError::Setting {
+                variable: ENDPOINT_ENV,
+                message: format!("{endpoint:?} is not an http:// or https:// URL"),
+            });
+        }
+        Ok(Self { endpoint: get(ENDPOINT_ENV), region: get(REGION_ENV), force_path_style, credentials: None })
+    }
+}
+
 impl From<&distillery_crds::common::S3Settings> for S3Settings {
     fn from(s: &distillery_crds::common::S3Settings) -> Self {
         Self {
@@ -143,6 +186,14 @@ pub enum StoreError {
         expected: String,
         /// The downloaded file's.
         actual: String,
+    },
+    /// An environment variable of the store's settings has a value it cannot take.
+    #[error("{variable}: {message}")]
+    Setting {
+        /// The variable.
+        variable: &'static str,
+        /// What is wrong with its value.
+        message: String,
     },
     /// Anything else the store said, after its retries.
     #[error("{uri}: {message}")]
@@ -259,6 +310,55 @@ impl Store {
                 got.bytes().await.map_err(|e| StoreError::from_store(uri, e))
             }
         }
+    }
+
+    /// Downloads the object at `uri` into the local file `to` (its directory made first): streamed
+    /// into a temporary file beside it, renamed into place once complete, so `to` is never half
+    /// written. A `file://` URI is a copy. Returns the bytes written.
+    pub async fn download(&self, uri: &str, to: &Path) -> Result<u64, StoreError> {
+        use tokio::io::AsyncWriteExt;
+        if let Some(parent) = to.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
+        }
+        let name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let partial = to.with_file_name(format!(".{name}.{}.partial", std::process::id()));
+        let written = match self.bucket(uri)? {
+            None => {
+                let Location::File(from) = Location::parse(uri)? else { unreachable!() };
+                match tokio::fs::copy(&from, &partial).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tokio::fs::remove_file(&partial).await;
+                        return Err(io(&from)(e));
+                    }
+                }
+            }
+            Some(b) => {
+                let got = b
+                    .client
+                    .get(&ObjectPath::from(b.key.as_str()))
+                    .await
+                    .map_err(|e| StoreError::from_store(uri, e))?;
+                let mut file = tokio::fs::File::create(&partial).await.map_err(io(&partial))?;
+                let mut stream = got.into_stream();
+                let mut written = 0u64;
+                let copied: Result<(), StoreError> = async {
+                    while let Some(chunk) = stream.try_next().await.map_err(|e| StoreError::from_store(uri, e))? {
+                        file.write_all(&chunk).await.map_err(io(&partial))?;
+                        written += chunk.len() as u64;
+                    }
+                    file.flush().await.map_err(io(&partial))
+                }
+                .await;
+                if let Err(e) = copied {
+                    let _ = tokio::fs::remove_file(&partial).await;
+                    return Err(e);
+                }
+                written
+            }
+        };
+        tokio::fs::rename(&partial, to).await.map_err(io(to))?;
+        Ok(written)
     }
 
     /// Uploads the local file `from` to `uri` (in parts when large); a `file://` URI is a copy.
@@ -458,6 +558,51 @@ mod tests {
             },
         );
         assert!(matches!(e, StoreError::NotFound { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn settings_come_from_the_operators_variables_and_a_bad_value_is_named() {
+        fn env(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+            let pairs = pairs.to_vec();
+            move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        }
+        assert_eq!(S3Settings::from_lookup(env(&[])).unwrap(), S3Settings::default());
+        let s = S3Settings::from_lookup(env(&[
+            (ENDPOINT_ENV, "http://minio:9000"),
+            (REGION_ENV, "eu-west-1"),
+            (FORCE_PATH_STYLE_ENV, "true"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s,
+            S3Settings {
+                endpoint: Some("http://minio:9000".into()),
+                region: Some("eu-west-1".into()),
+                force_path_style: true,
+                credentials: None
+            }
+        );
+        let empty = env(&[(ENDPOINT_ENV, ""), (REGION_ENV, " "), (FORCE_PATH_STYLE_ENV, "false")]);
+        assert_eq!(S3Settings::from_lookup(empty).unwrap(), S3Settings::default());
+        for (variable, value) in [(FORCE_PATH_STYLE_ENV, "yes"), (ENDPOINT_ENV, "minio:9000")] {
+            let e = S3Settings::from_lookup(env(&[(variable, value)])).unwrap_err();
+            assert!(e.is_permanent() && e.to_string().starts_with(variable) && e.to_string().contains(value), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_download_lands_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.csv"), b"text,label\n").unwrap();
+        let store = Store::new(S3Settings::default());
+        let to = dir.path().join("sub/b.csv");
+        let n = store.download(&format!("file://{}/a.csv", dir.path().display()), &to).await.unwrap();
+        assert_eq!((n, std::fs::read(&to).unwrap()), (11, b"text,label\n".to_vec()));
+        let e = store.download(&format!("file://{}/missing.csv", dir.path().display()), &to).await.unwrap_err();
+        assert!(matches!(e, StoreError::Io { .. }), "{e}");
+        let left: Vec<_> =
+            std::fs::read_dir(dir.path().join("sub")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, ["b.csv"], "no partial file left behind");
     }
 
     #[tokio::test]

@@ -3,7 +3,9 @@
 //!
 //! Every target gets the same inputs in the same order, one target after the other (so they never
 //! share the CPU): an artifact target is first served by a `distillery-server` process started
-//! here ([`server`], which measures its cold start); then, as the spec's `metrics` ask,
+//! here ([`server`], which measures its cold start; an `s3://` artifact is downloaded into the work
+//! directory and checked against its manifest before any target is measured, so the download is
+//! not part of its cold start); then, as the spec's `metrics` ask,
 //! 1. **accuracy** on the labelled inputs, one text per request, and the paired comparison with
 //!    the first target (inputs only one of the two got right, a 95% interval on the difference);
 //! 2. **robustness**: accuracy on the same inputs perturbed ([`perturb`]);
@@ -13,8 +15,9 @@
 //!    resident memory — from `/proc` for a server started here, from the pods' `/metrics` for a
 //!    ModelDeployment track.
 //!
-//! [`report`] writes `results.json`, `report.md` and `report.html` (SVG charts, no scripts); the
-//! summary the operator copies into status is [`BenchReport::summary`].
+//! [`report`] writes `results.json`, `report.md` and `report.html` (SVG charts, no scripts) — an
+//! `s3://` report in the work directory, then uploaded ([`upload_report`]); the summary the
+//! operator copies into status is [`BenchReport::summary`].
 
 pub mod perturb;
 pub mod plan;
@@ -22,7 +25,7 @@ pub mod report;
 pub mod server;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +37,7 @@ use serde::Serialize;
 
 use crate::analyze::{self, Client, GoldenError, GoldenRow, Url, golden_slice, label_texts, read_golden};
 use crate::loadgen::{self, LevelReport, LoadError, Stop, Warmup};
+use crate::store::{Resolver, StoreError, is_remote};
 use perturb::Kind;
 use plan::{Plan, PlanError, Source};
 use server::{ColdStart, LocalServer, ServerError};
@@ -59,6 +63,14 @@ pub enum BenchError {
         /// Why.
         source: GoldenError,
     },
+    /// A target's artifact could not be downloaded, or does not match its manifest.
+    #[error("target {target}: {source}")]
+    Artifact {
+        /// The target.
+        target: String,
+        /// Why (the message names the URI).
+        source: StoreError,
+    },
     /// A target's server could not be started (a corrupt or missing artifact, most often).
     #[error("target {target}: {source}")]
     Server {
@@ -83,6 +95,9 @@ pub enum BenchError {
         /// Why.
         message: String,
     },
+    /// The report could not be uploaded, or the store's settings are wrong.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl BenchError {
@@ -90,7 +105,9 @@ impl BenchError {
     /// [`distillery_crds::exit::PERMANENT`]).
     pub fn is_permanent(&self) -> bool {
         match self {
+            BenchError::Dataset { source: GoldenError::Store(e), .. } => e.is_permanent(),
             BenchError::Plan(_) | BenchError::Dataset { .. } => true,
+            BenchError::Artifact { source: e, .. } | BenchError::Store(e) => e.is_permanent(),
             BenchError::Server { source, .. } => matches!(source, ServerError::Exited { .. }),
             BenchError::Target { .. } | BenchError::Report { .. } => false,
         }
@@ -281,14 +298,60 @@ async fn probe_process(pid: u32, metrics: &Url) -> Result<Probe, String> {
     Ok((stats.cpu_seconds, requests, stats.peak_resident_bytes))
 }
 
-/// Runs `plan` (artifact targets served by `server_binary`), telling `progress` what it does.
+/// The files [`report::write`] writes.
+pub const REPORT_FILES: [&str; 3] = ["report.html", "report.md", "results.json"];
+
+/// Writes `report` to `plan`'s report location: a local directory directly; an `s3://` URI into
+/// `reports/<bucket>/<key>` of `resolver`'s work directory, then each file uploaded (the page
+/// last, so a reader who finds it finds the data it shows). Returns the local directory.
+pub async fn write_report(report: &BenchReport, plan: &Plan, resolver: &Resolver) -> Result<PathBuf, BenchError> {
+    let dir = match &plan.report_dir {
+        Some(dir) => dir.clone(),
+        None => resolver.staging("reports", &plan.report_uri)?,
+    };
+    report::write(report, &dir)?;
+    if plan.report_dir.is_none() {
+        upload_report(&dir, &plan.report_uri, resolver).await?;
+    }
+    Ok(dir)
+}
+
+/// Uploads the report files in `dir` under `uri`: the data first, the page last.
+pub async fn upload_report(dir: &Path, uri: &str, resolver: &Resolver) -> Result<(), BenchError> {
+    let mut files = REPORT_FILES;
+    files.reverse();
+    Ok(resolver.upload_files(dir, &files, uri).await?)
+}
+
+/// Runs `plan` (artifact targets served by `server_binary`; `s3://` URIs read through
+/// `resolver`), telling `progress` what it does.
 pub async fn run(
     plan: &Plan,
     server_binary: &Path,
+    resolver: &Resolver,
     progress: &mut dyn FnMut(String),
 ) -> Result<BenchReport, BenchError> {
-    let rows =
-        read_golden(&plan.dataset).map_err(|source| BenchError::Dataset { uri: plan.dataset.uri.clone(), source })?;
+    let rows = read_golden(&plan.dataset, resolver)
+        .await
+        .map_err(|source| BenchError::Dataset { uri: plan.dataset.uri.clone(), source })?;
+    // Every artifact local (and verified) before the first target is measured: a download is
+    // not part of any cold start, and a missing artifact fails the benchmark before it starts.
+    let mut dirs: Vec<Option<PathBuf>> = Vec::new();
+    for t in &plan.targets {
+        dirs.push(match &t.source {
+            Source::Artifact { uri, .. } => {
+                if is_remote(uri) {
+                    progress(format!("{}: downloading {uri} (not counted in its cold start)", t.name));
+                }
+                let dir = resolver
+                    .fetch_artifact(uri)
+                    .await
+                    .map_err(|source| BenchError::Artifact { target: t.name.clone(), source })?;
+                Some(dir)
+            }
+            Source::Server { .. } => None,
+        });
+    }
     let picked: Vec<&GoldenRow> = golden_slice(rows.len(), plan.dataset.samples, 0).iter().map(|&i| &rows[i]).collect();
     let texts: Arc<Vec<String>> = Arc::new(picked.iter().map(|r| r.text.clone()).collect());
     let perturbed: Vec<(Kind, String)> = texts.iter().enumerate().map(|(i, t)| perturb::perturb(t, i)).collect();
@@ -297,14 +360,15 @@ pub async fn run(
     let labelled = picked.iter().filter(|r| r.label.is_some()).count();
     progress(format!("{} inputs ({labelled} labelled) from {}", texts.len(), plan.dataset.uri));
     let mut targets: Vec<TargetReport> = Vec::new();
-    for t in &plan.targets {
+    for (t, dir) in plan.targets.iter().zip(&dirs) {
         let fail = |message: String| BenchError::Target { target: t.name.clone(), message };
         // An artifact target's server lives until this iteration ends.
         let (local, url, model, source) = match &t.source {
             Source::Server { url, model, .. } => {
                 (None, url.clone(), model.clone(), format!("{} (model {model})", url.display()))
             }
-            Source::Artifact { dir, variant } => {
+            Source::Artifact { uri, variant } => {
+                let dir = dir.as_deref().expect("every artifact target was fetched");
                 progress(format!("{}: starting distillery-server on {}", t.name, dir.display()));
                 let s = LocalServer::start(server_binary, dir, *variant, &t.name, &texts[0])
                     .await
@@ -315,7 +379,7 @@ pub async fn run(
                     ModelVariant::Int8 => "int8",
                     ModelVariant::Auto => "auto",
                 };
-                (Some(s), url, model, format!("artifact {} ({variant})", dir.display()))
+                (Some(s), url, model, format!("artifact {uri} ({variant})"))
             }
         };
         let load_target = loadgen::Target {

@@ -13,6 +13,7 @@ use kube::ResourceExt;
 
 use crate::analyze::{Url, parse_duration};
 use crate::loadgen::Stop;
+use crate::store::Location;
 
 /// How long a target is driven when the spec sets neither `load.duration` nor `load.requests`.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(60);
@@ -80,7 +81,7 @@ pub struct Resolved {
     pub target_urls: Vec<String>,
     /// `NAME=URL,URL`: a ModelDeployment target's pods' `/metrics` URLs.
     pub target_metrics: Vec<String>,
-    /// `NAME=DIR`: an artifact target's directory (required for a `distillationJobRef`).
+    /// `NAME=DIR`: an artifact target's directory or URI (required for a `distillationJobRef`).
     pub artifacts: Vec<String>,
     /// The report's location (default: from the spec).
     pub report_uri: Option<String>,
@@ -100,8 +101,9 @@ pub enum Source {
     },
     /// An artifact the benchmark serves itself with a `distillery-server` process.
     Artifact {
-        /// The artifact directory.
-        dir: PathBuf,
+        /// The artifact: a local directory, a `file://` URI, or an `s3://` URI (downloaded into
+        /// the work directory and checked against its manifest before its server starts).
+        uri: String,
         /// Which ONNX file.
         variant: ModelVariant,
     },
@@ -144,8 +146,9 @@ pub struct Plan {
     pub metrics: Vec<BenchmarkMetric>,
     /// The report's URI.
     pub report_uri: String,
-    /// The report's directory.
-    pub report_dir: PathBuf,
+    /// The report's directory, for a local report; `None` for an `s3://` one, which is written
+    /// in the work directory and uploaded.
+    pub report_dir: Option<PathBuf>,
 }
 
 impl Plan {
@@ -162,18 +165,17 @@ impl Plan {
     }
 }
 
-/// A local path from a `file://` URI (or a plain path).
-pub fn local_path(what: &str, uri: &str) -> Result<PathBuf, PlanError> {
-    if let Some(path) = uri.strip_prefix("file://") {
-        return Ok(PathBuf::from(path));
+/// Where `uri` is: `Some(local path)` for a plain path or a `file://` URI, `None` for an
+/// `s3://` one; anything else is refused.
+pub fn local_path(what: &str, uri: &str) -> Result<Option<PathBuf>, PlanError> {
+    if !uri.contains("://") {
+        return Ok(Some(PathBuf::from(uri)));
     }
-    if uri.contains("://") {
-        return Err(PlanError::Bad {
-            what: what.into(),
-            message: format!("{uri:?}: only file:// URIs are supported yet (the S3 store is not built)"),
-        });
+    match Location::parse(uri) {
+        Ok(Location::File(path)) => Ok(Some(path)),
+        Ok(Location::S3 { .. }) => Ok(None),
+        Err(e) => Err(PlanError::Bad { what: what.into(), message: e.to_string() }),
     }
-    Ok(PathBuf::from(uri))
 }
 
 /// `NAME=VALUE` arguments by name, each name a target of the spec.
@@ -232,16 +234,20 @@ pub fn plan(bench: &Benchmark, resolved: &Resolved) -> Result<Plan, PlanError> {
                 Source::Server { url: url(format!("--target-url {name}"), base)?, model: d.name.clone(), metrics }
             }
             (None, Some(a)) => {
-                let dir = match (artifacts.get(name.as_str()), &a.uri, &a.distillation_job_ref) {
-                    (Some(dir), _, _) => local_path(&format!("--artifact {name}"), dir)?,
-                    (None, Some(uri), _) => local_path(&format!("spec.targets[{name}].artifact.uri"), uri)?,
+                let (what, uri) = match (artifacts.get(name.as_str()), &a.uri, &a.distillation_job_ref) {
+                    (Some(dir), _, _) => (format!("--artifact {name}"), dir.to_string()),
+                    (None, Some(uri), _) => (format!("spec.targets[{name}].artifact.uri"), uri.clone()),
                     (None, None, job) => {
                         let job = job.as_ref().map(|j| j.name.clone()).unwrap_or_default();
                         return Err(PlanError::NoArtifact { name, job });
                     }
                 };
-                first_artifact.get_or_insert_with(|| format!("file://{}", dir.display()));
-                Source::Artifact { dir, variant: a.variant }
+                let local = local_path(&what, &uri)?;
+                first_artifact.get_or_insert_with(|| match &local {
+                    Some(dir) => format!("file://{}", dir.display()),
+                    None => uri.clone(),
+                });
+                Source::Artifact { uri, variant: a.variant }
             }
             (None, None) => {
                 return Err(PlanError::Bad {
@@ -332,10 +338,10 @@ mod tests {
         }
         assert_eq!(
             plan.targets[1].source,
-            Source::Artifact { dir: "/artifacts/minilm/run-1".into(), variant: ModelVariant::Fp32 }
+            Source::Artifact { uri: "/artifacts/minilm/run-1".into(), variant: ModelVariant::Fp32 }
         );
         assert_eq!(plan.report_uri, "file:///artifacts/minilm/benchmarks/cmp");
-        assert_eq!(plan.report_dir, PathBuf::from("/artifacts/minilm/benchmarks/cmp"));
+        assert_eq!(plan.report_dir, Some(PathBuf::from("/artifacts/minilm/benchmarks/cmp")));
         assert_eq!(plan.load, LoadPlan { concurrency: 4, rate: None, warmup_requests: 10, stop: Stop::Requests(500) });
         assert!(plan.wants(BenchmarkMetric::Robustness) && plan.drives_load(), "every metric by default");
     }
@@ -354,6 +360,31 @@ mod tests {
         assert!(matches!(plan(&three_targets(), &resolved), Err(PlanError::NotNameValue { .. })));
         let resolved = Resolved { target_urls: vec!["live=https://x:1".into()], ..Default::default() };
         assert!(matches!(plan(&three_targets(), &resolved), Err(PlanError::Bad { .. })));
+    }
+
+    #[test]
+    fn s3_artifacts_are_kept_as_uris_and_the_report_goes_beside_the_first_in_the_bucket() {
+        let b = bench(serde_json::json!({
+            "targets": [
+                {"name": "a", "artifact": {"uri": "s3://artifacts/minilm/g1-0a1b2c3d", "variant": "int8"}},
+                {"name": "b", "artifact": {"distillationJobRef": {"name": "minilm"}}}
+            ],
+            "dataset": {"uri": "s3://data/golden.csv"}
+        }));
+        let resolved = Resolved { artifacts: vec!["b=s3://artifacts/minilm/g2-0a1b2c3d".into()], ..Default::default() };
+        let p = plan(&b, &resolved).unwrap();
+        assert_eq!(
+            p.targets[0].source,
+            Source::Artifact { uri: "s3://artifacts/minilm/g1-0a1b2c3d".into(), variant: ModelVariant::Int8 }
+        );
+        assert_eq!(
+            p.targets[1].source,
+            Source::Artifact { uri: "s3://artifacts/minilm/g2-0a1b2c3d".into(), variant: ModelVariant::Auto }
+        );
+        assert_eq!((p.report_uri.as_str(), p.report_dir), ("s3://artifacts/minilm/benchmarks/cmp", None));
+        let resolved = Resolved { artifacts: vec!["b=https://x/y".into()], ..Default::default() };
+        let err = plan(&b, &resolved).unwrap_err();
+        assert!(matches!(&err, PlanError::Bad { what, .. } if what == "--artifact b"), "{err}");
     }
 
     #[test]
