@@ -515,8 +515,11 @@ mod tests {
         );
 
         let mut no_pods = found(Some(serving()), Some(succeeded_dj()));
-        no_pods[0] =
-            Found::Deployment { md: Some(Box::new(serving())), service_ip: Some("10.96.0.7".into()), ready_pod_ips: vec![] };
+        no_pods[0] = Found::Deployment {
+            md: Some(Box::new(serving())),
+            service_ip: Some("10.96.0.7".into()),
+            ready_pod_ips: vec![],
+        };
         assert!(waiting(&no_pods).1.ends_with("stable track: it has no ready server pod"));
         no_pods[0] = Found::Deployment { md: Some(Box::new(serving())), service_ip: None, ready_pod_ips: vec![] };
         assert!(waiting(&no_pods).1.ends_with("Service reviews-classifier-stable has no address yet"));
