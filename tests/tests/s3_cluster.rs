@@ -1,6 +1,7 @@
 //! The artifact store in a cluster: the small DistillationJob reads its teacher and data from a
 //! real S3 server (moto, on loopback) and writes its artifact there, with credentials from a
-//! Secret the operator only names; a ModelDeployment then serves that artifact from S3.
+//! Secret the operator only names; a ModelDeployment then serves that artifact from S3, and a
+//! Benchmark compares its variants on inputs from S3, writing its report there.
 //!
 //! In front of moto sits a proxy that refuses every request not signed with the Secret's access
 //! key (moto without auth accepts any key, so this is what shows the pods sign with the key the
@@ -62,7 +63,8 @@ async fn wait_for<T>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_distillation_job_reads_and_writes_s3_with_secret_credentials_and_a_model_deployment_serves_it_from_s3() {
+async fn a_distillation_job_reads_and_writes_s3_with_secret_credentials_and_a_deployment_and_a_benchmark_read_it_from_s3()
+ {
     // The store: the teacher and the data uploaded as a platform team would keep them.
     let moto = Moto::start(false);
     moto.create_bucket(BUCKET);
@@ -182,6 +184,54 @@ async fn a_distillation_job_reads_and_writes_s3_with_secret_credentials_and_a_mo
         .unwrap_or_default()
         .to_string();
     assert!(["fresh", "rotten"].contains(&label.as_str()), "{answer:#}");
+
+    // A Benchmark of the job's artifact (fp32 against what it serves), its inputs on S3 and its
+    // report written beside the artifact on S3.
+    let held_out = root.path().join("held-out.csv");
+    let out = std::process::Command::new(workspace_binary("distillery-worker"))
+        .args(["held-out", "--artifact"])
+        .arg(&local)
+        .arg("--output")
+        .arg(&held_out)
+        // The artifact's job.json names the dataset on S3 and the spec's s3 block; the
+        // credentials come from the environment, as in a pod.
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("DISTILLERY_WORK_DIR", root.path().join("work"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    store.put_file(&held_out, &format!("s3://{BUCKET}/data/held-out.csv")).await.unwrap();
+    let artifact = |variant: &str| json!({"distillationJobRef": {"name": name}, "variant": variant});
+    let bench = json!({
+        "apiVersion": "distillery.dev/v1alpha1", "kind": "Benchmark",
+        "metadata": {"name": "compare", "namespace": "default"},
+        "spec": {
+            "targets": [{"name": "fp32", "artifact": artifact("fp32")}, {"name": "served", "artifact": artifact("auto")}],
+            "dataset": {"uri": format!("s3://{BUCKET}/data/held-out.csv")},
+            "load": {"concurrency": 2, "requests": 60, "warmupRequests": 10},
+            "metrics": ["accuracy", "latency", "throughput", "errors", "cold-start"],
+            "s3": s3,
+        },
+    });
+    let benches: Api<distillery_crds::Benchmark> = Api::default_namespaced(server.client());
+    benches.patch("compare", &PatchParams::apply("kubectl"), &Patch::Apply(&bench)).await.unwrap();
+    let status = wait_for("the Benchmark to finish", Duration::from_secs(300), diagnostics, async || {
+        let status = serde_json::to_value(benches.get("compare").await.ok()?.status?).ok()?;
+        assert_ne!(status["phase"], "Failed", "{status:#}\n{}", diagnostics());
+        (status["phase"] == "Succeeded").then_some(status)
+    })
+    .await;
+    let results = status["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{status:#}");
+    let accuracy = results[0]["accuracy"].as_f64().unwrap();
+    let recorded = manifest["variants"]["fp32"]["accuracy"].as_f64().unwrap();
+    assert!((accuracy - recorded).abs() < 0.005, "fp32 from S3 scores its manifest's {recorded}: {accuracy}");
+    assert!(results.iter().all(|r| r["coldStartMs"].as_f64().is_some_and(|c| c > 0.0)), "{status:#}");
+    let report = format!("s3://{BUCKET}/artifacts/{name}/benchmarks/compare");
+    assert_eq!(status["report"], report.as_str(), "beside the artifact, on S3");
+    let html = store.get(&format!("{report}/report.html")).await.unwrap();
+    assert!(String::from_utf8_lossy(&html).contains("id=\"chart-latency\""), "the uploaded report has its charts");
 
     // Every request reached the store signed with the Secret's key, and the injected 503s were
     // retried (the job and the rollout succeeded through them).
