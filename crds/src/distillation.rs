@@ -79,7 +79,8 @@ pub struct DistillationJobSpec {
     #[schemars(length(min = 1))]
     pub image: Option<String>,
     /// How many times a failed worker pod is retried before the job fails. A retried worker
-    /// resumes from its last checkpoint.
+    /// resumes from its last checkpoint when the output is a `file://` claim (with an `s3://`
+    /// output it starts again: its checkpoints were in the failed pod's scratch space).
     #[serde(default = "default_backoff_limit")]
     #[schemars(range(min = 0, max = 100))]
     pub backoff_limit: i32,
@@ -678,8 +679,9 @@ fn default_gpu_resource() -> String {
 pub struct OutputSpec {
     /// Artifact location: a directory `file:///artifacts/my-student` (a mounted volume) or an
     /// `s3://bucket/prefix` (files uploaded first, the manifest last, so a half-written
-    /// artifact never looks complete; the worker trains in its pod's scratch space, where a
-    /// retried pod of the same node finds its checkpoints). Artifacts are immutable, so each run writes a new one under
+    /// artifact never looks complete; the worker trains in its pod's scratch space, so a retried
+    /// pod starts again from the teacher — a `file://` output keeps the prepared teacher and the
+    /// checkpoints on its claim, where a retry resumes). Artifacts are immutable, so each run writes a new one under
     /// it, at `<uri>/g<metadata.generation>-<first 8 hex digits of metadata.uid>` (e.g.
     /// `file:///artifacts/my-student/g2-7f3a09c1`), which `status.result.artifactUri` names: a
     /// retried pod resumes in the same directory; a changed spec or a recreated object writes a
