@@ -101,6 +101,9 @@ async fn a_jobs_s3_teacher_dataset_and_transfer_set_are_read_as_the_same_files_o
     for (name, _) in files(source.path()) {
         store.put_file(&source.path().join(&name), &format!("s3://models/minilm/{name}")).await.unwrap();
     }
+    // The empty "folder" object a console or sync tool leaves beside 1_Pooling/'s files.
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    store.put_file(marker.path(), "s3://models/minilm/1_Pooling").await.unwrap();
     let transfer = source.path().join("transfer.txt");
     std::fs::write(&transfer, "an unlabelled review\n\nanother one, longer than the first\n").unwrap();
     store.put_file(&dataset, "s3://data/reviews.csv.bz2").await.unwrap();
@@ -123,10 +126,9 @@ async fn a_jobs_s3_teacher_dataset_and_transfer_set_are_read_as_the_same_files_o
 
     // Downloaded under inputs/<bucket>/<key>, byte for byte.
     assert_eq!(got.teacher_dir, work.path().join("inputs/models/minilm"));
-    assert_eq!(
-        files(&got.teacher_dir),
-        files(source.path()).into_iter().filter(|(n, _)| n != "transfer.txt").collect::<Vec<_>>()
-    );
+    let downloaded: Vec<_> =
+        files(&got.teacher_dir).into_iter().filter(|(n, _)| !n.starts_with(".distillery")).collect();
+    assert_eq!(downloaded, files(source.path()).into_iter().filter(|(n, _)| n != "transfer.txt").collect::<Vec<_>>());
     assert_eq!(got.dataset.path, work.path().join("inputs/data/reviews.csv.bz2"));
     assert_eq!(std::fs::read(&got.dataset.path).unwrap(), std::fs::read(&dataset).unwrap());
     // … and read as the files on disk are: the same examples, split, token ids and labels (the
@@ -138,18 +140,20 @@ async fn a_jobs_s3_teacher_dataset_and_transfer_set_are_read_as_the_same_files_o
     assert_eq!((&t.texts, &t.digest), (&w.texts, &w.digest));
     assert_eq!(t.texts.len(), 2);
 
-    // Again: a teacher file already there with its object's size is kept; one of another size
-    // is downloaded again.
+    // Again: a teacher file whose object has not changed since is kept (here a local edit of
+    // the same size shows it was not downloaded again); one whose object was uploaded anew is
+    // downloaded again, even at the same size (its entity tag changed).
     let config = got.teacher_dir.join("config.json");
     let kept = vec![b' '; std::fs::metadata(&config).unwrap().len() as usize];
     std::fs::write(&config, &kept).unwrap();
-    std::fs::write(got.teacher_dir.join("tokenizer.json"), b"{}").unwrap();
+    let retrained = vec![b'x'; std::fs::metadata(teacher.join("tokenizer.json")).unwrap().len() as usize];
+    let upload = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(upload.path(), &retrained).unwrap();
+    store.put_file(upload.path(), "s3://models/minilm/tokenizer.json").await.unwrap();
     let again = resolver.materialize("s3://models/minilm", Kind::Directory).unwrap();
-    assert_eq!(std::fs::read(again.join("config.json")).unwrap(), kept);
-    assert_eq!(
-        std::fs::read(again.join("tokenizer.json")).unwrap(),
-        std::fs::read(teacher.join("tokenizer.json")).unwrap()
-    );
+    assert_eq!(std::fs::read(again.join("config.json")).unwrap(), kept, "an unchanged object is not downloaded");
+    assert_eq!(std::fs::read(again.join("tokenizer.json")).unwrap(), retrained, "a changed object is");
+    store.put_file(&teacher.join("tokenizer.json"), "s3://models/minilm/tokenizer.json").await.unwrap();
 
     // What is not there is named, and permanent: the job's spec must change.
     for (uri, kind) in [("s3://models/nothing-here", Kind::Directory), ("s3://data/missing.csv", Kind::File)] {

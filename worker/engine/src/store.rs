@@ -7,7 +7,8 @@
 //! every pod, else `<setup cache>/work`), which is laid out as
 //!
 //! - `inputs/<bucket>/<key>`: inputs ([`Resolver::fetch`]): a file downloaded again on every
-//!   run; a directory (a teacher) keeps each file already there with the size of its object;
+//!   run; a directory (a teacher) keeps each file already there while its object's entity tag
+//!   is the one recorded at download (`.distillery-sources.json`);
 //! - `artifacts/<sha256 of the manifest>`: artifacts to inspect or benchmark, each file checked
 //!   against the manifest ([`Resolver::fetch_artifact`]);
 //! - `runs/<bucket>/<key>`: a distillation run writing to `s3://` trains here (checkpoints
@@ -19,11 +20,15 @@
 //! `DISTILLERY_S3_FORCE_PATH_STYLE`); credentials always from the environment
 //! (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, else the default chain).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
 pub use distillery_crds::manifest::{sha256, sha256_file};
-pub use distillery_store::{Location, S3Settings, Store, StoreError};
+pub use distillery_store::{Listed, Location, S3Settings, Store, StoreError};
+
+/// The file in a downloaded directory that records each file's entity tag at download.
+const SOURCES: &str = ".distillery-sources.json";
 
 /// The environment variable naming the work directory.
 pub const WORK_DIR_ENV: &str = "DISTILLERY_WORK_DIR";
@@ -99,8 +104,8 @@ impl Resolver {
 
     /// The local path of `uri`: a plain path or a `file://` URI as it is; an `s3://` object
     /// downloaded into `inputs/` of the work directory — a [`Kind::File`] on every call, a
-    /// [`Kind::Directory`] (every object under the prefix) keeping the files already there with
-    /// the size of their objects.
+    /// [`Kind::Directory`] (every object under the prefix, folder markers left out) keeping the
+    /// files already there whose objects have not changed since (same entity tag and size).
     pub async fn fetch(&self, uri: &str, kind: Kind) -> Result<PathBuf, StoreError> {
         if !uri.contains("://") {
             return Ok(PathBuf::from(uri));
@@ -121,24 +126,39 @@ impl Resolver {
                 files = 1;
             }
             Kind::Directory => {
-                let listed = self.store.list(uri).await?;
+                let listed = self.store.list_objects(uri).await?;
                 if listed.is_empty() {
                     return Err(StoreError::NotFound {
                         uri: uri.into(),
                         message: "no objects under this prefix".into(),
                     });
                 }
+                // A file downloaded before is kept while its object's entity tag is the one
+                // recorded then: a re-uploaded object of the same size is downloaded again.
+                let record_path = local.join(SOURCES);
+                let recorded: BTreeMap<String, String> = std::fs::read(&record_path)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                    .unwrap_or_default();
+                let mut record = BTreeMap::new();
                 let base = uri.trim_end_matches('/');
-                for (name, size) in listed {
+                for Listed { name, size, e_tag } in listed {
                     let object = format!("{base}/{name}");
                     let path = local.join(relative(&object, &name)?);
-                    if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size) {
+                    let unchanged = e_tag.is_some() && recorded.get(&name) == e_tag.as_ref();
+                    if unchanged && std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size) {
                         kept += 1;
-                        continue;
+                    } else {
+                        bytes += self.store.download(&object, &path).await?;
+                        files += 1;
                     }
-                    bytes += self.store.download(&object, &path).await?;
-                    files += 1;
+                    if let Some(tag) = e_tag {
+                        record.insert(name, tag);
+                    }
                 }
+                let json = serde_json::to_vec_pretty(&record).expect("a map of strings serializes");
+                write_atomically(&record_path, &json)
+                    .map_err(|source| StoreError::Io { path: record_path.clone(), source })?;
             }
         }
         eprintln!(

@@ -229,10 +229,12 @@ impl StoreError {
             }
             object_store::Error::NotFound { source, .. } => StoreError::NotFound { uri, message: source.to_string() },
             other => {
+                // object_store reports some refusals (a list's, for one) as generic errors: the
+                // S3 error code or the status in the message says what they are.
                 let message = other.to_string();
                 if message.contains("NoSuchBucket") {
                     StoreError::NotFound { uri, message }
-                } else if message.contains("AccessDenied") || message.contains("InvalidAccessKeyId") {
+                } else if DENIED.iter().any(|code| message.contains(code)) {
                     StoreError::Denied { uri, message }
                 } else {
                     StoreError::Store { uri, message }
@@ -240,6 +242,45 @@ impl StoreError {
             }
         }
     }
+}
+
+/// What in a store's error says the credentials or the request were refused: S3's error codes
+/// for bad, expired or unauthorised credentials, and the statuses themselves.
+const DENIED: [&str; 9] = [
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AllAccessDisabled",
+    "403 Forbidden",
+    "401 Unauthorized",
+];
+
+/// The endpoint object_store is given for `bucket`. With path-style addressing, the store's own
+/// endpoint. With virtual-hosted style object_store takes a configured endpoint as the bucket's
+/// own address, so the bucket goes in front of the host (`https://bucket.minio.example`), as a
+/// virtual-hosted store expects.
+fn client_endpoint(endpoint: &str, bucket: &str, path_style: bool) -> String {
+    if path_style {
+        return endpoint.to_string();
+    }
+    match endpoint.split_once("://") {
+        Some((scheme, host)) => format!("{scheme}://{bucket}.{host}"),
+        None => format!("{bucket}.{endpoint}"),
+    }
+}
+
+/// One object under a listed prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key relative to the prefix.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its entity tag, which changes whenever the object does (`None` for local files).
+    pub e_tag: Option<String>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -281,7 +322,9 @@ impl Store {
         let Location::S3 { bucket, key } = Location::parse(uri)? else { return Ok(None) };
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&bucket).with_retry(retry_config());
         if let Some(endpoint) = &self.s3.endpoint {
-            builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+            builder = builder
+                .with_endpoint(client_endpoint(endpoint, &bucket, self.s3.force_path_style))
+                .with_allow_http(endpoint.starts_with("http://"));
         }
         if let Some(region) = &self.s3.region {
             builder = builder.with_region(region);
@@ -400,25 +443,37 @@ impl Store {
 
     /// Every object under the prefix `uri`, as (path relative to it, size), sorted.
     pub async fn list(&self, uri: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self.list_objects(uri).await?.into_iter().map(|o| (o.name, o.size)).collect())
+    }
+
+    /// Every object under the prefix `uri`, sorted by name. Folder markers — the empty objects
+    /// consoles and sync tools create for a "directory" that holds other objects — are left
+    /// out: they are not files.
+    pub async fn list_objects(&self, uri: &str) -> Result<Vec<Listed>, StoreError> {
         let Some(b) = self.bucket(uri)? else {
             let Location::File(root) = Location::parse(uri)? else { unreachable!() };
             let mut out = Vec::new();
             list_local(&root, &root, &mut out)?;
             out.sort();
-            return Ok(out);
+            return Ok(out.into_iter().map(|(name, size)| Listed { name, size, e_tag: None }).collect());
         };
         let prefix = ObjectPath::from(b.key.as_str());
         let objects: Vec<_> =
             b.client.list(Some(&prefix)).try_collect().await.map_err(|e| StoreError::from_store(uri, e))?;
-        let mut out: Vec<(String, u64)> = objects
+        let mut out: Vec<Listed> = objects
             .into_iter()
             .filter_map(|o| {
                 let full = o.location.to_string();
                 let rest = full.strip_prefix(b.key.as_str())?.trim_start_matches('/').to_string();
-                (!rest.is_empty()).then_some((rest, o.size))
+                (!rest.is_empty()).then_some(Listed { name: rest, size: o.size, e_tag: o.e_tag })
             })
             .collect();
-        out.sort();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<String> = out.iter().map(|o| o.name.clone()).collect();
+        out.retain(|o| {
+            let folder = format!("{}/", o.name);
+            o.size > 0 || !names.iter().any(|n| n.starts_with(&folder))
+        });
         Ok(out)
     }
 
@@ -526,6 +581,31 @@ fn list_local(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtual_hosted_endpoints_put_the_bucket_before_the_host() {
+        assert_eq!(client_endpoint("http://minio:9000", "models", true), "http://minio:9000");
+        assert_eq!(
+            client_endpoint("https://abc.r2.cloudflarestorage.com", "models", false),
+            "https://models.abc.r2.cloudflarestorage.com"
+        );
+    }
+
+    #[test]
+    fn refusals_object_store_reports_as_generic_errors_are_denials() {
+        let generic = |text: &str| object_store::Error::Generic { store: "S3", source: text.to_string().into() };
+        for text in [
+            "Error performing list request: Server returned non-2xx status code: 403 Forbidden: <Code>SignatureDoesNotMatch</Code>",
+            "Client error with status 400 Bad Request: <Code>ExpiredToken</Code>",
+        ] {
+            let e = StoreError::from_store("s3://b/k", generic(text));
+            assert!(matches!(e, StoreError::Denied { .. }) && e.is_permanent(), "{e}");
+            assert!(e.to_string().starts_with("s3://b/k: access denied"), "{e}");
+        }
+        let e =
+            StoreError::from_store("s3://b/k", generic("Server returned non-2xx status code: 503 Service Unavailable"));
+        assert!(matches!(e, StoreError::Store { .. }) && !e.is_permanent(), "{e}");
+    }
 
     #[test]
     fn uris_are_file_paths_or_bucket_keys() {
