@@ -81,6 +81,11 @@ pub fn report_uri(spec: &BenchmarkSpec, name: &str, first_artifact: Option<&str>
         return Some(uri.trim_end_matches('/').to_string());
     }
     let (parent, _) = first_artifact?.trim_end_matches('/').rsplit_once('/')?;
+    // An artifact at the root of a bucket (`s3://bucket`) or of the file system has no parent
+    // to write beside: the spec must name a reportUri.
+    if parent.ends_with(":/") || parent.ends_with("://") {
+        return None;
+    }
     Some(format!("{parent}/benchmarks/{name}"))
 }
 
@@ -429,6 +434,10 @@ mod tests {
         let first = first.as_deref();
         assert_eq!(report_uri(&spec, "cmp", first).as_deref(), Some("file:///artifacts/benchmarks/cmp"));
         assert_eq!(report_uri(&spec, "cmp", None), None);
+        let beside = |artifact: &str| report_uri(&spec, "cmp", Some(artifact));
+        assert_eq!(beside("s3://models/students/g1-0a1b2c3d").as_deref(), Some("s3://models/students/benchmarks/cmp"));
+        assert_eq!(beside("s3://models"), None, "a bucket's root has no parent to write beside");
+        assert_eq!(beside("file:///minilm"), None);
         let spec = BenchmarkSpec { report_uri: Some("file:///reports/x/".into()), ..spec };
         assert_eq!(report_uri(&spec, "cmp", first).as_deref(), Some("file:///reports/x"));
     }

@@ -220,7 +220,13 @@ pub async fn check_remote_output(store: &Store, uri: &str, spec_hash: &str) -> R
     }
     let base = uri.trim_end_matches('/');
     let manifest = store.get(&format!("{base}/{MANIFEST_FILE}")).await?;
-    let job = store.get(&format!("{base}/{}", onnx_artifact::JOB_FILE)).await.ok();
+    // A missing job.json is an artifact without one; any other failure to read it is an error,
+    // not a reason to judge the artifact another spec's.
+    let job = match store.get(&format!("{base}/{}", onnx_artifact::JOB_FILE)).await {
+        Ok(bytes) => Some(bytes),
+        Err(StoreError::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
     check_existing(uri, &manifest, job.as_deref(), spec_hash)
 }
 
