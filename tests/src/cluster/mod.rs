@@ -95,8 +95,8 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 fn binary_packages(name: &str) -> &'static [&'static str] {
     match name {
         "distillery-operator" => &["operator", "crds"],
-        "distillery-worker" => &["worker/engine", "worker/server", "worker/store", "crds"],
-        "distillery-server" => &["worker/server", "worker/store", "crds"],
+        "distillery-worker" => &["worker/engine", "worker/model", "worker/store", "crds"],
+        "distillery-server" => &["worker/server", "worker/model", "worker/store", "crds"],
         _ => &[],
     }
 }

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Result as CandleResult, Tensor};
 
-pub use distillery_server::tokenize::{TokenizerError, encode_all, load_tokenizer, truncating};
+pub use distillery_model::tokenize::{TokenizerError, encode_all, load_tokenizer, truncating};
 
 /// `(input_ids, attention_mask)`, both `(batch, longest)` u32, padding with id 0.
 pub fn pad(sequences: &[&[u32]], device: &Device) -> CandleResult<(Tensor, Tensor)> {
@@ -12,7 +12,7 @@ pub fn pad(sequences: &[&[u32]], device: &Device) -> CandleResult<(Tensor, Tenso
     Ok((Tensor::from_vec(padded.ids, shape, device)?, Tensor::from_vec(padded.mask, shape, device)?))
 }
 
-pub use distillery_server::session::Padded;
+pub use distillery_model::session::Padded;
 
 #[cfg(test)]
 mod tests {

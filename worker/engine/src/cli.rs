@@ -14,7 +14,7 @@ use candle_core::Device;
 use distillery_crds::cache::cache_dir;
 
 use distillery_crds::manifest::{FP32_MODEL, OnnxVariant};
-use distillery_server::artifact::{ServedArtifact, VariantChoice};
+use distillery_model::artifact::{ServedArtifact, VariantChoice};
 
 use crate::distill::{DistillError, ErrorPolicy};
 use crate::progress::{self, Event, ProgressStage};
@@ -794,7 +794,7 @@ fn predict(
     let (served, bytes) = ServedArtifact::load(artifact, variant).map_err(|e| e.to_string())?;
     let texts = texts_for(Some(artifact), texts)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let ids = distillery_server::tokenize::encode_all(&served.tokenizer, &refs).map_err(|e| e.to_string())?;
+    let ids = distillery_model::tokenize::encode_all(&served.tokenizer, &refs).map_err(|e| e.to_string())?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut model = onnx::runtime::OnnxModel::new(&bytes, threads).map_err(|e| e.to_string())?;
     let logits = model.logits(&ids, batch_size).map_err(|e| e.to_string())?;
@@ -802,7 +802,7 @@ fn predict(
         .iter()
         .zip(&logits)
         .map(|(text, l)| {
-            let label = &served.labels[distillery_server::protocol::argmax(l)];
+            let label = &served.labels[distillery_model::argmax(l)];
             serde_json::json!({"text": text, "label": label, "logits": l}).to_string()
         })
         .collect();

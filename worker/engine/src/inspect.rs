@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use distillery_crds::manifest::{MANIFEST_FILE, sha256_file};
-use distillery_server::artifact::{self, ArtifactError, ServedArtifact, VariantChoice};
+use distillery_model::artifact::{self, ArtifactError, ServedArtifact, VariantChoice};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Resolver, StoreError, block_on, is_remote};

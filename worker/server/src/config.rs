@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::artifact::VariantChoice;
 use crate::batching::BatchLimits;
+use distillery_model::artifact::VariantChoice;
 
 /// ONNX Runtime inference server for Distillery model artifacts, speaking the KServe V2 Open
 /// Inference Protocol over HTTP.

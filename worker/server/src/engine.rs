@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::batching::{BatchLimits, Job, Queue, Reply, plan_runs};
 use crate::metrics::Metrics;
 use crate::protocol::{Prediction, argmax, softmax};
-use crate::session::OnnxSession;
+use distillery_model::session::OnnxSession;
 
 /// The running model threads.
 pub struct Engine {

@@ -26,11 +26,11 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tokenizers::Tokenizer;
 
-use crate::artifact::ServedArtifact;
 use crate::batching::{Job, PushError, Queue};
 use crate::metrics::Metrics;
 use crate::protocol::{InferResponse, Inputs, OUTPUT_NAMES, output_tensors, parse_infer};
-use crate::tokenize::encode_all;
+use distillery_model::artifact::ServedArtifact;
+use distillery_model::tokenize::encode_all;
 
 /// Seconds a client is told to wait after a 429 or 503.
 pub const RETRY_AFTER_SECONDS: u64 = 1;

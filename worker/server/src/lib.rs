@@ -8,7 +8,6 @@
 //! [`serve`] loads the artifact ([`artifact`]) while the server is already live, warms the model
 //! up, turns ready, and on shutdown drains in-flight requests before it returns.
 
-pub mod artifact;
 pub mod batching;
 pub mod config;
 pub mod engine;
@@ -16,9 +15,6 @@ pub mod http;
 pub mod metrics;
 pub mod process;
 pub mod protocol;
-pub mod runtime;
-pub mod session;
-pub mod tokenize;
 
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::Ordering;
@@ -27,13 +23,13 @@ use std::time::Duration;
 
 use ort::environment::Environment;
 
-use crate::artifact::{ArtifactError, ServedArtifact};
 use crate::batching::Queue;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::Shared;
 use crate::metrics::{Metrics, ModelLabels};
-use crate::session::{OnnxSession, SessionError};
+use distillery_model::artifact::{self, ArtifactError, ServedArtifact};
+use distillery_model::session::{OnnxSession, SessionError};
 
 /// Why the server stopped with an error. Every one ends the process with a non-zero status.
 #[derive(Debug, thiserror::Error)]

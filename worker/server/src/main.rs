@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         tracing_subscriber::EnvFilter::new("info")
     });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match distillery_server::runtime::load(config.ort_library.as_deref()) {
+    let runtime = match distillery_model::runtime::load(config.ort_library.as_deref()) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("distillery-server: {e}");

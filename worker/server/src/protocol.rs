@@ -84,14 +84,7 @@ pub struct InferRequest {
     pub outputs: Vec<Output>,
 }
 
-/// What a token-id request must respect: the model's vocabulary and position table.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Token ids must be below this.
-    pub vocab_size: usize,
-    /// Sequences may be at most this long.
-    pub max_positions: usize,
-}
+pub use distillery_model::artifact::Limits;
 
 #[derive(Deserialize)]
 struct RawRequest {
@@ -417,10 +410,7 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exp.into_iter().map(|e| e / sum).collect()
 }
 
-/// Index of the largest value (the first on ties).
-pub fn argmax(values: &[f32]) -> usize {
-    values.iter().enumerate().fold(0, |best, (k, &v)| if v > values[best] { k } else { best })
-}
+pub use distillery_model::argmax;
 
 /// The output tensors `outputs` asks for, from `prediction`.
 pub fn output_tensors(outputs: &[Output], prediction: &Prediction, labels: &[String]) -> Vec<OutputTensor> {

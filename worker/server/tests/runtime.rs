@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use distillery_server::runtime::{RuntimeError, load};
+use distillery_model::runtime::{RuntimeError, load};
 
 #[test]
 fn bad_paths_are_explained() {

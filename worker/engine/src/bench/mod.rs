@@ -293,7 +293,7 @@ async fn probe_metrics(pods: &[Url]) -> Result<Probe, String> {
 
 /// CPU and memory from `/proc/<pid>`; the request count from the server's own `/metrics`.
 async fn probe_process(pid: u32, metrics: &Url) -> Result<Probe, String> {
-    let stats = distillery_server::process::stats(Some(pid)).map_err(|e| e.to_string())?;
+    let stats = distillery_model::process::stats(Some(pid)).map_err(|e| e.to_string())?;
     let (_, requests, _) = probe_metrics(std::slice::from_ref(metrics)).await?;
     Ok((stats.cpu_seconds, requests, stats.peak_resident_bytes))
 }

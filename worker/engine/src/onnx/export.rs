@@ -19,7 +19,7 @@ use distillery_crds::distillation::Pooling;
 use super::graph::{Attr, Dim, GraphBuilder};
 use crate::model::EncoderConfig;
 
-pub use distillery_server::session::{EMBEDDING, INPUTS, LOGITS};
+pub use distillery_model::session::{EMBEDDING, INPUTS, LOGITS};
 /// The classifier's weight: the head's last step, which quantization leaves in fp32.
 pub const HEAD_WEIGHT: &str = "classifier.weight";
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use distillery_server::session::{OnnxSession, SessionError};
+use distillery_model::session::{OnnxSession, SessionError};
 use ort::environment::Environment;
 
 /// Why ONNX Runtime could not run a model.
@@ -14,7 +14,7 @@ use ort::environment::Environment;
 pub enum RuntimeError {
     /// The library could not be loaded (missing, wrong version).
     #[error(transparent)]
-    Load(#[from] distillery_server::runtime::RuntimeError),
+    Load(#[from] distillery_model::runtime::RuntimeError),
     /// ONNX Runtime refused the model or failed running it.
     #[error("ONNX Runtime: {0}")]
     Ort(String),
@@ -30,13 +30,13 @@ static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
 
 /// Loads ONNX Runtime once per process from `library`; when `None`, from `ORT_DYLIB_PATH`, else
 /// from where scripts/setup.sh puts it (the same rule as `distillery-server`:
-/// [`distillery_server::runtime::load`]). After a success, later calls do nothing; after a
+/// [`distillery_model::runtime::load`]). After a success, later calls do nothing; after a
 /// failure, the next call tries again.
 pub fn init(library: Option<&Path>) -> Result<(), RuntimeError> {
     let mut env = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
     if env.is_none() {
         let path = library.map(Path::to_path_buf).or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from));
-        *env = Some(distillery_server::runtime::load(path.as_deref())?.environment);
+        *env = Some(distillery_model::runtime::load(path.as_deref())?.environment);
     }
     Ok(())
 }

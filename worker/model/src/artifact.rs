@@ -12,8 +12,16 @@ use distillery_crds::manifest::{ArtifactManifest, FP32_MODEL, INT8_MODEL, MANIFE
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::protocol::Limits;
 use crate::tokenize::load_tokenizer;
+
+/// What a token-id request must respect: the model's vocabulary and position table.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Token ids must be below this.
+    pub vocab_size: usize,
+    /// Sequences may be at most this long.
+    pub max_positions: usize,
+}
 
 /// Which ONNX file to serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
