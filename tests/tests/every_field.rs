@@ -39,18 +39,18 @@ const DJ_BUILD: &str = "operator/src/distillation/build.rs";
 const MD_BUILD: &str = "operator/src/modeldeployment/build.rs";
 const MD_ROLLOUT: &str = "operator/src/modeldeployment/rollout.rs";
 const MD_MOD: &str = "operator/src/modeldeployment/mod.rs";
-const DATA: &str = "worker/engine/src/data.rs";
-const INPUTS: &str = "worker/engine/src/inputs.rs";
+const DATA: &str = "worker/engine/src/data/dataset.rs";
+const INPUTS: &str = "worker/engine/src/data/inputs.rs";
 const READ_DATASET: &str = "fn read_dataset(";
 const READ_TRANSFER: &str = "fn read_transfer(";
-const DISTILL: &str = "worker/engine/src/distill.rs";
-const PREPARE: &str = "worker/engine/src/prepare.rs";
-const STUDENT: &str = "worker/engine/src/student.rs";
-const ANALYZE: &str = "worker/engine/src/analyze.rs";
+const DISTILL: &str = "worker/engine/src/pipeline/mod.rs";
+const PREPARE: &str = "worker/engine/src/teacher/prepare.rs";
+const STUDENT: &str = "worker/engine/src/student/mod.rs";
+const ANALYZE: &str = "worker/engine/src/serve/analyze.rs";
 const JUDGE: &str = "crds/src/analysis.rs";
 const READ_GOLDEN: &str = "pub async fn read_golden(";
-const BENCH: &str = "worker/engine/src/bench/mod.rs";
-const BENCH_PLAN: &str = "worker/engine/src/bench/plan.rs";
+const BENCH: &str = "worker/engine/src/serve/bench/mod.rs";
+const BENCH_PLAN: &str = "worker/engine/src/serve/bench/plan.rs";
 const BENCH_BUILD: &str = "operator/src/benchmark/build.rs";
 const BENCH_OBSERVE: &str = "operator/src/benchmark/observe.rs";
 
@@ -78,7 +78,7 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("DistillationJob", "spec.output.uri", Read(DJ_BUILD, "spec.output.uri")),
     // …and the worker runs the rest.
     ("DistillationJob", "spec.task", Read(DISTILL, "s.task")),
-    ("DistillationJob", "spec.teacher.uri", Read("worker/engine/src/inputs.rs", "spec.teacher.uri")),
+    ("DistillationJob", "spec.teacher.uri", Read("worker/engine/src/data/inputs.rs", "spec.teacher.uri")),
     ("DistillationJob", "spec.teacher.pooling", Read(PREPARE, ".pooling")),
     ("DistillationJob", "spec.teacher.head.mode", Read(PREPARE, "head_spec.mode")),
     ("DistillationJob", "spec.teacher.head.trainableLayers", Read(PREPARE, ".trainable_layers")),
@@ -114,8 +114,12 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("DistillationJob", "spec.dataset.validationSplit.fraction", Read(DATA, ".fraction")),
     ("DistillationJob", "spec.dataset.validationSplit.byGroup", Read(DATA, ".by_group")),
     ("DistillationJob", "spec.dataset.validationSplit.seed", Read(DATA, "split.seed")),
-    ("DistillationJob", "spec.dataset.maxSequenceLength", Read("worker/engine/src/inputs.rs", ".max_sequence_length")),
-    ("DistillationJob", "spec.dataset.maxExamples", Read("worker/engine/src/inputs.rs", ".max_examples")),
+    (
+        "DistillationJob",
+        "spec.dataset.maxSequenceLength",
+        Read("worker/engine/src/data/inputs.rs", ".max_sequence_length"),
+    ),
+    ("DistillationJob", "spec.dataset.maxExamples", Read("worker/engine/src/data/inputs.rs", ".max_examples")),
     (
         "DistillationJob",
         "spec.dataset.transferSet.uri",
@@ -125,9 +129,9 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("DistillationJob", "spec.dataset.transferSet.compression", ReadIn(DATA, READ_TRANSFER, "spec.compression")),
     ("DistillationJob", "spec.dataset.transferSet.textField", ReadIn(DATA, READ_TRANSFER, "spec.text_field")),
     ("DistillationJob", "spec.loss.alpha", Read(DISTILL, ".alpha")),
-    ("DistillationJob", "spec.loss.temperature.start", Read("worker/engine/src/schedule.rs", "spec.start")),
-    ("DistillationJob", "spec.loss.temperature.end", Read("worker/engine/src/schedule.rs", "spec.end")),
-    ("DistillationJob", "spec.loss.temperature.schedule", Read("worker/engine/src/schedule.rs", "spec.schedule")),
+    ("DistillationJob", "spec.loss.temperature.start", Read("worker/engine/src/train/schedule.rs", "spec.start")),
+    ("DistillationJob", "spec.loss.temperature.end", Read("worker/engine/src/train/schedule.rs", "spec.end")),
+    ("DistillationJob", "spec.loss.temperature.schedule", Read("worker/engine/src/train/schedule.rs", "spec.schedule")),
     ("DistillationJob", "spec.loss.featureAlignment.kind", Read(DISTILL, "f.kind")),
     ("DistillationJob", "spec.loss.featureAlignment.weight", Read(DISTILL, "f.weight")),
     ("DistillationJob", "spec.loss.featureAlignment.layerMap[].student", Read(DISTILL, "p.student")),

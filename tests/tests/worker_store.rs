@@ -15,9 +15,10 @@ use distillery_crds::manifest::{ArtifactManifest, MANIFEST_FILE, sha256};
 use distillery_store::{S3Settings, Store, StoreError};
 use distillery_tests::cluster::workspace_binary;
 use distillery_tests::s3::Moto;
-use distillery_worker::distill::{self, DistillError, ErrorPolicy};
+use distillery_worker::data::inputs;
+use distillery_worker::pipeline::{self, DistillError, ErrorPolicy};
+use distillery_worker::spec;
 use distillery_worker::store::{Kind, Resolver};
-use distillery_worker::{inputs, spec};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-key";
@@ -193,26 +194,26 @@ async fn an_s3_output_is_checked_before_training_and_published_files_first() {
     let job = small_job();
     let mut other = job.clone();
     other.spec.training.seed += 1;
-    let (ours, theirs) = (distill::spec_hash(&job), distill::spec_hash(&other));
+    let (ours, theirs) = (pipeline::spec_hash(&job), pipeline::spec_hash(&other));
 
     // Published: every file, the manifest last; the manifest's digest returned.
     let uri = "s3://artifacts/small/g1-0a1b2c3d";
-    let (dir, _) = distill::output_location(&job, Some(uri), &resolver).unwrap();
+    let (dir, _) = pipeline::output_location(&job, Some(uri), &resolver).unwrap();
     assert_eq!(dir, work.path().join("runs/artifacts/small/g1-0a1b2c3d"), "trained in the work directory");
-    distill::check_remote_output(resolver.store(), uri, &ours).await.unwrap();
+    pipeline::check_remote_output(resolver.store(), uri, &ours).await.unwrap();
     let staged = staged_artifact(&job, &ours);
-    let digest = distill::publish(&resolver, staged.path(), uri, &ours).unwrap();
+    let digest = pipeline::publish(&resolver, staged.path(), uri, &ours).unwrap();
     assert_eq!(digest, sha256(&std::fs::read(staged.path().join(MANIFEST_FILE)).unwrap()));
     let listed: Vec<String> = resolver.store().list(uri).await.unwrap().into_iter().map(|(n, _)| n).collect();
     assert_eq!(listed, [MANIFEST_FILE, "job.json", "model.onnx"]);
 
     // The same spec again (a rerun) may replace it; another spec's run may not, before training
     // or when publishing.
-    distill::check_remote_output(resolver.store(), uri, &ours).await.unwrap();
-    let e = distill::check_remote_output(resolver.store(), uri, &theirs).await.unwrap_err();
+    pipeline::check_remote_output(resolver.store(), uri, &ours).await.unwrap();
+    let e = pipeline::check_remote_output(resolver.store(), uri, &theirs).await.unwrap_err();
     assert!(matches!(e, DistillError::Immutable { .. }) && e.policy() == ErrorPolicy::WaitForSpecChange, "{e}");
     assert!(e.to_string().contains(uri) && e.to_string().contains("another spec"), "{e}");
-    let e = distill::publish(&resolver, staged_artifact(&other, &theirs).path(), uri, &theirs).unwrap_err();
+    let e = pipeline::publish(&resolver, staged_artifact(&other, &theirs).path(), uri, &theirs).unwrap_err();
     assert!(matches!(e, DistillError::Immutable { .. }), "{e}");
 
     // Through the command, before any training: exit 2 (permanent) naming the location, for a

@@ -17,7 +17,9 @@
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use distillery_crds::distillation::{Pooling, Schedule, TemperatureSchedule};
-use distillery_worker::{classifier::Classifier, init, model::EncoderConfig, train::*};
+use distillery_worker::model::{classifier::Classifier, encoder::EncoderConfig};
+use distillery_worker::student::init;
+use distillery_worker::train::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;

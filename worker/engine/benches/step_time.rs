@@ -10,8 +10,11 @@
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use distillery_crds::distillation::{Pooling, Schedule, TemperatureSchedule};
-use distillery_worker::inputs::{self, Inputs};
-use distillery_worker::{classifier::Classifier, init, model::EncoderConfig, spec, train::*};
+use distillery_worker::data::inputs::{self, Inputs};
+use distillery_worker::model::{classifier::Classifier, encoder::EncoderConfig};
+use distillery_worker::spec;
+use distillery_worker::student::init;
+use distillery_worker::train::*;
 use std::path::PathBuf;
 use std::time::Instant;
 

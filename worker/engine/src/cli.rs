@@ -16,9 +16,10 @@ use distillery_crds::cache::cache_dir;
 use distillery_crds::manifest::{FP32_MODEL, OnnxVariant};
 use distillery_model::artifact::{ServedArtifact, VariantChoice};
 
-use crate::distill::{DistillError, ErrorPolicy};
+use crate::pipeline::{DistillError, ErrorPolicy};
 use crate::progress::{self, Event, ProgressStage};
-use crate::{analyze, bench, cluster, distill, inspect, loadgen, onnx, spec};
+use crate::serve::{analyze, bench, inspect, loadgen};
+use crate::{cluster, onnx, pipeline, spec};
 
 /// Distillery's worker: knowledge distillation, export, quantization, evaluation and load tests.
 #[derive(Parser, Debug)]
@@ -615,8 +616,8 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, Failure> {
         Source::Inline(text) => spec::parse(text, Path::new("$DISTILLERY_JOB")),
     }
     .map_err(|e| Failure::permanent(e.to_string()))?;
-    let resolver = crate::inputs::resolver(&job).map_err(|e| Failure::permanent(e.to_string()))?;
-    let (output, uri) = distill::output_location(&job, options.output.as_deref(), &resolver).map_err(|e| {
+    let resolver = crate::data::inputs::resolver(&job).map_err(|e| Failure::permanent(e.to_string()))?;
+    let (output, uri) = pipeline::output_location(&job, options.output.as_deref(), &resolver).map_err(|e| {
         let field = if options.output.is_some() { "--output" } else { "spec.output.uri" };
         Failure::permanent(format!("{field}: {e}"))
     })?;
@@ -636,22 +637,22 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, Failure> {
         stage: ProgressStage::Starting,
         message: format!("DistillationJob {name}: spec is valid; output {written_to}; device {device:?}"),
     });
-    let spec_hash = distill::spec_hash(&job);
+    let spec_hash = pipeline::spec_hash(&job);
     if remote {
         // Before the hours of work: the bucket is reachable and holds no other spec's artifact.
-        crate::store::block_on(distill::check_remote_output(resolver.store(), &uri, &spec_hash))?;
+        crate::store::block_on(pipeline::check_remote_output(resolver.store(), &uri, &spec_hash))?;
     }
-    let outcome = distill::run(&job, &output, &cache_dir(), &device, reporter.as_mut(), &resolver)?;
+    let outcome = pipeline::run(&job, &output, &cache_dir(), &device, reporter.as_mut(), &resolver)?;
     if remote {
         reporter.report(&Event::Stage {
             stage: ProgressStage::WritingArtifact,
             message: format!("uploading the artifact to {uri} (every file, then the manifest)"),
         });
-        distill::publish(&resolver, &output, &uri, &spec_hash)?;
+        pipeline::publish(&resolver, &output, &uri, &spec_hash)?;
     }
     let m = &outcome.manifest.metrics;
     println!("\nDistillationJob {name} — held-out accuracy on {} examples", m["heldOutExamples"]);
-    print!("{}", distill::table(&outcome.rows));
+    print!("{}", pipeline::table(&outcome.rows));
     let variants = &outcome.manifest.variants;
     if let (Some(fp32), Some(int8)) = (variants.get("fp32"), variants.get("int8")) {
         print!("{}", variant_table(fp32, int8));
@@ -763,7 +764,7 @@ fn read_texts(path: &Path) -> Result<Vec<String>, String> {
         compression: Compression::Auto,
         text_field: String::new(),
     };
-    let texts = crate::data::read_transfer(path, &spec).map_err(|e| e.to_string())?;
+    let texts = crate::data::dataset::read_transfer(path, &spec).map_err(|e| e.to_string())?;
     if texts.is_empty() {
         return Err(format!("{}: no texts (one per line)", path.display()));
     }

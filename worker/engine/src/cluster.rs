@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use crate::distill::Outcome;
+use crate::pipeline::Outcome;
 use crate::progress::{Event, ProgressStage, Reporter};
 
 /// The worker's field manager.

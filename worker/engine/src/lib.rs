@@ -1,46 +1,36 @@
 //! The Distillery worker: the data plane a DistillationJob's pod runs, and the README's main job
 //! run locally — same spec, same code path.
 //!
-//! `distill` ([`distill`]) reads and validates a DistillationJob spec exactly as the API server
-//! would ([`spec`]), loads the data ([`data`], [`inputs`]), prepares and caches the teacher
-//! ([`prepare`]), builds the student ([`student`]) and trains it by knowledge distillation
-//! ([`train`], [`loss`], [`align`]) on the encoder of [`model`] and its fused CPU kernels
-//! ([`fused`]), checkpointing ([`checkpoint`]) and reporting progress ([`progress`]), then writes the
-//! artifact. Then [`onnx`] exports the student to ONNX, checks it against candle in ONNX Runtime,
-//! quantizes it to int8 and decides, behind an accuracy and speed gate, which variant is served
-//! (also on their own: `distillery-worker export` and `quantize`). [`loadgen`] drives inference
-//! servers (`distillery-worker bench`), and `distillery-worker predict` gives a served model's
-//! offline predictions to compare a server with. For the operator's rollouts, [`inspect`] says
-//! which file a server would serve from an artifact and its sha256, and [`analyze`] runs one
-//! canary analysis between two served tracks.
+//! A DistillationJob is a pipeline of stages ([`pipeline`]), each in its folder:
+//!
+//! | stage | folder |
+//! | --- | --- |
+//! | read the spec exactly as the API server would | [`spec`] |
+//! | data: read, split, tokenize, batch | [`data`] |
+//! | teacher preparation and teacher outputs (cached) | [`teacher`] |
+//! | student: built from the spec or teacher layers, vocabulary pruning | [`student`] |
+//! | training: loop, loss, alignment, optimiser, schedules, checkpoints | [`train`] |
+//! | evaluation against baselines | [`evaluate`] |
+//! | the networks themselves (encoder, fused kernels, heads) | [`model`] |
+//! | artifact, ONNX export, int8 quantization and its gate | [`pipeline`], [`onnx`] |
+//!
+//! Around them: [`progress`] (a bar on a terminal, JSON lines in a pod) and [`cluster`] (the
+//! DistillationJob's `status.progress` when run by the operator), [`store`] (`file://` and
+//! `s3://` URIs), and [`serve`]: what the worker does with served models — which file a server
+//! would serve ([`serve::inspect`]), one canary analysis ([`serve::analyze`]), a Benchmark
+//! ([`serve::bench`]) and the load generator ([`serve::loadgen`]). [`cli`] is the command line.
 
-pub mod align;
-pub mod analyze;
-pub mod baseline;
-pub mod batch;
-pub mod bench;
-pub mod checkpoint;
-pub mod classifier;
 pub mod cli;
 pub mod cluster;
 pub mod data;
-pub mod distill;
-pub mod fused;
-pub mod init;
-pub mod inputs;
-pub mod inspect;
-pub mod loadgen;
-pub mod loss;
+pub mod evaluate;
 pub mod model;
 pub mod onnx;
-pub mod optim;
-pub mod prepare;
+pub mod pipeline;
 pub mod progress;
-pub mod runner;
-pub mod schedule;
+pub mod serve;
 pub mod spec;
 pub mod store;
 pub mod student;
 pub mod teacher;
 pub mod train;
-pub mod vocab;

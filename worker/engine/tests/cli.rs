@@ -235,8 +235,8 @@ fn run_with_transfer_and_alignment(dir: &Path) {
 /// transfer texts: none is from a held-out movie).
 fn transfer_texts(n: usize) -> Vec<String> {
     let job = distillery_worker::spec::load(&small_job()).unwrap();
-    let inputs = distillery_worker::inputs::load(&job).unwrap();
-    let full = distillery_worker::data::split(&inputs.dataset.examples, &job.spec.dataset.validation_split);
+    let inputs = distillery_worker::data::inputs::load(&job).unwrap();
+    let full = distillery_worker::data::dataset::split(&inputs.dataset.examples, &job.spec.dataset.validation_split);
     let used: std::collections::HashSet<usize> = inputs.split.train.iter().copied().collect();
     full.train
         .iter()
@@ -368,7 +368,7 @@ fn unset_variable_and_missing_file_are_explained() {
 fn a_teacher_directory_without_weights_is_named() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), "{}").unwrap();
-    let err = distillery_worker::teacher::inspect(dir.path()).unwrap_err().to_string();
+    let err = distillery_worker::teacher::model_dir::inspect(dir.path()).unwrap_err().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }
 

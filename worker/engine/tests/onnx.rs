@@ -8,13 +8,14 @@ use candle_core::{Device, Tensor};
 use candle_onnx::onnx::ModelProto;
 use distillery_crds::distillation::{Pooling, QuantizationSpec};
 use distillery_crds::manifest::{ArtifactManifest, FP32_MODEL, INT8_MODEL, MANIFEST_FILE};
-use distillery_worker::model::EncoderConfig;
+use distillery_worker::model::encoder::EncoderConfig;
 use distillery_worker::onnx::artifact::{EvalSet, export_artifact, quantize_artifact};
 use distillery_worker::onnx::export::{ClassifierWeights, export};
 use distillery_worker::onnx::quantize::{QuantizeOptions, WORD_EMBEDDINGS, quantizable, quantize};
 use distillery_worker::onnx::runtime::{self, OnnxModel};
 use distillery_worker::progress::Silent;
-use distillery_worker::{init, runner, train};
+use distillery_worker::student::init;
+use distillery_worker::train::{self, runner};
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -83,7 +84,7 @@ fn candle_logits(
     ids: &[Vec<u32>],
 ) -> Vec<Vec<f32>> {
     let vb = candle_nn::VarBuilder::from_tensors(tensors.clone(), candle_core::DType::F32, &Device::Cpu);
-    let model = distillery_worker::classifier::Classifier::new(c, classes, pooling, vb.clone(), vb).unwrap();
+    let model = distillery_worker::model::classifier::Classifier::new(c, classes, pooling, vb.clone(), vb).unwrap();
     let all: Vec<usize> = (0..ids.len()).collect();
     train::logits(&model, ids, &all, 8, &Device::Cpu).unwrap()
 }

@@ -5,7 +5,8 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use distillery_worker::{data, inputs, spec, store};
+use distillery_worker::data::{dataset as data, inputs};
+use distillery_worker::{spec, store};
 
 /// The local file of the job's dataset.
 fn dataset_path(job: &distillery_crds::DistillationJob) -> PathBuf {
@@ -35,7 +36,7 @@ fn rotten_tomatoes_reads_and_splits_by_movie() {
 
 #[test]
 fn bag_of_words_baseline_reaches_the_published_figure() {
-    use distillery_worker::baseline::{BagOfWords, BagOfWordsSettings};
+    use distillery_worker::evaluate::baseline::{BagOfWords, BagOfWordsSettings};
     let job = spec::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/local/distill.yaml")).unwrap();
     let ds_spec = &job.spec.dataset;
     let ds = data::read_dataset(&dataset_path(&job), ds_spec).unwrap();
@@ -54,14 +55,15 @@ fn bag_of_words_baseline_reaches_the_published_figure() {
 
 #[test]
 fn pruned_vocabulary_tokenizes_the_training_texts_unchanged() {
-    use distillery_worker::{inputs, vocab::Pruning};
+    use distillery_worker::data::inputs;
+    use distillery_worker::student::vocab::Pruning;
     let job = spec::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/local/distill.yaml")).unwrap();
     let inp = inputs::load(&job).unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(inp.teacher_dir.join("tokenizer.json")).unwrap()).unwrap();
     let used = inp.split.train.iter().flat_map(|&i| inp.ids[i].iter().copied());
     let pruning = Pruning::new(&json, used).unwrap();
-    let pruned = distillery_worker::batch::truncating(
+    let pruned = distillery_worker::data::batch::truncating(
         pruning.tokenizer(&json).unwrap(),
         job.spec.dataset.max_sequence_length as usize,
     )

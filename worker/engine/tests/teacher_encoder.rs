@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use distillery_worker::model::{Encoder, EncoderConfig, mean_pool};
+use distillery_worker::model::encoder::{Encoder, EncoderConfig, mean_pool};
 
 fn teacher_dir() -> PathBuf {
     distillery_crds::cache::cache_dir().join("teacher/all-minilm-l6-v2")

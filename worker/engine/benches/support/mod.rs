@@ -1,8 +1,8 @@
 //! What the benches share.
 
 use candle_core::Device;
-use distillery_worker::classifier::Classifier;
-use distillery_worker::optim::Trainer;
+use distillery_worker::model::classifier::Classifier;
+use distillery_worker::train::optim::Trainer;
 use distillery_worker::train::{Examples, FitSettings, Objective, fit};
 use std::time::Instant;
 

@@ -1,5 +1,5 @@
-//! The student as an ONNX graph (opset 17): the same computation as [`crate::model::Encoder`] and
-//! [`crate::classifier::Classifier`], node for node, with the trained weights as initializers.
+//! The student as an ONNX graph (opset 17): the same computation as [`crate::model::encoder::Encoder`] and
+//! [`crate::model::classifier::Classifier`], node for node, with the trained weights as initializers.
 //!
 //! Inputs `input_ids`, `attention_mask` and `token_type_ids` (BERT's segment ids; all zeros for
 //! single texts), int64 `(batch, sequence)` with both axes dynamic. Outputs `logits`
@@ -17,7 +17,7 @@ use candle_onnx::onnx::tensor_proto::DataType;
 use distillery_crds::distillation::Pooling;
 
 use super::graph::{Attr, Dim, GraphBuilder};
-use crate::model::EncoderConfig;
+use crate::model::encoder::EncoderConfig;
 
 pub use distillery_model::session::{EMBEDDING, INPUTS, LOGITS};
 /// The classifier's weight: the head's last step, which quantization leaves in fp32.

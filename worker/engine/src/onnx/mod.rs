@@ -10,7 +10,7 @@ pub mod graph;
 pub mod quantize;
 pub mod runtime;
 
-use crate::inputs::InputError;
+use crate::data::inputs::InputError;
 
 /// Why an artifact could not be exported or quantized.
 #[derive(Debug, thiserror::Error)]

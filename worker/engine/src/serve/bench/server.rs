@@ -9,8 +9,8 @@ use distillery_crds::common::ModelVariant;
 use hyper::body::Bytes;
 use serde::Serialize;
 
-use crate::analyze::{Client, Url};
-use crate::loadgen::text_request;
+use crate::serve::analyze::{Client, Url};
+use crate::serve::loadgen::text_request;
 
 /// How long a server may take to turn ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(180);

@@ -3,6 +3,9 @@
 //! training data uses (and a tokenizer rewritten to match), a factorized word-embedding table, and
 //! a position table cut to the longest input the tokenizer lets through.
 
+pub mod init;
+pub mod vocab;
+
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use distillery_crds::DistillationJob;
@@ -10,12 +13,11 @@ use distillery_crds::distillation::Pooling;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::batch::{encode_all, truncating};
-use crate::init;
-use crate::inputs::Inputs;
-use crate::model::EncoderConfig;
-use crate::prepare::PreparedTeacher;
-use crate::vocab::{Pruning, VocabError};
+use crate::data::batch::{encode_all, truncating};
+use crate::data::inputs::Inputs;
+use crate::model::encoder::EncoderConfig;
+use crate::student::vocab::{Pruning, VocabError};
+use crate::teacher::prepare::PreparedTeacher;
 
 /// Why the student could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder, linear};
 use distillery_crds::distillation::Pooling;
 
-use crate::model::{Encoder, EncoderConfig, EncoderOutput, cls_pool, mean_pool};
+use crate::model::encoder::{Encoder, EncoderConfig, EncoderOutput, cls_pool, mean_pool};
 
 /// Encoder + pooling + linear head.
 pub struct Classifier {

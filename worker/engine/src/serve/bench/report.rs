@@ -339,7 +339,7 @@ fn latency_chart(report: &BenchReport) -> String {
         return not_measured(id, title, "latency not measured");
     }
     // Up to the largest p99.9, so one slow outlier does not flatten every curve.
-    let top = series.iter().map(|(_, l)| crate::loadgen::percentile(l, 0.999)).fold(0.0, f64::max);
+    let top = series.iter().map(|(_, l)| crate::serve::loadgen::percentile(l, 0.999)).fold(0.0, f64::max);
     let frame = Frame { x_max: nice_max(top), y_min: 0.0, y_max: 1.0 };
     let mut svg = svg_open(id, title);
     frame.axes(&mut svg, "latency, ms", "share of requests", |v| format!("{:.0}%", v * 100.0));
@@ -569,7 +569,7 @@ mod tests {
     use distillery_crds::benchmark::{PairedDifference, TargetResult};
 
     use super::*;
-    use crate::loadgen::LevelReport;
+    use crate::serve::loadgen::LevelReport;
 
     fn target(name: &str, accuracy: f64, p99: f64, throughput: f64) -> TargetReport {
         TargetReport {

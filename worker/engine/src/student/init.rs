@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use crate::model::EncoderConfig;
+use crate::model::encoder::EncoderConfig;
 
 /// Inserts a copy of `tensor` into `map` as a trainable variable named `name`. The copy matters:
 /// `Var::from_tensor` shares storage with its source, so training a student built from teacher
@@ -290,7 +290,7 @@ mod tests {
         assert_ne!(snapshot(&a), snapshot(&random_encoder(&tiny(), 2, &Device::Cpu).unwrap()));
         // The model builds over the map without creating anything new.
         let before = a.all_vars().len();
-        crate::model::Encoder::new(&tiny(), VarBuilder::from_varmap(&a, DType::F32, &Device::Cpu)).unwrap();
+        crate::model::encoder::Encoder::new(&tiny(), VarBuilder::from_varmap(&a, DType::F32, &Device::Cpu)).unwrap();
         assert_eq!(a.all_vars().len(), before);
         let n: usize = a.all_vars().iter().map(|v| v.elem_count()).sum();
         assert_eq!(n as u64, tiny().parameters());

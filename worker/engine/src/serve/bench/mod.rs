@@ -9,7 +9,7 @@
 //! 1. **accuracy** on the labelled inputs, one text per request, and the paired comparison with
 //!    the first target (inputs only one of the two got right, a 95% interval on the difference);
 //! 2. **robustness**: accuracy on the same inputs perturbed ([`perturb`]);
-//! 3. **load**: warm-up requests, then the measured closed or open loop ([`crate::loadgen`]):
+//! 3. **load**: warm-up requests, then the measured closed or open loop ([`crate::serve::loadgen`]):
 //!    p50/p95/p99, throughput, errors by status;
 //! 4. **resources** over the load: server CPU seconds per 1,000 requests it answered and its peak
 //!    resident memory — from `/proc` for a server started here, from the pods' `/metrics` for a
@@ -35,8 +35,8 @@ use distillery_crds::common::ModelVariant;
 use hyper::body::Bytes;
 use serde::Serialize;
 
-use crate::analyze::{self, Client, GoldenError, GoldenRow, Url, golden_slice, label_texts, read_golden};
-use crate::loadgen::{self, LevelReport, LoadError, Stop, Warmup};
+use crate::serve::analyze::{self, Client, GoldenError, GoldenRow, Url, golden_slice, label_texts, read_golden};
+use crate::serve::loadgen::{self, LevelReport, LoadError, Stop, Warmup};
 use crate::store::{Resolver, StoreError, is_remote};
 use perturb::Kind;
 use plan::{Plan, PlanError, Source};

@@ -15,14 +15,14 @@ use distillery_crds::DistillationJob;
 use distillery_crds::distillation::{HeadMode, Pooling, TeacherHeadSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::align::HiddenTargets;
-use crate::classifier::Classifier;
-use crate::init::{self, layer_of};
-use crate::inputs::Inputs;
-use crate::model::EncoderConfig;
+use crate::data::inputs::Inputs;
+use crate::model::classifier::Classifier;
+use crate::model::encoder::EncoderConfig;
 use crate::progress::{Event, ProgressStage, Reporter};
-use crate::runner::{self, Checkpointing, RunError, RunSummary};
 use crate::store::{sha256, sha256_file};
+use crate::student::init::{self, layer_of};
+use crate::train::align::HiddenTargets;
+use crate::train::runner::{self, Checkpointing, RunError, RunSummary};
 use crate::train::{Examples, FitSettings, Objective, Rows, accuracy, outputs};
 
 /// Bumped whenever preparation itself changes, so older cached teachers are not reused.

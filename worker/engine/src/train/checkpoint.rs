@@ -79,7 +79,7 @@ pub struct Checkpoint {
     pub state: CheckpointState,
     /// The trained variables by name.
     pub variables: HashMap<String, Tensor>,
-    /// The optimiser state ([`crate::optim::Trainer::state`]).
+    /// The optimiser state ([`crate::train::optim::Trainer::state`]).
     pub optimizer: HashMap<String, Tensor>,
 }
 

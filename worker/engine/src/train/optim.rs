@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
-use crate::schedule::LearningRate;
+use crate::train::schedule::LearningRate;
 
 /// AdamW hyper-parameters (candle's defaults but for the learning rate, which the schedule sets).
 #[derive(Clone, Copy, Debug)]

@@ -1,19 +1,28 @@
 //! The training loop shared by teacher preparation (labels only) and distillation (labels and
 //! teacher logits), and batched evaluation.
 //!
-//! The data order of every epoch is [`crate::data::epoch_order`] of the seed and the epoch, so a
-//! run resumed at step `s` recomputes exactly the batches it had not done yet.
+//! The data order of every epoch is [`crate::data::dataset::epoch_order`] of the seed and the epoch, so a
+//! run resumed at step `s` recomputes exactly the batches it had not done yet. Around it: one run
+//! with checkpoints and progress ([`runner`]), the distillation loss ([`loss`]) and hidden-state
+//! alignment ([`align`]), the optimiser ([`optim`]), the temperature and learning-rate schedules
+//! ([`schedule`]) and checkpoints ([`checkpoint`]).
+
+pub mod align;
+pub mod checkpoint;
+pub mod loss;
+pub mod optim;
+pub mod runner;
+pub mod schedule;
 
 use candle_core::{Device, Result, Tensor, Var};
 use distillery_crds::distillation::{Schedule, TemperatureSchedule};
 
-use crate::align::HiddenAlignment;
-use crate::batch::pad;
-use crate::classifier::Classifier;
-use crate::data::bucketed_batches;
-use crate::loss;
-use crate::optim::{AdamWParams, StepStats, Trainer};
-use crate::schedule::{LearningRate, temperature};
+use crate::data::batch::pad;
+use crate::data::dataset::bucketed_batches;
+use crate::model::classifier::Classifier;
+use crate::train::align::HiddenAlignment;
+use crate::train::optim::{AdamWParams, StepStats, Trainer};
+use crate::train::schedule::{LearningRate, temperature};
 
 /// Optimisation settings of one training run.
 #[derive(Clone, Debug)]
@@ -267,8 +276,8 @@ pub fn accuracy(logits: &[Vec<f32>], labels: &[u32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::init::{named_vars, random_encoder, random_head};
-    use crate::model::EncoderConfig;
+    use crate::model::encoder::EncoderConfig;
+    use crate::student::init::{named_vars, random_encoder, random_head};
     use candle_core::DType;
     use candle_nn::VarBuilder;
     use distillery_crds::distillation::Pooling;
@@ -445,7 +454,7 @@ mod tests {
         let (ids, labels) = task(160);
         let train: Vec<usize> = (0..128).collect();
         let examples = Examples { ids: &ids, labels: &labels, indices: &train };
-        let snapshot = |maps: &[&candle_nn::VarMap]| crate::runner::snapshot(maps).unwrap();
+        let snapshot = |maps: &[&candle_nn::VarMap]| crate::train::runner::snapshot(maps).unwrap();
         // Uninterrupted.
         let (m, enc, head) = model(4);
         let mut trainer = settings().trainer(named_vars(&[&enc, &head], |_| true), train.len()).unwrap();

@@ -11,8 +11,8 @@ use distillery_crds::benchmark::{BenchmarkMetric, report_uri};
 use distillery_crds::common::{EvalDataset, ModelVariant};
 use kube::ResourceExt;
 
-use crate::analyze::{Url, parse_duration};
-use crate::loadgen::Stop;
+use crate::serve::analyze::{Url, parse_duration};
+use crate::serve::loadgen::Stop;
 use crate::store::Location;
 
 /// How long a target is driven when the spec sets neither `load.duration` nor `load.requests`.

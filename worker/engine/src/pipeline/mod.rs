@@ -15,18 +15,18 @@ use distillery_crds::manifest::{
 };
 use serde_json::{Value, json};
 
-use crate::align::HiddenAlignment;
-use crate::baseline::{BagOfWords, BagOfWordsSettings, majority_class_accuracy};
-use crate::checkpoint::CheckpointError;
-use crate::classifier::Classifier;
-use crate::inputs::{self, InputError, Inputs};
+use crate::data::inputs::{self, InputError, Inputs};
+use crate::evaluate::baseline::{BagOfWords, BagOfWordsSettings, majority_class_accuracy};
+use crate::model::classifier::Classifier;
 use crate::onnx::OnnxError;
 use crate::onnx::artifact::{self as onnx_artifact, EvalSet};
-use crate::prepare::{self, PrepareError, PreparedTeacher};
 use crate::progress::{Event, ProgressStage, Reporter};
-use crate::runner::{self, Checkpointing, RunError, RunSummary};
 use crate::store::{Location, Resolver, Store, StoreError, is_remote, sha256, sha256_file, write_atomically};
 use crate::student::{self, Student, StudentError};
+use crate::teacher::prepare::{self, PrepareError, PreparedTeacher};
+use crate::train::align::HiddenAlignment;
+use crate::train::checkpoint::CheckpointError;
+use crate::train::runner::{self, Checkpointing, RunError, RunSummary};
 use crate::train::{Examples, FitSettings, Objective, accuracy, logits};
 
 /// Why a run failed, and what the operator should do about it ([`DistillError::policy`]).
@@ -780,7 +780,7 @@ mod tests {
     }
 
     fn small_job() -> DistillationJob {
-        crate::spec::parse(include_str!("../tests/fixtures/small.yaml"), Path::new("small.yaml")).unwrap()
+        crate::spec::parse(include_str!("../../tests/fixtures/small.yaml"), Path::new("small.yaml")).unwrap()
     }
 
     /// A complete artifact in `dir` made from `job`, its manifest recording `spec_hash`.

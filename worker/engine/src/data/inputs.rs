@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use distillery_crds::DistillationJob;
 
-use crate::batch::{TokenizerError, encode_all, load_tokenizer};
-use crate::data::{DataError, Dataset, Split, limit, read_dataset, read_transfer, split};
-use crate::loss::UNLABELLED;
+use crate::data::batch::{TokenizerError, encode_all, load_tokenizer};
+use crate::data::dataset::{DataError, Dataset, Split, limit, read_dataset, read_transfer, split};
 use crate::store::{Kind, Resolver, StoreError, sha256_file};
+use crate::train::loss::UNLABELLED;
 
 /// A job's data, ready to train on.
 pub struct Inputs {

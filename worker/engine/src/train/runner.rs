@@ -9,10 +9,10 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointState};
-use crate::classifier::Classifier;
-use crate::init::named_vars;
+use crate::model::classifier::Classifier;
 use crate::progress::{Event, Reporter, StepClock};
+use crate::student::init::named_vars;
+use crate::train::checkpoint::{self, Checkpoint, CheckpointError, CheckpointState};
 use crate::train::{Examples, FitSettings, Objective, fit};
 
 /// Why a run failed.

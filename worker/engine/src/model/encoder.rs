@@ -4,12 +4,12 @@
 //! candle-transformers' `BertModel` cannot be used for training here: its fast LayerNorm has no
 //! backward pass (no Var before a LayerNorm would receive a gradient) and it keeps per-layer hidden
 //! states private (feature alignment needs them). This copy runs its LayerNorms, GELUs, biases and
-//! attention softmaxes through [`crate::fused`] (one pass forward, one backward) and its dense
+//! attention softmaxes through [`crate::model::fused`] (one pass forward, one backward) and its dense
 //! layers as single 2-D matrix products, and returns every layer's output. Tensor names follow HuggingFace's BERT, so
 //! teacher weights load unchanged and a saved student is a HuggingFace-layout model.
 //! Dropout is left out so that a fixed seed gives the same result on every run.
 
-use crate::fused;
+use crate::model::fused;
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder, embedding};
 use serde::{Deserialize, Serialize};

@@ -9,12 +9,12 @@
 
 use std::collections::HashMap;
 
-use crate::model::Dense;
+use crate::model::encoder::Dense;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder, VarMap};
 
-use crate::classifier::{Classifier, ClassifierOutput};
-use crate::loss::masked_mse;
+use crate::model::classifier::{Classifier, ClassifierOutput};
+use crate::train::loss::masked_mse;
 
 /// The teacher's hidden states of the examples distillation trains on, for the layers it aligns to.
 pub struct HiddenTargets {
@@ -41,7 +41,7 @@ impl HiddenTargets {
         let mut placed = vec![];
         for chunk in order.chunks(64) {
             let sequences: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
-            let (input_ids, mask) = crate::batch::pad(&sequences, device)?;
+            let (input_ids, mask) = crate::data::batch::pad(&sequences, device)?;
             let out = teacher.forward(&input_ids, &mask)?;
             for (k, &layer) in layers.iter().enumerate() {
                 let states = out.encoder.hidden_states[layer].detach();
@@ -211,7 +211,7 @@ mod tests {
         let out = ClassifierOutput {
             logits: Tensor::zeros((1, 2), DType::F32, &Device::Cpu).unwrap(),
             pooled: Tensor::zeros((1, 3), DType::F32, &Device::Cpu).unwrap(),
-            encoder: crate::model::EncoderOutput { hidden_states: vec![student] },
+            encoder: crate::model::encoder::EncoderOutput { hidden_states: vec![student] },
         };
         let mask = Tensor::new(&[[1u32, 0]], &Device::Cpu).unwrap();
         // Example 7: target [5, 6]; projected student [5, 8] on the one real token:

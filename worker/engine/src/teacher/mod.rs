@@ -1,0 +1,6 @@
+//! The teacher stages: reading a teacher model directory ([`model_dir`]), and preparing the
+//! teacher for the task and computing its outputs on the training data, cached across runs
+//! ([`prepare`]).
+
+pub mod model_dir;
+pub mod prepare;
