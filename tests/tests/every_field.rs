@@ -43,7 +43,8 @@ const DATA: &str = "worker/engine/src/data/dataset.rs";
 const INPUTS: &str = "worker/engine/src/data/inputs.rs";
 const READ_DATASET: &str = "fn read_dataset(";
 const READ_TRANSFER: &str = "fn read_transfer(";
-const DISTILL: &str = "worker/engine/src/pipeline/mod.rs";
+const PIPELINE: &str = "worker/engine/src/pipeline/mod.rs";
+const DISTILL: &str = "worker/engine/src/pipeline/classification.rs";
 const PREPARE: &str = "worker/engine/src/teacher/prepare.rs";
 const STUDENT: &str = "worker/engine/src/student/mod.rs";
 const ANALYZE: &str = "worker/engine/src/serve/analyze.rs";
@@ -77,7 +78,7 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("DistillationJob", "spec.output.volumeClaim", Read(DJ_BUILD, "spec.output.volume_claim")),
     ("DistillationJob", "spec.output.uri", Read(DJ_BUILD, "spec.output.uri")),
     // …and the worker runs the rest.
-    ("DistillationJob", "spec.task", Read(DISTILL, "s.task")),
+    ("DistillationJob", "spec.task", Read(PIPELINE, "job.spec.task")),
     ("DistillationJob", "spec.teacher.uri", Read("worker/engine/src/data/inputs.rs", "spec.teacher.uri")),
     ("DistillationJob", "spec.teacher.pooling", Read(PREPARE, ".pooling")),
     ("DistillationJob", "spec.teacher.head.mode", Read(PREPARE, "head_spec.mode")),
@@ -145,7 +146,7 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("DistillationJob", "spec.training.weightDecay", Read(DISTILL, "t.weight_decay")),
     ("DistillationJob", "spec.training.gradientClipNorm", Read(DISTILL, "t.gradient_clip_norm")),
     ("DistillationJob", "spec.training.seed", Read(DISTILL, "t.seed")),
-    ("DistillationJob", "spec.training.checkpointInterval", Read(DISTILL, "t.checkpoint_interval")),
+    ("DistillationJob", "spec.training.checkpointInterval", Read(DISTILL, ".checkpoint_interval")),
     ("DistillationJob", "spec.quantization.mode", Read(DISTILL, "q.mode")),
     (
         "DistillationJob",

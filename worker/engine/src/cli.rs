@@ -652,7 +652,7 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, Failure> {
     }
     let m = &outcome.manifest.metrics;
     println!("\nDistillationJob {name} — held-out accuracy on {} examples", m["heldOutExamples"]);
-    print!("{}", pipeline::table(&outcome.rows));
+    print!("{}", outcome.table);
     let variants = &outcome.manifest.variants;
     if let (Some(fp32), Some(int8)) = (variants.get("fp32"), variants.get("int8")) {
         print!("{}", variant_table(fp32, int8));

@@ -204,6 +204,15 @@ pub fn hidden_targets(
     Ok(targets)
 }
 
+/// A teacher's outputs on some examples, one row each.
+#[derive(Debug, Default)]
+pub struct TeacherRows {
+    /// Logits.
+    pub logits: Rows,
+    /// Pooled embeddings.
+    pub pooled: Rows,
+}
+
 /// The teacher's logits and pooled embeddings on the transfer texts of `inputs` (indexed like
 /// `inputs.transfer_indices()`; empty without a transfer set). Computed once per prepared teacher
 /// and transfer file, and cached beside the prepared teacher.
@@ -213,9 +222,9 @@ pub fn transfer_outputs(
     inputs: &Inputs,
     device: &Device,
     reporter: &mut dyn Reporter,
-) -> Result<(Rows, Rows), PrepareError> {
+) -> Result<TeacherRows, PrepareError> {
     let (Some(transfer), Some(spec)) = (&inputs.transfer, &job.spec.dataset.transfer_set) else {
-        return Ok((vec![], vec![]));
+        return Ok(TeacherRows::default());
     };
     let mut what = serde_json::to_value(spec).expect("specs serialize");
     what["uri"] = serde_json::Value::Null;
@@ -232,7 +241,7 @@ pub fn transfer_outputs(
                 stage: ProgressStage::CachingTeacherOutputs,
                 message: format!("reusing its outputs on {} transfer texts ({})", transfer.texts.len(), path.display()),
             });
-            return Ok((logits.to_vec2()?, pooled.to_vec2()?));
+            return Ok(TeacherRows { logits: logits.to_vec2()?, pooled: pooled.to_vec2()? });
         }
     }
     reporter.report(&Event::Stage {
@@ -250,7 +259,7 @@ pub fn transfer_outputs(
         ("pooled".to_string(), rows_tensor(&pooled, device)?),
     ]);
     save_staged(&tensors, &path)?;
-    Ok((logits, pooled))
+    Ok(TeacherRows { logits, pooled })
 }
 
 const MODEL: &str = "model.safetensors";
