@@ -40,6 +40,11 @@ pub enum DataFormat {
     Jsonl,
     /// One text per line, no labels (only for unlabelled transfer sets).
     Text,
+    /// A corpus for `causal-lm`: a directory of plain-text files (`*.txt`, searched
+    /// recursively), one document each. Documents are tokenized, joined by the tokenizer's
+    /// end-of-text token and packed into sequences of `maxSequenceLength` tokens; the held-out
+    /// split is by document, so no document is on both sides.
+    Documents,
 }
 
 /// How a dataset file is compressed.
@@ -62,6 +67,7 @@ pub enum Compression {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!self.uri.startsWith('s3://') || !has(self.volumeClaim)").message("volumeClaim is for file:// URIs: an s3:// uri is read through the resource's spec.s3, so leave volumeClaim unset").field_path(".volumeClaim"))]
+#[x_kube(validation = Rule::new("self.format != 'documents'").message("format documents is a causal-lm training corpus; evaluation data is csv, jsonl or text").field_path(".format"))]
 pub struct EvalDataset {
     /// Where the dataset lives: `file:///path/to/file.csv` or `s3://bucket/key.csv`.
     #[schemars(regex(pattern = URI_PATTERN))]

@@ -42,7 +42,17 @@ use crate::common::{Compression, DataFormat, S3Settings, URI_PATTERN};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.task == 'sequence-classification'").message("task: embedding and causal-lm are not built yet; only sequence-classification runs").field_path(".task"))]
+#[x_kube(validation = Rule::new("self.task != 'embedding'").message("task: embedding is not built yet; sequence-classification and causal-lm run").field_path(".task"))]
+#[x_kube(validation = Rule::new("(self.task == 'causal-lm') == (self.dataset.format == 'documents')").message("dataset.format: causal-lm trains on format documents (a directory of .txt files), and only causal-lm does").field_path(".dataset.format"))]
+#[x_kube(validation = Rule::new("!has(self.student.architecture) || (self.student.architecture.family == 'llama') == (self.task == 'causal-lm')").message("student.architecture.family: llama decoders are for causal-lm, bert encoders for sequence-classification").field_path(".student.architecture.family"))]
+#[x_kube(validation = Rule::new("self.task != 'causal-lm' || !has(self.teacher.head)").message("teacher.head prepares an encoder teacher for classification; a causal-lm teacher is distilled from as it is, so leave it unset").field_path(".teacher.head"))]
+#[x_kube(validation = Rule::new("self.task != 'causal-lm' || self.teacher.pooling == 'mean'").message("teacher.pooling applies to encoders; leave it unset for causal-lm").field_path(".teacher.pooling"))]
+#[x_kube(validation = Rule::new("self.task != 'causal-lm' || !has(self.student.embeddingSize)").message("student.embeddingSize: factorized embeddings are not built yet for causal-lm; leave it unset").field_path(".student.embeddingSize"))]
+#[x_kube(validation = Rule::new("self.task != 'causal-lm' || !has(self.loss.featureAlignment)").message("loss.featureAlignment: feature alignment is not built yet for causal-lm; leave it unset").field_path(".loss.featureAlignment"))]
+#[x_kube(validation = Rule::new("self.task != 'causal-lm' || !has(self.dataset.transferSet)").message("dataset.transferSet is for classification; a causal-lm corpus has no labels to begin with, so put every document in dataset.uri").field_path(".dataset.transferSet"))]
+#[x_kube(validation = Rule::new("self.task == 'causal-lm' || !has(self.teacherOutputs)").message("teacherOutputs (top-k teacher log-probabilities, computed in shards) applies to causal-lm only").field_path(".teacherOutputs"))]
+#[x_kube(validation = Rule::new("self.task != 'causal-lm' || self.quantization.mode == 'none'").message("quantization.mode: ONNX export and int8 quantization of causal-lm students are not built yet (the artifact holds the safetensors model); set mode none").field_path(".quantization.mode"))]
+#[x_kube(validation = Rule::new("self.task != 'causal-lm' || !self.student.pruneVocabulary").message("student.pruneVocabulary: vocabulary pruning is not built yet for causal-lm; leave it false").field_path(".student.pruneVocabulary"))]
 pub struct DistillationJobSpec {
     /// What the student learns: `sequence-classification` (text → label), `embedding`
     /// (text → vector) or `causal-lm` (next-token prediction).
@@ -67,6 +77,11 @@ pub struct DistillationJobSpec {
     pub resources: WorkerResources,
     /// Where the resulting artifact is written.
     pub output: OutputSpec,
+    /// `causal-lm` only: how the teacher's outputs on the training sequences are computed and
+    /// cached before the students train — how many log-probabilities are kept per position, and
+    /// how many pods compute them. Defaults when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_outputs: Option<TeacherOutputsSpec>,
     /// How to reach the S3-compatible store of every `s3://` URI in this spec (teacher, dataset,
     /// transfer set, output): endpoint, region, addressing and the Secret keys holding the
     /// credentials. Unset: AWS's endpoint and the pod's own identity (IRSA, workload identity).
@@ -117,9 +132,12 @@ pub enum Task {
 pub struct TeacherSpec {
     /// A HuggingFace-layout model directory (`config.json`, `model.safetensors`,
     /// `tokenizer.json`): `file:///models/all-minilm-l6-v2`, or an `s3://bucket/prefix` holding those files.
+    /// For `causal-lm`: a llama-architecture GGUF file (`file:///models/SmolLM2-135M-Instruct.Q4_1.gguf`,
+    /// any quantization candle reads), dequantized to f32 once; its tokenizer is rebuilt from the
+    /// GGUF's vocabulary and merges.
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
-    /// How to pool token states into one vector for encoders: `mean` (sentence-transformers
+    /// How to pool token states into one vector, for encoders (leave unset for `causal-lm`): `mean` (sentence-transformers
     /// models), `cls`, or `pooler` (BERT's pooler over `[CLS]`: what a HuggingFace
     /// `BertForSequenceClassification` head reads).
     #[serde(default)]
@@ -211,7 +229,7 @@ pub struct StudentSpec {
     pub init_from_teacher: Option<InitFromTeacher>,
     /// Restrict the vocabulary to the tokens the training split and the transfer set use (plus
     /// special tokens and single characters), shrinking the embedding table; the exported
-    /// tokenizer is rewritten to match.
+    /// tokenizer is rewritten to match. Not built for `causal-lm` yet.
     #[serde(default)]
     pub prune_vocabulary: bool,
     /// Factorize the word-embedding table through this width (ALBERT style): `vocab ×
@@ -227,9 +245,13 @@ pub struct StudentSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.hiddenSize % self.attentionHeads == 0").message("student.architecture.hiddenSize must be a multiple of attentionHeads").field_path(".hiddenSize"))]
-#[x_kube(validation = Rule::new("self.family == 'bert'").message("student.architecture.family: llama (for causal-lm) is not built yet; only bert runs").field_path(".family"))]
+#[x_kube(validation = Rule::new("!has(self.keyValueHeads) || self.family == 'llama'").message("student.architecture.keyValueHeads applies to llama decoders").field_path(".keyValueHeads"))]
+#[x_kube(validation = Rule::new("!has(self.keyValueHeads) || self.attentionHeads % self.keyValueHeads == 0").message("student.architecture.keyValueHeads must divide attentionHeads").field_path(".keyValueHeads"))]
+#[x_kube(validation = Rule::new("self.family != 'llama' || (self.hiddenSize / self.attentionHeads) % 2 == 0").message("student.architecture: a llama decoder's head width (hiddenSize / attentionHeads) must be even for rotary position embeddings").field_path(".hiddenSize"))]
 pub struct StudentArchitecture {
-    /// Model family; `bert` covers BERT, MiniLM and DistilBERT-style encoders.
+    /// Model family: `bert` covers BERT, MiniLM and DistilBERT-style encoders (for
+    /// `sequence-classification`); `llama` is a Llama-family decoder (RMSNorm, rotary positions,
+    /// SwiGLU, grouped-query attention, tied embeddings) for `causal-lm`.
     #[serde(default)]
     pub family: ModelFamily,
     /// Number of transformer layers.
@@ -241,10 +263,16 @@ pub struct StudentArchitecture {
     /// Attention heads per layer; must divide hiddenSize.
     #[schemars(range(min = 1, max = 128))]
     pub attention_heads: u32,
-    /// Width of the feed-forward layer; 4 × hiddenSize when unset.
+    /// Width of the feed-forward layer; 4 × hiddenSize when unset (llama: 3 × hiddenSize, the
+    /// SwiGLU layer having three matrices).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 8, max = 32768))]
     pub intermediate_size: Option<u32>,
+    /// Llama only: key/value heads (grouped-query attention); must divide attentionHeads.
+    /// attentionHeads (plain multi-head attention) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 128))]
+    pub key_value_heads: Option<u32>,
 }
 
 /// A model family.
@@ -278,13 +306,14 @@ pub struct DatasetSpec {
     /// Where the data lives: `file:///data/reviews.csv.bz2` or `s3://bucket/reviews.csv.bz2`.
     #[schemars(regex(pattern = URI_PATTERN))]
     pub uri: String,
-    /// File layout: `csv` (header row) or `jsonl`.
+    /// File layout: `csv` (header row) or `jsonl`; `documents` (a directory of `.txt` files,
+    /// packed into `maxSequenceLength`-token sequences) for `causal-lm`.
     #[serde(default)]
     pub format: DataFormat,
     /// Compression; `auto` decides by the file name (`.gz`, `.bz2`).
     #[serde(default)]
     pub compression: Compression,
-    /// Field holding the input text.
+    /// Field holding the input text (csv and jsonl).
     #[serde(default = "crate::common::default_text_field")]
     #[schemars(length(min = 1))]
     pub text_field: String,
@@ -307,12 +336,13 @@ pub struct DatasetSpec {
     /// How the held-out split is made.
     #[serde(default)]
     pub validation_split: ValidationSplit,
-    /// Texts are truncated to this many tokens.
+    /// Texts are truncated to this many tokens; with `documents`, the length of the packed
+    /// training sequences.
     #[serde(default = "default_max_sequence_length")]
     #[schemars(range(min = 8, max = 8192))]
     pub max_sequence_length: u32,
-    /// Use at most this many labelled examples (after the split, from each side in proportion);
-    /// handy for smoke tests. All when unset.
+    /// Use at most this many labelled examples — packed sequences with `documents` — (after the
+    /// split, from each side in proportion); handy for smoke tests. All when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2))]
     pub max_examples: Option<u32>,
@@ -362,6 +392,7 @@ fn default_validation_fraction() -> f64 {
 /// Unlabelled texts for transfer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.format != 'documents'").message("dataset.transferSet.format documents is a causal-lm corpus; a transfer set is text, csv or jsonl").field_path(".format"))]
 pub struct TransferSet {
     /// Where the texts live.
     #[schemars(regex(pattern = URI_PATTERN))]
@@ -694,6 +725,37 @@ pub struct OutputSpec {
     pub volume_claim: Option<String>,
 }
 
+/// How a causal-lm teacher's outputs on the training sequences are computed and cached.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.parallelism == 1").message("teacherOutputs.parallelism above 1 (an Indexed Job of teacher pods) is not built yet; set 1").field_path(".parallelism"))]
+pub struct TeacherOutputsSpec {
+    /// Log-probabilities kept per position: the teacher's `topK` most likely next tokens, and the
+    /// rest of its probability mass as one remainder, so the cache holds `topK + 1` numbers per
+    /// token instead of the whole vocabulary. The KL term is computed over those `topK + 1`
+    /// buckets (the student's probabilities of the other tokens summed into the remainder).
+    #[serde(default = "default_top_k")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub top_k: u32,
+    /// Pods computing them, each a deterministic shard of the training sequences.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 64))]
+    pub parallelism: u32,
+}
+
+impl Default for TeacherOutputsSpec {
+    fn default() -> Self {
+        Self { top_k: default_top_k(), parallelism: default_parallelism() }
+    }
+}
+
+fn default_top_k() -> u32 {
+    32
+}
+fn default_parallelism() -> u32 {
+    1
+}
+
 /// Observed state, written by the operator (and `progress` by the worker).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -761,7 +823,8 @@ pub enum ProgressStage {
     /// Training the student by distillation.
     #[serde(alias = "student")]
     Training,
-    /// Training the same student on labels alone, for the comparison.
+    /// Training the same student without the teacher, for the comparison: on labels alone (for
+    /// causal-lm, on the corpus alone).
     TrainingLabelOnly,
     /// Measuring the trained models on the held-out split.
     #[serde(alias = "eval")]
@@ -855,6 +918,14 @@ pub struct DistillationResult {
     /// Accuracy of the same student trained on labels alone (the value of distillation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_only_accuracy: Option<f64>,
+    /// causal-lm: held-out perplexity of the same student trained on the corpus alone (the
+    /// value of distillation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus_only_perplexity: Option<f64>,
+    /// causal-lm: the share of the gap between the corpus-only student and the teacher that
+    /// distillation closed, in log-perplexity (1: the teacher's perplexity; 0: no gain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_closed: Option<f64>,
     /// Student accuracy / teacher accuracy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<f64>,
@@ -886,6 +957,9 @@ pub struct ModelFigures {
     /// Held-out accuracy in [0, 1] (classification tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<f64>,
+    /// Held-out perplexity (causal-lm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
 }
 
 /// The int8 model's figures.

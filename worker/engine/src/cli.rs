@@ -13,11 +13,12 @@ use distillery_crds::distillation::TransferSet;
 use candle_core::Device;
 use distillery_crds::cache::cache_dir;
 
-use distillery_crds::manifest::{FP32_MODEL, OnnxVariant};
+use distillery_crds::manifest::FP32_MODEL;
 use distillery_model::artifact::{ServedArtifact, VariantChoice};
 
 use crate::pipeline::{DistillError, ErrorPolicy};
 use crate::progress::{self, Event, ProgressStage};
+use crate::serve::generate::{LanguageModel, Sampling};
 use crate::serve::{analyze, bench, inspect, loadgen};
 use crate::{cluster, onnx, pipeline, spec};
 
@@ -88,6 +89,25 @@ pub enum Command {
         /// The ONNX Runtime library (`libonnxruntime.so.1.31.1`).
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_library: Option<PathBuf>,
+    },
+    /// Continue a prompt with a causal-LM artifact (`task: causal-lm`): greedily, or sampled
+    /// at a temperature. Prints the prompt and its continuation.
+    Generate {
+        /// The artifact directory (`model.safetensors`, `config.json`, `tokenizer.json`).
+        #[arg(short = 'a', long)]
+        artifact: PathBuf,
+        /// The text to continue; repeat for several.
+        #[arg(long, required = true)]
+        prompt: Vec<String>,
+        /// New tokens at most (fewer when the model ends the text).
+        #[arg(long, default_value_t = 60)]
+        max_tokens: usize,
+        /// 0: greedy; above 0: sample from the model's distribution at this temperature.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Offline predictions of an artifact's ONNX model, as JSON lines (`text`, `label`,
     /// `logits`): what a server serving the same artifact must answer.
@@ -288,6 +308,9 @@ pub fn main() -> ExitCode {
         }
         Command::Quantize { artifact, file, accuracy_budget, speed_check, ort_library } => {
             finish(quantize(&artifact, file.as_deref(), accuracy_budget, speed_check, ort_library.as_deref()))
+        }
+        Command::Generate { artifact, prompt, max_tokens, temperature, seed } => {
+            finish(generate(&artifact, &prompt, Sampling { max_tokens, temperature, seed }))
         }
         Command::Predict { artifact, variant, texts, batch_size, ort_library } => {
             finish(predict(&artifact, variant, texts.as_deref(), batch_size as usize, ort_library.as_deref()))
@@ -650,22 +673,8 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, Failure> {
         });
         pipeline::publish(&resolver, &output, &uri, &spec_hash)?;
     }
-    let m = &outcome.manifest.metrics;
-    println!("\nDistillationJob {name} — held-out accuracy on {} examples", m["heldOutExamples"]);
+    println!("\nDistillationJob {name}");
     print!("{}", outcome.table);
-    let variants = &outcome.manifest.variants;
-    if let (Some(fp32), Some(int8)) = (variants.get("fp32"), variants.get("int8")) {
-        print!("{}", variant_table(fp32, int8));
-    }
-    if let Some(served) = &outcome.manifest.served_variant {
-        println!("served: {served} — {}", outcome.manifest.served_variant_reason.as_deref().unwrap_or(""));
-    }
-    println!(
-        "retention {:.1}% of the teacher's accuracy with {:.1}% of its parameters; distillation adds {:+.2} points over labels alone",
-        m["retention"] * 100.0,
-        m["parameterFraction"] * 100.0,
-        m["distillationGain"] * 100.0
-    );
     for warning in &outcome.manifest.warnings {
         println!("WARNING {}: {}", warning.reason, warning.message);
     }
@@ -729,30 +738,8 @@ fn quantize(
     let mut reporter = progress::for_stderr();
     let out =
         onnx::artifact::quantize_artifact(artifact, &eval, &spec, reporter.as_mut()).map_err(|e| e.to_string())?;
-    Ok(variant_table(&out.fp32, &out.int8) + &format!("served: {} — {}", out.verdict.variant(), out.verdict.reason()))
-}
-
-/// fp32 and int8 side by side: size, accuracy, latency at batch 1 and 32.
-pub fn variant_table(fp32: &OnnxVariant, int8: &OnnxVariant) -> String {
-    let mut out =
-        format!("{:<8} {:>9} {:>9} {:>12} {:>13}\n", "variant", "size", "accuracy", "batch 1 ms", "batch 32 ms");
-    for (name, v) in [("fp32", fp32), ("int8", int8)] {
-        out += &format!(
-            "{name:<8} {:>6.1} MB {:>8.2}% {:>12.3} {:>13.2}\n",
-            v.size_bytes as f64 / 1e6,
-            v.accuracy * 100.0,
-            v.latency_ms_batch1,
-            v.latency_ms_batch32
-        );
-    }
-    out += &format!(
-        "int8 / fp32: {:.2}× smaller, {:+.2} points, {:.2}× faster at batch 1, {:.2}× at batch 32 (ONNX Runtime, 1 thread)\n",
-        fp32.size_bytes as f64 / int8.size_bytes as f64,
-        (int8.accuracy - fp32.accuracy) * 100.0,
-        fp32.latency_ms_batch1 / int8.latency_ms_batch1,
-        fp32.latency_ms_batch32 / int8.latency_ms_batch32
-    );
-    out
+    Ok(onnx::artifact::variant_table(&out.fp32, &out.int8)
+        + &format!("served: {} — {}", out.verdict.variant(), out.verdict.reason()))
 }
 
 /// Texts from a file, one per non-empty line (gzip or bzip2 by its name), read as a transfer
@@ -782,6 +769,17 @@ fn texts_for(artifact: Option<&Path>, texts: Option<&Path>) -> Result<Vec<String
             .collect()),
         (None, None) => Err("give --artifact DIR or --texts FILE".into()),
     }
+}
+
+fn generate(artifact: &Path, prompts: &[String], sampling: Sampling) -> Result<String, String> {
+    let device = Device::Cpu;
+    let model = LanguageModel::load(artifact, &device).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    for prompt in prompts {
+        let continuation = model.generate(prompt, sampling, &device).map_err(|e| e.to_string())?;
+        out += &format!("{prompt}{continuation}\n");
+    }
+    Ok(out)
 }
 
 fn predict(

@@ -39,12 +39,16 @@ pub fn summary(outcome: &Outcome, artifact_uri: &str) -> Result<DistillationResu
         teacher: ModelFigures {
             parameters: get("teacherParameters").unwrap_or_default() as u64,
             accuracy: get("teacherAccuracy"),
+            perplexity: get("teacherPerplexity"),
         },
         student: ModelFigures {
             parameters: get("studentParameters").unwrap_or_default() as u64,
             accuracy: get("studentAccuracy"),
+            perplexity: get("studentPerplexity"),
         },
         label_only_accuracy: get("labelOnlyAccuracy"),
+        corpus_only_perplexity: get("corpusOnlyPerplexity"),
+        gap_closed: get("gapClosed"),
         retention: get("retention"),
         compression_ratio: get("compressionRatio"),
         int8: outcome.manifest.variants.get("int8").map(|v| Int8Figures {
@@ -76,7 +80,7 @@ pub fn progress_of(event: &Event, previous: &Progress) -> Option<Progress> {
         Event::Step { run, step, total_steps, epoch, loss, .. } => {
             p.stage = Some(match run.as_str() {
                 "teacher" => ProgressStage::PreparingTeacher,
-                "label-only" => ProgressStage::TrainingLabelOnly,
+                "label-only" | "corpus-only" => ProgressStage::TrainingLabelOnly,
                 _ => ProgressStage::Training,
             });
             p.step = Some(*step);

@@ -287,13 +287,13 @@ fn a_missing_dataset_is_named_and_nothing_is_written() {
 fn a_spec_feature_not_built_yet_is_refused_up_front() {
     let dir = tempfile::tempdir().unwrap();
     let spec =
-        std::fs::read_to_string(small_job()).unwrap().replace("task: sequence-classification", "task: causal-lm");
+        std::fs::read_to_string(small_job()).unwrap().replace("task: sequence-classification", "task: embedding");
     let path = dir.path().join("job.yaml");
     std::fs::write(&path, spec).unwrap();
     let out = worker().args(["distill", "-f"]).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), PERMANENT, "{stderr}");
-    assert!(stderr.contains("spec.task") && stderr.contains("not built yet"), "{stderr}");
+    assert!(stderr.contains("task") && stderr.contains("not built yet"), "{stderr}");
 }
 
 #[test]

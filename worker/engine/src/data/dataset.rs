@@ -202,6 +202,11 @@ fn read_rows(
                 rows.push((i + 1, Some(line), None, None));
             }
         }
+        // A directory of documents, read by `data::corpus` (causal-lm only: the API server
+        // refuses it elsewhere).
+        DataFormat::Documents => {
+            return Err(malformed(0, "format documents (a causal-lm corpus) is not a table of rows".into()));
+        }
     }
     Ok(rows)
 }

@@ -2,5 +2,6 @@
 //! tokenizer ([`inputs`]), and batched for training and evaluation ([`batch`]).
 
 pub mod batch;
+pub mod corpus;
 pub mod dataset;
 pub mod inputs;

@@ -2,5 +2,6 @@
 //! CPU kernels ([`fused`]), and the sequence classifier built on it ([`classifier`]).
 
 pub mod classifier;
+pub mod decoder;
 pub mod encoder;
 pub mod fused;

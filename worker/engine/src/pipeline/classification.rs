@@ -269,6 +269,7 @@ impl TaskPipeline for Classification {
         &self,
         run: &RunContext,
         data: &Data,
+        _outputs: &TeacherOutputs,
         students: &Students,
         reporter: &mut dyn Reporter,
     ) -> Result<Evaluation, DistillError> {
@@ -453,7 +454,23 @@ impl TaskPipeline for Classification {
                 rows.push(ModelRow { name, accuracy: v.accuracy, parameters: student_params, bytes: v.size_bytes });
             }
         }
-        table(&rows)
+        let m = &manifest.metrics;
+        let mut out = format!("held-out accuracy on {} examples\n", m["heldOutExamples"]);
+        out += &table(&rows);
+        let variants = &manifest.variants;
+        if let (Some(fp32), Some(int8)) = (variants.get("fp32"), variants.get("int8")) {
+            out += &crate::onnx::artifact::variant_table(fp32, int8);
+        }
+        if let Some(served) = &manifest.served_variant {
+            out += &format!("served: {served} — {}\n", manifest.served_variant_reason.as_deref().unwrap_or(""));
+        }
+        out += &format!(
+            "retention {:.1}% of the teacher's accuracy with {:.1}% of its parameters; distillation adds {:+.2} points over labels alone\n",
+            m["retention"] * 100.0,
+            m["parameterFraction"] * 100.0,
+            m["distillationGain"] * 100.0
+        );
+        out
     }
 }
 

@@ -9,9 +9,10 @@
 //! [`run`] owns what every task shares: the output checks (artifacts are immutable, [`output`]),
 //! the stage events, writing the manifest, removing checkpoints and re-reading the manifest the
 //! export completed. What a stage does for a task (sequence classification, causal LM) is that
-//! task's [`TaskPipeline`] implementation ([`classification`]); its associated types are the
+//! task's [`TaskPipeline`] implementation ([`classification`], [`causal_lm`]); its associated types are the
 //! stages' outputs, so one stage hands the next a named value, never a tuple.
 
+pub mod causal_lm;
 pub mod classification;
 pub mod error;
 pub mod output;
@@ -97,11 +98,13 @@ pub trait TaskPipeline {
         outputs: &Self::TeacherOutputs,
         reporter: &mut dyn Reporter,
     ) -> Result<Self::Students, DistillError>;
-    /// Evaluates the students on the held-out split.
+    /// Evaluates the students on the held-out split (against the teacher's outputs there, where
+    /// the task measures that).
     fn evaluate(
         &self,
         run: &RunContext,
         data: &Self::Data,
+        outputs: &Self::TeacherOutputs,
         students: &Self::Students,
         reporter: &mut dyn Reporter,
     ) -> Result<Self::Evaluation, DistillError>;
@@ -158,8 +161,9 @@ pub fn run(
     let run = RunContext { job, output, cache_root, device, resolver, spec_hash: spec_hash(job) };
     match job.spec.task {
         Task::SequenceClassification => run_stages(&classification::Classification, &run, reporter),
+        Task::CausalLm => run_stages(&causal_lm::CausalLm, &run, reporter),
         other => Err(DistillError::NotSupported(format!(
-            "spec.task: {other:?} is not built yet; this worker distils sequence-classification"
+            "spec.task: {other:?} is not built yet; this worker distils sequence-classification and causal-lm"
         ))),
     }
 }
@@ -176,7 +180,7 @@ fn run_stages<T: TaskPipeline>(
     let teacher = task.prepare_teacher(run, &data, reporter)?;
     let outputs = task.teacher_outputs(run, &data, &teacher, reporter)?;
     let students = task.train(run, &data, &teacher, &outputs, reporter)?;
-    let evaluation = task.evaluate(run, &data, &students, reporter)?;
+    let evaluation = task.evaluate(run, &data, &outputs, &students, reporter)?;
 
     stage(reporter, ProgressStage::WritingArtifact, format!("writing {}", run.output.display()));
     check_output(run.output, &run.spec_hash)?;

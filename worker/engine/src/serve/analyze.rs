@@ -300,6 +300,13 @@ pub async fn read_golden(spec: &EvalDataset, resolver: &Resolver) -> Result<Vec<
                 push(Some(line.map_err(|e| read_error(i + 1, e.to_string()))?), None);
             }
         }
+        DataFormat::Documents => {
+            return Err(GoldenError::Read {
+                path,
+                message: "format documents is a causal-lm training corpus; evaluation data is csv, jsonl or text"
+                    .into(),
+            });
+        }
     }
     if rows.is_empty() {
         return Err(GoldenError::Empty(path));

@@ -3,6 +3,7 @@
 //! training data uses (and a tokenizer rewritten to match), a factorized word-embedding table, and
 //! a position table cut to the longest input the tokenizer lets through.
 
+pub mod decoder;
 pub mod init;
 pub mod vocab;
 

@@ -9,10 +9,12 @@
 
 pub mod align;
 pub mod checkpoint;
+pub mod lm;
 pub mod loss;
 pub mod optim;
 pub mod runner;
 pub mod schedule;
+pub mod token_kd;
 
 use candle_core::{Device, Result, Tensor, Var};
 use distillery_crds::distillation::{Schedule, TemperatureSchedule};

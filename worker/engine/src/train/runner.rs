@@ -13,7 +13,8 @@ use crate::model::classifier::Classifier;
 use crate::progress::{Event, Reporter, StepClock};
 use crate::student::init::named_vars;
 use crate::train::checkpoint::{self, Checkpoint, CheckpointError, CheckpointState};
-use crate::train::{Examples, FitSettings, Objective, fit};
+use crate::train::optim::Trainer;
+use crate::train::{Examples, FitSettings, Objective, StepReport, fit};
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,10 +98,46 @@ pub fn train(
     device: &Device,
     reporter: &mut dyn Reporter,
 ) -> Result<RunSummary, RunError> {
+    let run = Run { name, maps, settings, examples: examples.indices.len(), checkpointing, device };
+    train_with(&run, trainable, reporter, |trainer, on_step| {
+        fit(model, trainer, examples, objective, settings, device, on_step)
+    })
+}
+
+/// What [`train_with`] trains.
+pub struct Run<'a> {
+    /// The run's name (progress events, errors).
+    pub name: &'a str,
+    /// The variables.
+    pub maps: &'a [&'a VarMap],
+    /// Steps, batch size, optimiser.
+    pub settings: &'a FitSettings,
+    /// Training examples per epoch (what the step count follows from).
+    pub examples: usize,
+    /// Where and how often to checkpoint.
+    pub checkpointing: Option<&'a Checkpointing>,
+    /// Where the checkpoint's tensors are loaded.
+    pub device: &'a Device,
+}
+
+/// The training loop of a run: calls `on_step` after every optimiser step, skipping the steps
+/// the trainer has already done (a resumed run).
+pub type StepCallback<'a> = dyn FnMut(StepReport, &Trainer) -> candle_core::Result<()> + 'a;
+
+/// [`train`] for any training loop: resuming from the run's checkpoint, checkpointing every N
+/// steps, progress events and the summary around `fit`, which runs the steps (for a task's own
+/// model and loss) and reports each to the callback it is given.
+pub fn train_with(
+    run: &Run,
+    trainable: impl Fn(&str) -> bool,
+    reporter: &mut dyn Reporter,
+    fit: impl FnOnce(&mut Trainer, &mut StepCallback) -> candle_core::Result<()>,
+) -> Result<RunSummary, RunError> {
+    let Run { name, maps, settings, examples, checkpointing, device } = *run;
     let candle = |source| RunError::Candle { run: name.to_string(), source: Box::new(source) };
     let vars = named_vars(maps, &trainable);
-    let mut trainer = settings.trainer(vars.clone(), examples.indices.len()).map_err(candle)?;
-    let total = settings.total_steps(examples.indices.len());
+    let mut trainer = settings.trainer(vars.clone(), examples).map_err(candle)?;
+    let total = settings.total_steps(examples);
     let mut losses = vec![];
     let mut seconds_before = 0.0;
     let mut resumed_from = None;
@@ -122,7 +159,7 @@ pub fn train(
     let started = Instant::now();
     let mut clock = StepClock::new();
     let mut failed_save: Option<CheckpointError> = None;
-    let result = fit(model, &mut trainer, examples, objective, settings, device, |r, t| {
+    let mut on_step = |r: StepReport, t: &Trainer| -> candle_core::Result<()> {
         losses.push(r.stats.loss);
         let (rate, eta) = clock.tick(r.step, r.total_steps, r.examples);
         reporter.report(&Event::Step {
@@ -136,7 +173,7 @@ pub fn train(
             eta_seconds: eta,
         });
         if let Some(c) = checkpointing
-            && (r.step % c.interval.max(1) == 0 || r.step == r.total_steps)
+            && (r.step.is_multiple_of(c.interval.max(1)) || r.step == r.total_steps)
         {
             let variables = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
             let state = CheckpointState {
@@ -155,13 +192,14 @@ pub fn train(
             reporter.report(&Event::Checkpoint { run: name.to_string(), step: r.step });
         }
         Ok(())
-    });
+    };
+    let result = fit(&mut trainer, &mut on_step);
     if let Some(e) = failed_save {
         return Err(e.into());
     }
     result.map_err(candle)?;
     debug_assert!(losses.len() as u64 == total || total == 0);
-    let per_epoch = settings.steps_per_epoch(examples.indices.len());
+    let per_epoch = settings.steps_per_epoch(examples);
     Ok(RunSummary::new(&losses, per_epoch, seconds_before + started.elapsed().as_secs_f64(), resumed_from))
 }
 
