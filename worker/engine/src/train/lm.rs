@@ -11,7 +11,7 @@ use crate::model::decoder::Decoder;
 use crate::train::optim::Trainer;
 use crate::train::runner::StepCallback;
 use crate::train::schedule::temperature;
-use crate::train::token_kd::{TopK, token_distillation};
+use crate::train::token_kd::{TopK, fused_token_distillation};
 use crate::train::{FitSettings, StepReport};
 
 /// What a student learns from, besides the next tokens.
@@ -75,14 +75,14 @@ pub fn fit_lm(
             let (ids, targets) = batch_tensors(sequences, batch, device)?;
             let logits = predicted_logits(decoder, &ids)?;
             let t = temperature(objective.temperature, step - 1, total);
+            let targets: Vec<u32> = targets.to_vec1()?;
             let loss = match objective.teacher {
                 Some(cache) if objective.alpha < 1.0 => {
                     let rows = cache_rows(batch, length);
-                    let teacher_ids = cache.ids_of(&rows, device)?;
-                    let log_probs = cache.log_probs(&rows, t, device)?;
-                    token_distillation(&logits, &targets, Some((&teacher_ids, &log_probs)), objective.alpha, t)?
+                    let (teacher_ids, log_probs) = (cache.bucket_ids(&rows), cache.bucket_log_probs(&rows, t));
+                    fused_token_distillation(&logits, &targets, Some((&teacher_ids, &log_probs)), objective.alpha, t)?
                 }
-                _ => token_distillation(&logits, &targets, None, 1.0, t)?,
+                _ => fused_token_distillation(&logits, &targets, None, 1.0, t)?,
             };
             let stats = trainer.backward_step(&loss)?;
             on_step(StepReport { step, total_steps: total, epoch: epoch + 1, examples: batch.len(), stats }, trainer)?;
