@@ -74,14 +74,12 @@ impl TopK {
         for &t in &top {
             kept[t as usize] = true;
         }
+        // The rest's largest logit (scaled by β > 0 it stays the largest): found once.
+        let rest_max =
+            row.iter().zip(&kept).filter(|(_, k)| !**k).map(|(&z, _)| f64::from(z)).fold(f64::NEG_INFINITY, f64::max);
         for &beta in &self.grid {
             // log-sum-exp in f64 over the rest, shifted by its maximum.
-            let max = row
-                .iter()
-                .zip(&kept)
-                .filter(|(_, k)| !**k)
-                .map(|(&z, _)| f64::from(z) * beta)
-                .fold(f64::NEG_INFINITY, f64::max);
+            let max = rest_max * beta;
             let value = if max == f64::NEG_INFINITY {
                 f64::NEG_INFINITY
             } else {
