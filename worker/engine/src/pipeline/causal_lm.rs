@@ -118,6 +118,18 @@ pub struct Evaluation {
     pub samples: Vec<(String, String)>,
 }
 
+/// `teacherOutputs.topK` must leave the remainder bucket at least one token of the teacher's
+/// vocabulary: with `k ≥ vocabulary` the cache would repeat ids, which the loss would count twice.
+/// (The schema caps topK at 4,096; this catches teachers with smaller vocabularies.)
+fn check_top_k(top_k: usize, vocabulary: usize) -> Result<(), DistillError> {
+    if top_k < vocabulary {
+        return Ok(());
+    }
+    Err(DistillError::InvalidSpec(format!(
+        "teacherOutputs.topK: {top_k} is not below the teacher's vocabulary of {vocabulary} tokens (the cache keeps the top k tokens and one bucket for the rest); use a smaller topK"
+    )))
+}
+
 impl TaskPipeline for CausalLm {
     type Data = Data;
     type Teacher = Teacher;
@@ -153,6 +165,7 @@ impl TaskPipeline for CausalLm {
                 settings.length, teacher_config.max_position_embeddings
             )));
         }
+        check_top_k(spec.teacher_outputs.clone().unwrap_or_default().top_k as usize, teacher_config.vocab_size)?;
         let corpus = read_corpus(&dir, &tokenizer, end_of_text, &settings)
             .map_err(|e| DistillError::InvalidSpec(format!("dataset.uri: {e}")))?;
         let corpus_digest = corpus_digest(&corpus);
@@ -562,4 +575,19 @@ fn corpus_digest(corpus: &Corpus) -> String {
         text += &format!("{}\t{}\n", d.name, sha256(&d.ids.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<_>>()));
     }
     sha256(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_must_leave_the_remainder_bucket_a_token() {
+        assert!(check_top_k(32, 49_152).is_ok());
+        assert!(check_top_k(255, 256).is_ok());
+        for k in [256, 300] {
+            let e = check_top_k(k, 256).unwrap_err().to_string();
+            assert!(e.contains(&format!("teacherOutputs.topK: {k}")) && e.contains("256 tokens"), "{e}");
+        }
+    }
 }
