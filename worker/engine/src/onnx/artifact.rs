@@ -72,11 +72,11 @@ pub struct ArtifactModel {
     pub tensors: HashMap<String, Tensor>,
 }
 
-fn artifact_error(path: &Path, message: impl std::fmt::Display) -> OnnxError {
+pub(crate) fn artifact_error(path: &Path, message: impl std::fmt::Display) -> OnnxError {
     OnnxError::Artifact { path: path.display().to_string(), message: message.to_string() }
 }
 
-fn read_json(path: &Path) -> Result<Value, OnnxError> {
+pub(crate) fn read_json(path: &Path) -> Result<Value, OnnxError> {
     let text = std::fs::read_to_string(path).map_err(|e| artifact_error(path, e))?;
     serde_json::from_str(&text).map_err(|e| artifact_error(path, e))
 }
@@ -151,7 +151,7 @@ pub fn eval_set(dir: &Path, job: Option<&DistillationJob>) -> Result<EvalSet, On
     Ok(EvalSet { ids, labels })
 }
 
-fn eval_threads() -> usize {
+pub(crate) fn eval_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -368,7 +368,7 @@ pub fn serve_fp32_unquantized(dir: &Path) -> Result<(), OnnxError> {
 
 /// Applies `change` to `dir`'s manifest and refreshes its entries for the ONNX files (added when
 /// present, removed when not), then writes it back.
-fn update_manifest(dir: &Path, change: impl FnOnce(&mut ArtifactManifest)) -> Result<(), OnnxError> {
+pub(crate) fn update_manifest(dir: &Path, change: impl FnOnce(&mut ArtifactManifest)) -> Result<(), OnnxError> {
     let path: PathBuf = dir.join(MANIFEST_FILE);
     let mut manifest: ArtifactManifest =
         serde_json::from_value(read_json(&path)?).map_err(|e| artifact_error(&path, e))?;
