@@ -103,3 +103,25 @@ PY
   echo "$sha" > "$dest.tmp/.stamp"
   rm -rf "$dest"; mv "$dest.tmp" "$dest"
 }
+
+# pinned_venv NAME REQUIREMENTS WHAT CHECK FAILED: a virtual environment $CACHE/python/NAME holding the
+# hash-pinned wheels of REQUIREMENTS (binary only), rebuilt when the requirements change (a stamp
+# holds their sha256), then checked by running CHECK (Python code) in it; FAILED is the error when
+# the check fails. WHAT names it in messages.
+# Prints nothing; the environment's python is $CACHE/python/NAME/bin/python.
+pinned_venv() {
+  local name=$1 requirements=$2 what=$3 check=$4 failed=$5
+  local venv="$CACHE/python/$name" want
+  want=$(sha256sum "$requirements" | cut -d' ' -f1)
+  [[ "$(cat "$venv/.stamp" 2>/dev/null)" == "$want" ]] && return 0
+  rm -rf "$venv"
+  log "installing $what into $venv (pinned, hash-checked)"
+  "$PYTHON" -m venv "$venv" || die "python3 -m venv failed (apt-get install python3-venv)"
+  if ! "$venv/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: --require-hashes \
+       -r "$requirements" >"$CACHE/python/$name-pip.log" 2>&1; then
+    cat "$CACHE/python/$name-pip.log" >&2
+    die "could not install $what from PyPI. Is the package registry reachable (proxy, PIP_INDEX_URL)?"
+  fi
+  "$venv/bin/python" -c "$check" || die "$failed ($venv)"
+  echo "$want" > "$venv/.stamp"
+}

@@ -45,6 +45,7 @@ const READ_DATASET: &str = "fn read_dataset(";
 const READ_TRANSFER: &str = "fn read_transfer(";
 const PIPELINE: &str = "worker/engine/src/pipeline/mod.rs";
 const DISTILL: &str = "worker/engine/src/pipeline/classification.rs";
+const TRAIN: &str = "worker/engine/src/train/mod.rs";
 const PREPARE: &str = "worker/engine/src/teacher/prepare.rs";
 const STUDENT: &str = "worker/engine/src/student/mod.rs";
 const ANALYZE: &str = "worker/engine/src/serve/analyze.rs";
@@ -150,15 +151,15 @@ const FIELDS: &[(&str, &str, Use)] = &[
     ("DistillationJob", "spec.loss.featureAlignment.weight", Read(DISTILL, "f.weight")),
     ("DistillationJob", "spec.loss.featureAlignment.layerMap[].student", Read(DISTILL, "p.student")),
     ("DistillationJob", "spec.loss.featureAlignment.layerMap[].teacher", Read(DISTILL, "p.teacher")),
-    ("DistillationJob", "spec.training.epochs", Read(DISTILL, "t.epochs")),
-    ("DistillationJob", "spec.training.maxSteps", Read(DISTILL, "t.max_steps")),
-    ("DistillationJob", "spec.training.batchSize", Read(DISTILL, "t.batch_size")),
-    ("DistillationJob", "spec.training.learningRate", Read(DISTILL, "t.learning_rate")),
-    ("DistillationJob", "spec.training.schedule", Read(DISTILL, "t.schedule")),
-    ("DistillationJob", "spec.training.warmupFraction", Read(DISTILL, "t.warmup_fraction")),
-    ("DistillationJob", "spec.training.weightDecay", Read(DISTILL, "t.weight_decay")),
-    ("DistillationJob", "spec.training.gradientClipNorm", Read(DISTILL, "t.gradient_clip_norm")),
-    ("DistillationJob", "spec.training.seed", Read(DISTILL, "t.seed")),
+    ("DistillationJob", "spec.training.epochs", Read(TRAIN, "t.epochs")),
+    ("DistillationJob", "spec.training.maxSteps", Read(TRAIN, "t.max_steps")),
+    ("DistillationJob", "spec.training.batchSize", Read(TRAIN, "t.batch_size")),
+    ("DistillationJob", "spec.training.learningRate", Read(TRAIN, "t.learning_rate")),
+    ("DistillationJob", "spec.training.schedule", Read(TRAIN, "t.schedule")),
+    ("DistillationJob", "spec.training.warmupFraction", Read(TRAIN, "t.warmup_fraction")),
+    ("DistillationJob", "spec.training.weightDecay", Read(TRAIN, "t.weight_decay")),
+    ("DistillationJob", "spec.training.gradientClipNorm", Read(TRAIN, "t.gradient_clip_norm")),
+    ("DistillationJob", "spec.training.seed", Read(TRAIN, "t.seed")),
     ("DistillationJob", "spec.training.checkpointInterval", Read(DISTILL, ".checkpoint_interval")),
     ("DistillationJob", "spec.quantization.mode", Read(DISTILL, "q.mode")),
     (

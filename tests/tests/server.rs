@@ -316,18 +316,24 @@ fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
             })
         })
         .collect();
-    // Wait until all six requests are admitted and at least one whole request still waits
-    // behind the running one. Then SIGTERM.
+    // Wait until every request is admitted (in flight, or already answered in full: a client
+    // thread started late under load may find the first ones done) while at least two are in
+    // flight and one whole request still waits behind the running one. Then SIGTERM.
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut most_in_flight = 0.0f64;
     loop {
         let metrics = server.metrics();
         let in_flight = metric(&metrics, "distillery_server_requests_in_flight");
         let queued = metric(&metrics, "distillery_server_queue_depth");
-        if in_flight == 6.0 {
-            assert!(queued >= 1000.0, "the server answered faster than six requests arrived: {queued} texts queued");
+        let finished = clients.iter().filter(|c| c.is_finished()).count();
+        if in_flight as usize + finished == 6 && in_flight >= 2.0 && queued >= 1000.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "only {in_flight} of 6 requests admitted after 120 s");
+        most_in_flight = most_in_flight.max(in_flight);
+        assert!(
+            Instant::now() < deadline && finished < 5,
+            "never six requests admitted with two in flight and a whole one queued: {in_flight} in flight now, at most {most_in_flight} at once, {queued} texts queued, {finished} clients finished"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let kill = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();

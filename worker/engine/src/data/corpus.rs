@@ -82,6 +82,13 @@ pub struct CorpusSettings {
     pub max_sequences: Option<usize>,
 }
 
+/// The token that ends a document: `<|endoftext|>` when the tokenizer has it (SmolLM2: id 0,
+/// which llama.cpp also treats as end of text; its `eos` is the chat turn's `<|im_end|>`), else
+/// `fallback` (the model's end-of-sequence token).
+pub fn end_of_text(tokenizer: &Tokenizer, fallback: Option<u32>) -> Option<u32> {
+    tokenizer.token_to_id("<|endoftext|>").or(fallback)
+}
+
 /// The `.txt` files under `dir` (recursively), sorted by their path relative to it.
 pub fn list_documents(dir: &Path) -> Result<Vec<PathBuf>, CorpusError> {
     let io =

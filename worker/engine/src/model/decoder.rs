@@ -552,6 +552,16 @@ impl Decoder {
         Ok(self.forward_with_hidden(input_ids, attention_mask, &[])?.logits)
     }
 
+    /// The output layer's weight `(vocab, hidden)` (the token embedding itself when tied).
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    /// The final norm's output `(batch, seq, hidden)`: what the output layer turns into logits.
+    pub fn final_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.run(input_ids, attention_mask, &[])?.0)
+    }
+
     /// [`Self::forward`], also returning the residual stream at `hidden_layers` (see
     /// [`DecoderOutput::hidden_states`]).
     pub fn forward_with_hidden(
@@ -560,6 +570,17 @@ impl Decoder {
         attention_mask: Option<&Tensor>,
         hidden_layers: &[usize],
     ) -> Result<DecoderOutput> {
+        let (normed, hidden_states) = self.run(input_ids, attention_mask, hidden_layers)?;
+        Ok(DecoderOutput { logits: dense(&normed, &self.lm_head)?, hidden_states })
+    }
+
+    /// The final norm's output, and the residual stream at `hidden_layers`.
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        hidden_layers: &[usize],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let (b, t) = input_ids.dims2()?;
         if t == 0 || t > self.config.max_position_embeddings {
             candle_core::bail!("sequence length {t} outside 1..={}", self.config.max_position_embeddings);
@@ -585,12 +606,11 @@ impl Decoder {
             x = layer.forward(&x, &cos, &sin, &bias)?;
             keep(i + 1, &x);
         }
-        let logits = dense(&self.norm.forward(&x)?, &self.lm_head)?;
         let hidden_states = hidden_layers
             .iter()
             .map(|k| kept.iter().find(|(j, _)| j == k).map(|(_, t)| t.clone()).expect("kept every requested layer"))
             .collect();
-        Ok(DecoderOutput { logits, hidden_states })
+        Ok((self.norm.forward(&x)?, hidden_states))
     }
 }
 

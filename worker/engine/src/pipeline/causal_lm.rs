@@ -11,14 +11,12 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use candle_nn::{VarBuilder, VarMap};
 use distillery_crds::DistillationJob;
-use distillery_crds::manifest::{
-    ArtifactManifest, FileEntry, Lineage, MANIFEST_VERSION, NO_DISTILLATION_GAIN, QualityWarning,
-};
+use distillery_crds::manifest::{ArtifactManifest, FileEntry, Lineage, NO_DISTILLATION_GAIN, QualityWarning};
 use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::{DistillError, RunContext, TaskPipeline, io, stage};
-use crate::data::corpus::{Corpus, CorpusSettings, read_corpus};
+use crate::data::corpus::{Corpus, CorpusSettings, end_of_text, read_corpus};
 use crate::evaluate::lm::{LmFigures, evaluate, gap_closed};
 use crate::model::decoder::{Decoder, DecoderConfig};
 use crate::onnx::artifact::JOB_FILE;
@@ -136,12 +134,12 @@ impl TaskPipeline for CausalLm {
         let teacher_config = gguf::decoder_config(&content).map_err(|e| invalid(&e))?;
         let metadata = gguf::tokenizer_metadata(&content).map_err(|e| invalid(&e))?;
         let tokenizer = build_tokenizer(&metadata).map_err(|e| invalid(&e))?;
-        let end_of_text = metadata.eos_token_id.or(metadata.unknown_token_id).ok_or_else(|| {
-            DistillError::InvalidSpec(
-                "teacher.uri: the GGUF names no end-of-sequence token to separate documents with".into(),
-            )
-        })?;
-        let end_of_text = end_of_text_token(&tokenizer).unwrap_or(end_of_text);
+        let end_of_text =
+            end_of_text(&tokenizer, metadata.eos_token_id.or(metadata.unknown_token_id)).ok_or_else(|| {
+                DistillError::InvalidSpec(
+                    "teacher.uri: the GGUF names no end-of-sequence token to separate documents with".into(),
+                )
+            })?;
 
         let dir = run.resolver.materialize(&spec.dataset.uri, Kind::Directory)?;
         let settings = CorpusSettings {
@@ -252,7 +250,7 @@ impl TaskPipeline for CausalLm {
         let spec = &run.job.spec;
         let config = student_config(&spec.student, &teacher.gguf.config)
             .map_err(|e| DistillError::InvalidSpec(e.to_string()))?;
-        let settings = fit_settings(run.job);
+        let settings = FitSettings::from_spec(&run.job.spec.training);
         let build = || -> Result<VarMap, DistillError> {
             Ok(match &spec.student.init_from_teacher {
                 Some(from) => decoder_from_teacher_layers(&teacher.gguf.tensors, &from.layers)?,
@@ -304,6 +302,13 @@ impl TaskPipeline for CausalLm {
         reporter: &mut dyn Reporter,
     ) -> Result<Evaluation, DistillError> {
         let held_out = &data.corpus.held_out;
+        // What each student writes after the start of a held-out speech.
+        let prompt = data
+            .tokenizer
+            .decode(&held_out[0][..SAMPLE_PROMPT.min(held_out[0].len())], false)
+            .map_err(|e| DistillError::InvalidSpec(format!("teacher.uri: its tokenizer cannot decode: {e}")))?;
+        let sampling = Sampling { max_tokens: SAMPLE_TOKENS, temperature: 0.0, seed: 0 };
+        let mut samples = vec![];
         let mut figures = |trained: &Trained| -> Result<LmFigures, DistillError> {
             let decoder = trained.decoder(run)?;
             let f = evaluate(&decoder, held_out, Some(&outputs.held_out.outputs), SCORING_BATCH, run.device)?;
@@ -319,29 +324,13 @@ impl TaskPipeline for CausalLm {
                     f.kl_to_teacher.unwrap_or(f64::NAN)
                 ),
             );
+            let text = continue_text(&decoder, &data.tokenizer, Some(data.end_of_text), &prompt, sampling, run.device)
+                .map_err(|e| DistillError::InvalidSpec(e.to_string()))?;
+            samples.push((trained.name.to_string(), text));
             Ok(f)
         };
         let distilled = figures(&students.distilled)?;
         let corpus_only = students.corpus_only.as_ref().map(&mut figures).transpose()?;
-        // What each student writes after the start of a held-out speech.
-        let prompt = data
-            .tokenizer
-            .decode(&held_out[0][..SAMPLE_PROMPT.min(held_out[0].len())], false)
-            .map_err(|e| DistillError::InvalidSpec(format!("teacher.uri: its tokenizer cannot decode: {e}")))?;
-        let sampling = Sampling { max_tokens: SAMPLE_TOKENS, temperature: 0.0, seed: 0 };
-        let mut samples = vec![];
-        for trained in std::iter::once(&students.distilled).chain(&students.corpus_only) {
-            let text = continue_text(
-                &trained.decoder(run)?,
-                &data.tokenizer,
-                Some(data.end_of_text),
-                &prompt,
-                sampling,
-                run.device,
-            )
-            .map_err(|e| DistillError::InvalidSpec(e.to_string()))?;
-            samples.push((trained.name.to_string(), text));
-        }
         Ok(Evaluation { teacher: outputs.held_out.figures, distilled, corpus_only, prompt, samples })
     }
 
@@ -411,19 +400,7 @@ impl TaskPipeline for CausalLm {
             dataset_digest: data.corpus_digest.clone(),
             spec_hash: run.spec_hash.clone(),
         };
-        Ok(ArtifactManifest {
-            manifest_version: MANIFEST_VERSION,
-            created: jiff::Timestamp::now().to_string(),
-            worker_version: env!("CARGO_PKG_VERSION").to_string(),
-            lineage,
-            metrics,
-            training,
-            files,
-            variants: BTreeMap::new(),
-            served_variant: None,
-            served_variant_reason: None,
-            warnings,
-        })
+        Ok(super::new_manifest(lineage, metrics, training, files, warnings))
     }
 
     fn export(
@@ -542,13 +519,7 @@ fn write_model_files(
         tokenizer_json(tokenizer, false).map_err(|e| DistillError::InvalidSpec(format!("teacher.uri: {e}")))?;
     write("tokenizer.json", tokenizer.into_bytes())?;
     write(JOB_FILE, serde_json::to_vec_pretty(job).expect("json"))?;
-    let mut files = BTreeMap::new();
-    for name in ["model.safetensors", "config.json", "tokenizer.json", JOB_FILE] {
-        let path = output.join(name);
-        let size_bytes = std::fs::metadata(&path).map_err(io(&path))?.len();
-        files.insert(name.to_string(), FileEntry { size_bytes, sha256: sha256_file(&path).map_err(io(&path))? });
-    }
-    Ok(files)
+    super::file_entries(output, &["model.safetensors", "config.json", "tokenizer.json", JOB_FILE])
 }
 
 /// Trains `variables` (a student of `config`) as the run `name`, resuming from its checkpoint.
@@ -588,29 +559,6 @@ fn train_one(
         |trainer, on_step| fit_lm(&decoder, trainer, sequences, objective, settings, run.device, on_step),
     )?;
     Ok(Trained { name, config: config.clone(), variables, summary })
-}
-
-/// The training settings of the spec (sequences per batch).
-fn fit_settings(job: &DistillationJob) -> FitSettings {
-    let t = &job.spec.training;
-    FitSettings {
-        epochs: u64::from(t.epochs.unwrap_or(3)),
-        max_steps: t.max_steps,
-        batch_size: t.batch_size as usize,
-        learning_rate: t.learning_rate,
-        warmup_fraction: t.warmup_fraction,
-        decay: t.schedule,
-        clip_norm: t.gradient_clip_norm,
-        weight_decay: t.weight_decay,
-        seed: t.seed,
-        frozen_layers: 0,
-    }
-}
-
-/// The tokenizer's end-of-text token, when it has one by that name (SmolLM2: `<|endoftext|>`,
-/// id 0, which llama.cpp also treats as end of text; its `eos` is the chat turn's `<|im_end|>`).
-fn end_of_text_token(tokenizer: &Tokenizer) -> Option<u32> {
-    tokenizer.token_to_id("<|endoftext|>")
 }
 
 /// sha256 over every document's name and token count and the sequences' contents.

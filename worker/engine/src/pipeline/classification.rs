@@ -10,9 +10,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use distillery_crds::DistillationJob;
 use distillery_crds::distillation::{AlignmentKind, LayerPair, QuantizationMode};
-use distillery_crds::manifest::{
-    ArtifactManifest, FileEntry, HeldOutAccuracies, Lineage, MANIFEST_VERSION, quality_warnings,
-};
+use distillery_crds::manifest::{ArtifactManifest, FileEntry, HeldOutAccuracies, Lineage, quality_warnings};
 use serde_json::{Value, json};
 
 use super::{DistillError, RunContext, TaskPipeline, io, stage};
@@ -193,7 +191,7 @@ impl TaskPipeline for Classification {
         reporter: &mut dyn Reporter,
     ) -> Result<Students, DistillError> {
         let (job, inputs) = (run.job, &data.inputs);
-        let settings = fit_settings(job);
+        let settings = FitSettings::from_spec(&job.spec.training);
         let distillation_indices = inputs.distillation_indices();
         let alignment = job.spec.loss.feature_alignment.as_ref();
 
@@ -352,25 +350,14 @@ impl TaskPipeline for Classification {
             dataset_digest: sha256_file(&inputs.dataset.path).map_err(io(&inputs.dataset.path))?,
             spec_hash: run.spec_hash.clone(),
         };
-        Ok(ArtifactManifest {
-            manifest_version: MANIFEST_VERSION,
-            created: jiff::Timestamp::now().to_string(),
-            worker_version: env!("CARGO_PKG_VERSION").to_string(),
-            lineage,
-            metrics,
-            training,
-            files,
-            variants: BTreeMap::new(),
-            served_variant: None,
-            served_variant_reason: None,
-            warnings: quality_warnings(&HeldOutAccuracies {
-                teacher: teacher_accuracy,
-                bag_of_words: data.bag_of_words_accuracy,
-                majority_class: data.majority_accuracy,
-                distilled: evaluation.distilled,
-                label_only: students.label_only.as_ref().map(|_| evaluation.label_only),
-            }),
-        })
+        let warnings = quality_warnings(&HeldOutAccuracies {
+            teacher: teacher_accuracy,
+            bag_of_words: data.bag_of_words_accuracy,
+            majority_class: data.majority_accuracy,
+            distilled: evaluation.distilled,
+            label_only: students.label_only.as_ref().map(|_| evaluation.label_only),
+        });
+        Ok(super::new_manifest(lineage, metrics, training, files, warnings))
     }
 
     fn export(
@@ -511,23 +498,6 @@ fn train_one(
     Ok(Trained { name, student, summary })
 }
 
-/// The training settings of the spec.
-fn fit_settings(job: &DistillationJob) -> FitSettings {
-    let t = &job.spec.training;
-    FitSettings {
-        epochs: u64::from(t.epochs.unwrap_or(3)),
-        max_steps: t.max_steps,
-        batch_size: t.batch_size as usize,
-        learning_rate: t.learning_rate,
-        warmup_fraction: t.warmup_fraction,
-        decay: t.schedule,
-        clip_norm: t.gradient_clip_norm,
-        weight_decay: t.weight_decay,
-        seed: t.seed,
-        frozen_layers: 0,
-    }
-}
-
 /// The layer map of `hidden-mse` alignment, when the spec asks for it.
 fn hidden_layer_map(job: &DistillationJob) -> Option<&Vec<LayerPair>> {
     job.spec.loss.feature_alignment.as_ref().filter(|f| f.kind == AlignmentKind::HiddenMse).map(|f| &f.layer_map)
@@ -664,13 +634,7 @@ fn write_model_files(
     write("tokenizer.json", serde_json::to_vec(&student.tokenizer_json).expect("json"))?;
     // The job itself: `distillery-worker export` / `quantize` re-read its held-out split.
     write(onnx_artifact::JOB_FILE, serde_json::to_vec_pretty(job).expect("json"))?;
-    let mut files = BTreeMap::new();
-    for name in ["model.safetensors", "config.json", "tokenizer.json", onnx_artifact::JOB_FILE] {
-        let path = output.join(name);
-        let size_bytes = std::fs::metadata(&path).map_err(io(&path))?.len();
-        files.insert(name.to_string(), FileEntry { size_bytes, sha256: sha256_file(&path).map_err(io(&path))? });
-    }
-    Ok(files)
+    super::file_entries(output, &["model.safetensors", "config.json", "tokenizer.json", onnx_artifact::JOB_FILE])
 }
 
 /// The final table: accuracy, parameters and size of each model.

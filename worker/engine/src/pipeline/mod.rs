@@ -17,18 +17,21 @@ pub mod classification;
 pub mod error;
 pub mod output;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use distillery_crds::DistillationJob;
 use distillery_crds::distillation::Task;
-use distillery_crds::manifest::{ArtifactManifest, MANIFEST_FILE};
+use distillery_crds::manifest::{
+    ArtifactManifest, FileEntry, Lineage, MANIFEST_FILE, MANIFEST_VERSION, QualityWarning,
+};
 
 pub use error::{DistillError, ErrorPolicy};
 pub use output::{check_output, check_remote_output, output_location, publish, spec_hash};
 
 use crate::progress::{Event, ProgressStage, Reporter};
-use crate::store::{Resolver, write_atomically};
+use crate::store::{Resolver, sha256_file, write_atomically};
 
 /// What every stage of a run can read.
 pub struct RunContext<'a> {
@@ -201,6 +204,41 @@ fn run_stages<T: TaskPipeline>(
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| io(&manifest_path)(std::io::Error::other(e))))?;
     let table = task.table(&data, &teacher, &students, &evaluation, &manifest);
     Ok(Outcome { output: run.output.to_path_buf(), manifest, table })
+}
+
+/// The manifest entries (size, sha256) of the files `names` in `dir`.
+pub(crate) fn file_entries(dir: &Path, names: &[&str]) -> Result<BTreeMap<String, FileEntry>, DistillError> {
+    let mut files = BTreeMap::new();
+    for name in names {
+        let path = dir.join(name);
+        let size_bytes = std::fs::metadata(&path).map_err(io(&path))?.len();
+        files.insert(name.to_string(), FileEntry { size_bytes, sha256: sha256_file(&path).map_err(io(&path))? });
+    }
+    Ok(files)
+}
+
+/// A new artifact's manifest, made now by this worker, with no ONNX variant yet (the export
+/// stage adds them).
+pub(crate) fn new_manifest(
+    lineage: Lineage,
+    metrics: BTreeMap<String, f64>,
+    training: BTreeMap<String, serde_json::Value>,
+    files: BTreeMap<String, FileEntry>,
+    warnings: Vec<QualityWarning>,
+) -> ArtifactManifest {
+    ArtifactManifest {
+        manifest_version: MANIFEST_VERSION,
+        created: jiff::Timestamp::now().to_string(),
+        worker_version: env!("CARGO_PKG_VERSION").to_string(),
+        lineage,
+        metrics,
+        training,
+        files,
+        variants: BTreeMap::new(),
+        served_variant: None,
+        served_variant_reason: None,
+        warnings,
+    }
 }
 
 /// An I/O failure on `path`, as a run's error.

@@ -72,7 +72,7 @@ impl LanguageModel {
             .map_err(|e| artifact(&weights, e.to_string()))?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| artifact(&tokenizer_path, e.to_string()))?;
-        let end_of_text = tokenizer.token_to_id("<|endoftext|>").or(config.eos_token_id);
+        let end_of_text = crate::data::corpus::end_of_text(&tokenizer, config.eos_token_id);
         Ok(Self { decoder, tokenizer, end_of_text })
     }
 

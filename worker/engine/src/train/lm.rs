@@ -11,7 +11,7 @@ use crate::model::decoder::Decoder;
 use crate::train::optim::Trainer;
 use crate::train::runner::StepCallback;
 use crate::train::schedule::temperature;
-use crate::train::token_kd::{TopK, fused_token_distillation};
+use crate::train::token_kd::{TopK, fused_head_distillation};
 use crate::train::{FitSettings, StepReport};
 
 /// What a student learns from, besides the next tokens.
@@ -41,11 +41,18 @@ pub fn batch_tensors(sequences: &[Vec<u32>], batch: &[usize], device: &Device) -
     ))
 }
 
+/// The student's final hidden states at the predicted positions (all but the last),
+/// `(batch · (length − 1), hidden)`: what the output layer turns into next-token logits.
+pub fn predicted_hidden(decoder: &Decoder, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let hidden = decoder.final_hidden(ids, None)?;
+    let width = hidden.dim(D::Minus1)?;
+    hidden.narrow(1, 0, t - 1)?.reshape((b * (t - 1), width))
+}
+
 /// The student's logits at the predicted positions, `(batch · (length − 1), vocab)`.
 pub fn predicted_logits(decoder: &Decoder, ids: &Tensor) -> Result<Tensor> {
-    let (b, t) = ids.dims2()?;
-    let logits = decoder.forward(ids, None)?;
-    logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), logits.dim(D::Minus1)?))
+    predicted_hidden(decoder, ids)?.matmul(&decoder.lm_head().t()?)
 }
 
 /// Trains `decoder` (whose variables `trainer` holds) on `sequences`, continuing after the
@@ -73,16 +80,23 @@ pub fn fit_lm(
                 continue;
             }
             let (ids, targets) = batch_tensors(sequences, batch, device)?;
-            let logits = predicted_logits(decoder, &ids)?;
+            let hidden = predicted_hidden(decoder, &ids)?;
             let t = temperature(objective.temperature, step - 1, total);
             let targets: Vec<u32> = targets.to_vec1()?;
             let loss = match objective.teacher {
                 Some(cache) if objective.alpha < 1.0 => {
                     let rows = cache_rows(batch, length);
                     let (teacher_ids, log_probs) = (cache.bucket_ids(&rows), cache.bucket_log_probs(&rows, t));
-                    fused_token_distillation(&logits, &targets, Some((&teacher_ids, &log_probs)), objective.alpha, t)?
+                    fused_head_distillation(
+                        &hidden,
+                        decoder.lm_head(),
+                        &targets,
+                        Some((&teacher_ids, &log_probs)),
+                        objective.alpha,
+                        t,
+                    )?
                 }
-                _ => fused_token_distillation(&logits, &targets, None, 1.0, t)?,
+                _ => fused_head_distillation(&hidden, decoder.lm_head(), &targets, None, 1.0, t)?,
             };
             let stats = trainer.backward_step(&loss)?;
             on_step(StepReport { step, total_steps: total, epoch: epoch + 1, examples: batch.len(), stats }, trainer)?;

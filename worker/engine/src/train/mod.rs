@@ -17,7 +17,7 @@ pub mod schedule;
 pub mod token_kd;
 
 use candle_core::{Device, Result, Tensor, Var};
-use distillery_crds::distillation::{Schedule, TemperatureSchedule};
+use distillery_crds::distillation::{Schedule, TemperatureSchedule, TrainingSpec};
 
 use crate::data::batch::pad;
 use crate::data::dataset::bucketed_batches;
@@ -56,6 +56,22 @@ pub struct FitSettings {
 const BUCKET_WINDOW: usize = 50;
 
 impl FitSettings {
+    /// The spec's `training` settings (3 epochs when neither epochs nor maxSteps is set).
+    pub fn from_spec(t: &TrainingSpec) -> Self {
+        Self {
+            epochs: u64::from(t.epochs.unwrap_or(3)),
+            max_steps: t.max_steps,
+            batch_size: t.batch_size as usize,
+            learning_rate: t.learning_rate,
+            warmup_fraction: t.warmup_fraction,
+            decay: t.schedule,
+            clip_norm: t.gradient_clip_norm,
+            weight_decay: t.weight_decay,
+            seed: t.seed,
+            frozen_layers: 0,
+        }
+    }
+
     /// Steps per epoch for `n` training examples (the last, partial batch included).
     pub fn steps_per_epoch(&self, n: usize) -> u64 {
         n.div_ceil(self.batch_size) as u64

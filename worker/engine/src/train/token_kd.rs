@@ -18,6 +18,8 @@
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::ops::log_softmax;
 
+use crate::model::fused::{data, exp_approx};
+
 /// The teacher's outputs on some positions, compressed to its top `k` tokens.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TopK {
@@ -74,14 +76,12 @@ impl TopK {
         for &t in &top {
             kept[t as usize] = true;
         }
+        // The rest's largest logit (scaled by β > 0 it stays the largest): found once.
+        let rest_max =
+            row.iter().zip(&kept).filter(|(_, k)| !**k).map(|(&z, _)| f64::from(z)).fold(f64::NEG_INFINITY, f64::max);
         for &beta in &self.grid {
             // log-sum-exp in f64 over the rest, shifted by its maximum.
-            let max = row
-                .iter()
-                .zip(&kept)
-                .filter(|(_, k)| !**k)
-                .map(|(&z, _)| f64::from(z) * beta)
-                .fold(f64::NEG_INFINITY, f64::max);
+            let max = rest_max * beta;
             let value = if max == f64::NEG_INFINITY {
                 f64::NEG_INFINITY
             } else {
@@ -221,8 +221,11 @@ pub fn token_distillation(
 /// [`token_distillation`] as one fused CPU operation with a hand-written backward pass: on a
 /// vocabulary of 49,152 tokens the composed form's log-softmaxes, gathers and their gradients
 /// are passes over `positions × vocabulary` buffers, several times the cost of the output layer's
-/// matrix product. Here each row is read twice forward (maximum, then the sums at temperatures 1
-/// and `t`) and twice backward, in parallel over rows. Off the CPU, the composed form.
+/// matrix product. Here the forward pass reads each row twice (its maximum, then its sums of
+/// exponentials at temperatures 1 and `t`, one sum when `t = 1`) and keeps each row's
+/// log-sum-exps for the backward pass, which reads the row once more and writes its gradient:
+/// one exponential per value when `t = 1`, two otherwise, in a vectorised `exp`
+/// ([`crate::model::fused::exp_approx`]). Rows run in parallel. Off the CPU, the composed form.
 pub fn fused_token_distillation(
     student_logits: &Tensor,
     targets: &[u32],
@@ -244,13 +247,80 @@ pub fn fused_token_distillation(
             None => token_distillation(student_logits, &targets, None, 1.0, t),
         };
     }
-    let op = TokenKd {
-        targets: targets.to_vec(),
-        teacher: teacher.filter(|_| alpha < 1.0).map(|(ids, lp)| (ids.to_vec(), lp.to_vec())),
-        alpha: if teacher.is_some() { alpha } else { 1.0 },
-        t,
-    };
-    student_logits.to_dtype(DType::F32)?.contiguous()?.apply_op1(op)
+    student_logits.to_dtype(DType::F32)?.contiguous()?.apply_op1(TokenKd::new(targets, teacher, alpha, t))
+}
+
+/// [`fused_token_distillation`] of the logits `hidden · weightᵀ`, the output layer fused in:
+/// `hidden` `(positions, width)`, `weight` `(vocabulary, width)`. The logits are computed once
+/// outside the autograd graph, and the backward pass returns the gradients of `hidden` and
+/// `weight` directly (two matrix products with the logits' gradient). Through candle's graph the
+/// `positions × vocabulary` gradient would pass a reshape and a matrix product, each allocating a
+/// zero buffer of that size to add into: on a 49,152-token vocabulary, most of a step's backward
+/// pass. Off the CPU, the composed form.
+pub fn fused_head_distillation(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &[u32],
+    teacher: Option<(&[u32], &[f32])>,
+    alpha: f64,
+    t: f64,
+) -> Result<Tensor> {
+    if !hidden.device().is_cpu() {
+        return fused_token_distillation(&hidden.matmul(&weight.t()?)?, targets, teacher, alpha, t);
+    }
+    let logits = hidden.detach().to_dtype(DType::F32)?.matmul(&weight.detach().to_dtype(DType::F32)?.t()?)?;
+    hidden.apply_op2(weight, HeadKd { loss: TokenKd::new(targets, teacher, alpha, t), logits })
+}
+
+/// The fused output layer and loss: the loss's inputs and the logits it is taken of.
+struct HeadKd {
+    loss: TokenKd,
+    /// `hidden · weightᵀ`, contiguous f32, detached.
+    logits: Tensor,
+}
+
+impl candle_core::CustomOp2 for HeadKd {
+    fn name(&self) -> &'static str {
+        "head-token-kd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (_, width) = self.logits.dims2()?;
+        let (storage, layout) = self.logits.storage_and_layout();
+        let candle_core::Storage::Cpu(storage) = &*storage else {
+            candle_core::bail!("head-token-kd: logits off the CPU")
+        };
+        let loss = self.loss.forward(data(storage, layout, "head-token-kd")?, width);
+        Ok((candle_core::CpuStorage::F32(vec![loss]), candle_core::Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, width) = self.logits.dims2()?;
+        let g = {
+            let (storage, layout) = self.logits.storage_and_layout();
+            let candle_core::Storage::Cpu(storage) = &*storage else {
+                candle_core::bail!("head-token-kd: logits off the CPU")
+            };
+            let z = data(storage, layout, "head-token-kd")?;
+            self.loss.backward(z, width, grad_res)?
+        };
+        let g = Tensor::from_vec(g, (n, width), hidden.device())?;
+        let d_hidden = g.matmul(&weight.detach().to_dtype(DType::F32)?)?.to_dtype(hidden.dtype())?;
+        let d_weight = g.t()?.matmul(&hidden.detach().to_dtype(DType::F32)?)?.to_dtype(weight.dtype())?;
+        Ok((Some(d_hidden), Some(d_weight)))
+    }
 }
 
 /// The fused loss: its inputs besides the logits.
@@ -260,74 +330,171 @@ struct TokenKd {
     teacher: Option<(Vec<u32>, Vec<f32>)>,
     alpha: f64,
     t: f64,
+    /// Each row's log-sum-exps, from the forward pass for the backward pass.
+    log_sum_exps: std::sync::OnceLock<Vec<RowLse>>,
+}
+
+/// A row's `log Σ exp(z)` and `log Σ exp(z / t)`.
+#[derive(Clone, Copy, Debug)]
+struct RowLse {
+    at_one: f64,
+    at_t: f64,
+}
+
+/// The KL term of one row over the teacher's buckets.
+struct Buckets {
+    /// `Σ_b p_b (log p_b − log Q_b)`.
+    kl: f64,
+    /// `(token, p_b)` for each of the teacher's top-k tokens.
+    top: Vec<(usize, f64)>,
+    /// `p_rest / Q_rest`.
+    rest_ratio: f64,
 }
 
 impl TokenKd {
-    /// One row's loss and, when `grad` is given, its gradient (not yet divided by the rows).
-    fn row(&self, r: usize, z: &[f32], grad: Option<&mut [f32]>) -> f64 {
-        let (alpha, t) = (self.alpha, self.t);
-        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let (mut sum1, mut sum_t) = (0f64, 0f64);
-        for &v in z {
-            sum1 += f64::from(v - max).exp();
-            sum_t += (f64::from(v - max) / t).exp();
+    fn new(targets: &[u32], teacher: Option<(&[u32], &[f32])>, alpha: f64, t: f64) -> Self {
+        TokenKd {
+            targets: targets.to_vec(),
+            teacher: teacher.filter(|_| alpha < 1.0).map(|(ids, lp)| (ids.to_vec(), lp.to_vec())),
+            alpha: if teacher.is_some() { alpha } else { 1.0 },
+            t,
+            log_sum_exps: std::sync::OnceLock::new(),
         }
-        let lse1 = f64::from(max) + sum1.ln();
-        let lse_t = f64::from(max) / t + sum_t.ln();
-        let target = self.targets[r] as usize;
-        let mut loss = alpha * (lse1 - f64::from(z[target]));
-        // The teacher's buckets: p (its probabilities) and Q (the student's) per bucket.
-        let mut ratios: Vec<(usize, f64)> = vec![];
-        let mut rest_ratio = 0.0;
-        if let Some((ids, log_probs)) = &self.teacher {
-            let k = ids.len() / self.targets.len();
-            let ids = &ids[r * k..(r + 1) * k];
-            let lp = &log_probs[r * (k + 1)..(r + 1) * (k + 1)];
-            let mut covered = 0.0;
-            let mut kl = 0.0;
-            for (i, &id) in ids.iter().enumerate() {
-                let q = (f64::from(z[id as usize]) / t - lse_t).exp();
-                covered += q;
-                let p = f64::from(lp[i]).exp();
-                if p > 0.0 {
-                    kl += p * (f64::from(lp[i]) - q.max(FLOOR).ln());
-                }
-                ratios.push((id as usize, p / q.max(FLOOR)));
-            }
-            let q_rest = (1.0 - covered).clamp(FLOOR, 1.0);
-            let p_rest = f64::from(lp[k]).exp();
-            if p_rest > 0.0 {
-                kl += p_rest * (f64::from(lp[k]) - q_rest.ln());
-            }
-            rest_ratio = p_rest / q_rest;
-            loss += (1.0 - alpha) * t * t * kl;
-        }
-        if let Some(g) = grad {
-            // d/dz_j: alpha·(softmax_j − [j = target]) + (1 − alpha)·T·q_j·(1 − p_b/Q_b), b the
-            // bucket of j (from d/ds_j of −Σ_b p_b log Q_b = q_j (1 − p_b/Q_b), s = z/T, times T²).
-            let soft = (1.0 - alpha) * t;
-            for (j, (g, &v)) in g.iter_mut().zip(z).enumerate() {
-                let p1 = (f64::from(v) - lse1).exp();
-                let mut d = alpha * p1;
-                if self.teacher.is_some() {
-                    let q = (f64::from(v) / t - lse_t).exp();
-                    d += soft * q * (1.0 - rest_ratio);
-                }
-                if j == target {
-                    d -= alpha;
-                }
-                *g = d as f32;
-            }
-            if self.teacher.is_some() {
-                for &(id, ratio) in &ratios {
-                    let q = (f64::from(z[id]) / t - lse_t).exp();
-                    // Replace the remainder's factor with the token's own bucket's.
-                    g[id] += (soft * q * (rest_ratio - ratio)) as f32;
-                }
-            }
-        }
-        loss
     }
+
+    /// The mean loss over the rows of `z` (`width` logits each), keeping each row's
+    /// log-sum-exps for [`Self::backward`].
+    fn forward(&self, z: &[f32], width: usize) -> f32 {
+        use rayon::prelude::*;
+        let rows: Vec<(f64, RowLse)> = z
+            .par_chunks(width)
+            .enumerate()
+            .map(|(r, row)| {
+                let lse = self.log_sum_exps(row);
+                (self.row_loss(r, row, lse), lse)
+            })
+            .collect();
+        // Added in row order: the same loss whatever the thread count.
+        let total: f64 = rows.iter().map(|(loss, _)| loss).sum();
+        let n = rows.len();
+        let _ = self.log_sum_exps.set(rows.into_iter().map(|(_, lse)| lse).collect());
+        (total / n.max(1) as f64) as f32
+    }
+
+    /// The gradient of the mean loss with respect to `z`, times `grad_res` (the loss's own
+    /// gradient, a scalar).
+    fn backward(&self, z: &[f32], width: usize, grad_res: &Tensor) -> Result<Vec<f32>> {
+        use rayon::prelude::*;
+        let n = z.len() / width.max(1);
+        let scale = f64::from(grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?) / n.max(1) as f64;
+        let lse = self.log_sum_exps.get();
+        let mut g = vec![0f32; z.len()];
+        g.par_chunks_mut(width).zip(z.par_chunks(width)).enumerate().for_each(|(r, (g, row))| {
+            let lse = lse.map_or_else(|| self.log_sum_exps(row), |all| all[r]);
+            self.row_grad(r, row, lse, scale, g);
+        });
+        Ok(g)
+    }
+
+    /// Whether the soft targets' temperature is 1, where both softmaxes are one.
+    fn unit_temperature(&self) -> bool {
+        (self.t - 1.0).abs() < 1e-12
+    }
+
+    fn log_sum_exps(&self, z: &[f32]) -> RowLse {
+        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let at_one = f64::from(max) + sum_exp(z, max, 1.0).ln();
+        let at_t = if self.unit_temperature() {
+            at_one
+        } else {
+            f64::from(max) / self.t + sum_exp(z, max, (1.0 / self.t) as f32).ln()
+        };
+        RowLse { at_one, at_t }
+    }
+
+    /// Row `r`'s KL against the teacher's buckets, when there is a teacher.
+    fn buckets(&self, r: usize, z: &[f32], lse: RowLse) -> Option<Buckets> {
+        let (ids, log_probs) = self.teacher.as_ref()?;
+        let k = ids.len() / self.targets.len();
+        let ids = &ids[r * k..(r + 1) * k];
+        let lp = &log_probs[r * (k + 1)..(r + 1) * (k + 1)];
+        let (mut covered, mut kl) = (0.0, 0.0);
+        let mut top = Vec::with_capacity(k);
+        for (&id, &lp) in ids.iter().zip(lp) {
+            let log_q = f64::from(z[id as usize]) / self.t - lse.at_t;
+            covered += log_q.exp();
+            let p = f64::from(lp).exp();
+            if p > 0.0 {
+                kl += p * (f64::from(lp) - log_q);
+            }
+            top.push((id as usize, p));
+        }
+        let q_rest = (1.0 - covered).clamp(FLOOR, 1.0);
+        let p_rest = f64::from(lp[k]).exp();
+        if p_rest > 0.0 {
+            kl += p_rest * (f64::from(lp[k]) - q_rest.ln());
+        }
+        Some(Buckets { kl, top, rest_ratio: p_rest / q_rest })
+    }
+
+    /// Row `r`'s loss.
+    fn row_loss(&self, r: usize, z: &[f32], lse: RowLse) -> f64 {
+        let target = self.targets[r] as usize;
+        let hard = self.alpha * (lse.at_one - f64::from(z[target]));
+        let soft = self.buckets(r, z, lse).map_or(0.0, |b| (1.0 - self.alpha) * self.t * self.t * b.kl);
+        hard + soft
+    }
+
+    /// Row `r`'s gradient times `scale` into `g`: d/dz_j = alpha·(softmax_j − [j = target]) +
+    /// (1 − alpha)·T·q_j·(1 − p_b/Q_b), b the bucket of j (d/ds_j of −Σ_b p_b log Q_b is
+    /// q_j (1 − p_b/Q_b) for s = z/T, times T²).
+    fn row_grad(&self, r: usize, z: &[f32], lse: RowLse, scale: f64, g: &mut [f32]) {
+        let (alpha, t) = (self.alpha, self.t);
+        let soft = (1.0 - alpha) * t;
+        let buckets = self.buckets(r, z, lse);
+        let rest = buckets.as_ref().map_or(0.0, |b| soft * (1.0 - b.rest_ratio));
+        let shift_one = lse.at_one as f32;
+        if self.unit_temperature() {
+            // Both softmaxes are one: alpha·p + soft·(1 − rest ratio)·p.
+            let c = (scale * (alpha + rest)) as f32;
+            for (g, &v) in g.iter_mut().zip(z) {
+                *g = c * exp_approx(v - shift_one);
+            }
+        } else {
+            let (a, c) = ((scale * alpha) as f32, (scale * rest) as f32);
+            let (beta, shift_t) = ((1.0 / t) as f32, lse.at_t as f32);
+            for (g, &v) in g.iter_mut().zip(z) {
+                *g = a * exp_approx(v - shift_one) + c * exp_approx(v * beta - shift_t);
+            }
+        }
+        g[self.targets[r] as usize] -= (scale * alpha) as f32;
+        if let Some(b) = buckets {
+            for &(id, p) in &b.top {
+                let q = (f64::from(z[id]) / t - lse.at_t).exp();
+                // A top-k token is its own bucket: soft·(q − p) in place of soft·q·(1 − rest ratio).
+                g[id] += (scale * soft * (q * b.rest_ratio - p)) as f32;
+            }
+        }
+    }
+}
+
+/// `Σ exp((v − shift) · scale)` over `z`: f32 lanes within blocks of 64 values (so the loop
+/// vectorises), the blocks added in f64.
+fn sum_exp(z: &[f32], shift: f32, scale: f32) -> f64 {
+    const LANES: usize = 8;
+    z.chunks(64)
+        .map(|block| {
+            let mut lanes = [0f32; LANES];
+            let mut chunks = block.chunks_exact(LANES);
+            for c in &mut chunks {
+                for (l, &v) in lanes.iter_mut().zip(c) {
+                    *l += exp_approx((v - shift) * scale);
+                }
+            }
+            let tail: f32 = chunks.remainder().iter().map(|&v| exp_approx((v - shift) * scale)).sum();
+            f64::from(lanes.iter().sum::<f32>() + tail)
+        })
+        .sum()
 }
 
 impl candle_core::CustomOp1 for TokenKd {
@@ -340,27 +507,21 @@ impl candle_core::CustomOp1 for TokenKd {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
-        let (n, width) = layout.shape().dims2()?;
-        let all = storage.as_slice::<f32>()?;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("token-kd: needs contiguous logits")
-        };
-        let z = &all[start..end];
-        let total: f64 = z.par_chunks(width).enumerate().map(|(r, row)| self.row(r, row, None)).sum();
-        Ok((candle_core::CpuStorage::F32(vec![(total / n.max(1) as f64) as f32]), candle_core::Shape::from(())))
+        let (_, width) = layout.shape().dims2()?;
+        let loss = self.forward(data(storage, layout, "token-kd")?, width);
+        Ok((candle_core::CpuStorage::F32(vec![loss]), candle_core::Shape::from(())))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        use rayon::prelude::*;
         let (n, width) = arg.dims2()?;
-        let z: Vec<f32> = arg.flatten_all()?.to_vec1()?;
-        let mut g = vec![0f32; z.len()];
-        g.par_chunks_mut(width).zip(z.par_chunks(width)).enumerate().for_each(|(r, (g, row))| {
-            self.row(r, row, Some(g));
-        });
-        let scale = f64::from(grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?) / n.max(1) as f64;
-        Ok(Some((Tensor::from_vec(g, (n, width), arg.device())? * scale)?))
+        let g = {
+            let (storage, layout) = arg.storage_and_layout();
+            let candle_core::Storage::Cpu(storage) = &*storage else {
+                candle_core::bail!("token-kd: the CPU operation's input is not on the CPU")
+            };
+            self.backward(data(storage, layout, "token-kd")?, width, grad_res)?
+        };
+        Ok(Some(Tensor::from_vec(g, (n, width), arg.device())?))
     }
 }
 
@@ -509,6 +670,50 @@ mod tests {
             assert!((a - b).abs() < 1e-4 * a.abs().max(1.0), "alpha {alpha} T {t}: loss {a} vs {b}");
             let diff = (g_composed - g_fused).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-5, "alpha {alpha} T {t}: gradients differ by {diff}");
+        }
+    }
+
+    #[test]
+    fn the_fused_output_layer_and_loss_equal_the_composed_ones_in_value_and_gradients() {
+        let device = Device::Cpu;
+        let (rows, width, vocab, k) = (7, 6, 40, 4);
+        let hidden = Tensor::from_vec(random_logits(rows, width, 10).concat(), (rows, width), &device).unwrap();
+        let weight = Tensor::from_vec(random_logits(vocab, width, 11).concat(), (vocab, width), &device).unwrap();
+        let teacher = Tensor::from_vec(random_logits(rows, vocab, 12).concat(), (rows, vocab), &device).unwrap();
+        let targets: Vec<u32> = (0..rows as u32).map(|r| (r * 11) % vocab as u32).collect();
+        let cache = TopK::from_logits(&teacher, k, &TopK::grid_for(2.0, 1.0, 3)).unwrap();
+        let all: Vec<usize> = (0..rows).collect();
+        for (alpha, t) in [(0.5, 2.0), (0.3, 1.0), (1.0, 1.0)] {
+            let (ids, lp) = (cache.ids_of(&all, &device).unwrap(), cache.log_probs(&all, t, &device).unwrap());
+            let (h1, w1) =
+                (candle_core::Var::from_tensor(&hidden).unwrap(), candle_core::Var::from_tensor(&weight).unwrap());
+            let logits = h1.matmul(&w1.t().unwrap()).unwrap();
+            let composed = token_distillation(
+                &logits,
+                &Tensor::new(targets.as_slice(), &device).unwrap(),
+                Some((&ids, &lp)),
+                alpha,
+                t,
+            )
+            .unwrap();
+            let g1 = composed.backward().unwrap();
+            let (h2, w2) =
+                (candle_core::Var::from_tensor(&hidden).unwrap(), candle_core::Var::from_tensor(&weight).unwrap());
+            let (ids_v, lp_v): (Vec<u32>, Vec<f32>) =
+                (ids.flatten_all().unwrap().to_vec1().unwrap(), lp.flatten_all().unwrap().to_vec1().unwrap());
+            let fused = fused_head_distillation(&h2, &w2, &targets, Some((&ids_v, &lp_v)), alpha, t).unwrap();
+            let g2 = fused.backward().unwrap();
+            let (a, b) = (composed.to_scalar::<f32>().unwrap(), fused.to_scalar::<f32>().unwrap());
+            assert!((a - b).abs() < 1e-4 * a.abs().max(1.0), "alpha {alpha} T {t}: loss {a} vs {b}");
+            for (name, x, y) in [("hidden", &h1, &h2), ("weight", &w1, &w2)] {
+                let (gx, gy) = (g1.get(x).unwrap(), g2.get(y).expect("the fused op gives a gradient"));
+                let diff = (gx - gy).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let size = gx.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(
+                    size > 0.0 && diff < 1e-5 * size.max(1.0),
+                    "alpha {alpha} T {t}: {name} gradients differ by {diff}"
+                );
+            }
         }
     }
 }
