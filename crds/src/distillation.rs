@@ -51,7 +51,7 @@ use crate::common::{Compression, DataFormat, S3Settings, URI_PATTERN};
 #[x_kube(validation = Rule::new("self.task != 'causal-lm' || !has(self.loss.featureAlignment)").message("loss.featureAlignment: feature alignment is not built yet for causal-lm; leave it unset").field_path(".loss.featureAlignment"))]
 #[x_kube(validation = Rule::new("self.task != 'causal-lm' || !has(self.dataset.transferSet)").message("dataset.transferSet is for classification; a causal-lm corpus has no labels to begin with, so put every document in dataset.uri").field_path(".dataset.transferSet"))]
 #[x_kube(validation = Rule::new("self.task == 'causal-lm' || !has(self.teacherOutputs)").message("teacherOutputs (top-k teacher log-probabilities, computed in shards) applies to causal-lm only").field_path(".teacherOutputs"))]
-#[x_kube(validation = Rule::new("self.task != 'causal-lm' || self.quantization.mode == 'none'").message("quantization.mode: ONNX export and int8 quantization of causal-lm students are not built yet (the artifact holds the safetensors model); set mode none").field_path(".quantization.mode"))]
+#[x_kube(validation = Rule::new("self.task != 'causal-lm' || self.quantization.mode == 'none'").message("quantization.mode: int8 quantization of causal-lm students is not built yet (they are exported to fp32 ONNX, checked against candle); set mode none").field_path(".quantization.mode"))]
 #[x_kube(validation = Rule::new("self.task != 'causal-lm' || !self.student.pruneVocabulary").message("student.pruneVocabulary: vocabulary pruning is not built yet for causal-lm; leave it false").field_path(".student.pruneVocabulary"))]
 pub struct DistillationJobSpec {
     /// What the student learns: `sequence-classification` (text → label), `embedding`

@@ -711,7 +711,7 @@ fn export(artifact: &Path, file: Option<&Path>, library: Option<&Path>) -> Resul
         eval.ids.len(),
         v.max_abs_logit_diff.unwrap_or_default(),
         v.latency_ms_batch1,
-        v.latency_ms_batch32
+        v.latency_ms_batch32.unwrap_or(f64::NAN)
     ))
 }
 

@@ -43,7 +43,13 @@ fn a_tiny_causal_lm_job_distils_compares_and_generates() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&run.stderr));
-    for row in ["teacher (30 layers", "student (2 layers, distilled)", "student on the corpus alone", "closed"] {
+    for row in [
+        "teacher (30 layers",
+        "student (2 layers, distilled)",
+        "student on the corpus alone",
+        "model.onnx (ONNX Runtime)",
+        "closed",
+    ] {
         assert!(stdout.contains(row), "{row} missing from\n{stdout}");
     }
 
@@ -64,6 +70,14 @@ fn a_tiny_causal_lm_job_distils_compares_and_generates() {
         let bytes = std::fs::read(out.join(file)).unwrap();
         assert_eq!(m["files"][file]["sha256"], distillery_worker::store::sha256(&bytes), "{file}");
     }
+    // The student is exported to ONNX and matches candle at every held-out position; it is
+    // recorded but not served (the server runs classifiers only).
+    let onnx = std::fs::read(out.join("model.onnx")).unwrap();
+    assert_eq!(m["files"]["model.onnx"]["sha256"], distillery_worker::store::sha256(&onnx));
+    let fp32 = &m["variants"]["fp32"];
+    assert!(fp32["maxAbsLogitDiff"].as_f64().unwrap() <= 1e-4, "{fp32}");
+    assert_eq!(fp32["labelAgreement"].as_f64(), Some(1.0), "{fp32}");
+    assert!(m.get("servedVariant").is_none() && m["servedVariantReason"].is_string(), "{m}");
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "LlamaForCausalLM");
     assert_eq!((config["num_hidden_layers"].as_u64(), config["vocab_size"].as_u64()), (Some(2), Some(49_152)));

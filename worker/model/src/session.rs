@@ -57,6 +57,23 @@ pub struct Outputs {
     pub embedding: Vec<Vec<f32>>,
 }
 
+/// An ONNX Runtime session over the serialized model `bytes` in `environment`, every graph
+/// optimization on, on `threads` intra-op threads and one inter-op thread: how every exported
+/// graph is run (the classifier's through [`OnnxSession`], the causal-LM decoder's by the worker's
+/// export check), so that parity and latency are measured under the options a server uses.
+pub fn build_session(environment: &Environment, bytes: &[u8], threads: usize) -> Result<Session, SessionError> {
+    Session::builder(environment)
+        .map_err(ort_error)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(ort_error)?
+        .with_intra_threads(threads.max(1))
+        .map_err(ort_error)?
+        .with_inter_threads(1)
+        .map_err(ort_error)?
+        .commit_from_memory(bytes)
+        .map_err(ort_error)
+}
+
 /// A session of an exported classifier.
 pub struct OnnxSession {
     session: Session,
@@ -66,17 +83,7 @@ impl OnnxSession {
     /// A session over the serialized model `bytes` in `environment`, every graph optimization on,
     /// on `threads` intra-op threads.
     pub fn new(environment: &Environment, bytes: &[u8], threads: usize) -> Result<Self, SessionError> {
-        let session = Session::builder(environment)
-            .map_err(ort_error)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(ort_error)?
-            .with_intra_threads(threads.max(1))
-            .map_err(ort_error)?
-            .with_inter_threads(1)
-            .map_err(ort_error)?
-            .commit_from_memory(bytes)
-            .map_err(ort_error)?;
-        Ok(Self { session })
+        Ok(Self { session: build_session(environment, bytes, threads)? })
     }
 
     /// Runs one batch, padded to its longest sequence.

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 /// The additive attention bias of a masked (future or padding) key. Finite, not `-inf`: a query
 /// whose keys are all masked (a left-padding position) then gets a uniform distribution instead of
 /// NaN (`-inf − -inf`), and `exp(-1e9 − max)` is exactly 0 in f32, so unmasked rows are unchanged.
-const MASKED: f32 = -1e9;
+pub(crate) const MASKED: f32 = -1e9;
 
 /// The HuggingFace `config.json` fields of a Llama-family decoder.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -313,8 +313,9 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// The rotary tables `(positions, head_dim)`, both halves of a row holding the angles
-/// `p · base^(−2i/d)`, computed in f32 as HuggingFace and candle's `quantized_llama` do.
-fn rotary_tables(
+/// `p · base^(−2i/d)`, computed in f32 as HuggingFace and candle's `quantized_llama` do. The ONNX
+/// export stores these very tables (`crate::onnx::decoder_export`).
+pub(crate) fn rotary_tables(
     head_dim: usize,
     base: f64,
     positions: usize,

@@ -72,11 +72,11 @@ pub struct ArtifactModel {
     pub tensors: HashMap<String, Tensor>,
 }
 
-fn artifact_error(path: &Path, message: impl std::fmt::Display) -> OnnxError {
+pub(crate) fn artifact_error(path: &Path, message: impl std::fmt::Display) -> OnnxError {
     OnnxError::Artifact { path: path.display().to_string(), message: message.to_string() }
 }
 
-fn read_json(path: &Path) -> Result<Value, OnnxError> {
+pub(crate) fn read_json(path: &Path) -> Result<Value, OnnxError> {
     let text = std::fs::read_to_string(path).map_err(|e| artifact_error(path, e))?;
     serde_json::from_str(&text).map_err(|e| artifact_error(path, e))
 }
@@ -151,7 +151,7 @@ pub fn eval_set(dir: &Path, job: Option<&DistillationJob>) -> Result<EvalSet, On
     Ok(EvalSet { ids, labels })
 }
 
-fn eval_threads() -> usize {
+pub(crate) fn eval_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -195,7 +195,7 @@ pub fn export_artifact(dir: &Path, eval: &EvalSet, reporter: &mut dyn Reporter) 
         sha256: sha256(&bytes),
         accuracy: acc,
         latency_ms_batch1: b1,
-        latency_ms_batch32: b32,
+        latency_ms_batch32: Some(b32),
         max_abs_logit_diff: Some(max_diff),
         label_agreement: Some(agreement(&ours, &theirs)),
         ..Default::default()
@@ -329,7 +329,7 @@ pub fn quantize_artifact(
         sha256: sha256(&bytes),
         accuracy: int8_accuracy,
         latency_ms_batch1: latencies.int8_batch1,
-        latency_ms_batch32: latencies.int8_batch32,
+        latency_ms_batch32: Some(latencies.int8_batch32),
         label_agreement: Some(agreement(&int8_predictions, &fp32_predictions)),
         fp32_layers: keep.into_iter().collect(),
         passed_gate: Some(passed),
@@ -341,7 +341,7 @@ pub fn quantize_artifact(
         sha256: sha256(&fp32_bytes),
         accuracy: fp32_accuracy,
         latency_ms_batch1: latencies.fp32_batch1,
-        latency_ms_batch32: latencies.fp32_batch32,
+        latency_ms_batch32: Some(latencies.fp32_batch32),
         ..Default::default()
     };
     update_manifest(dir, |m| {
@@ -368,7 +368,7 @@ pub fn serve_fp32_unquantized(dir: &Path) -> Result<(), OnnxError> {
 
 /// Applies `change` to `dir`'s manifest and refreshes its entries for the ONNX files (added when
 /// present, removed when not), then writes it back.
-fn update_manifest(dir: &Path, change: impl FnOnce(&mut ArtifactManifest)) -> Result<(), OnnxError> {
+pub(crate) fn update_manifest(dir: &Path, change: impl FnOnce(&mut ArtifactManifest)) -> Result<(), OnnxError> {
     let path: PathBuf = dir.join(MANIFEST_FILE);
     let mut manifest: ArtifactManifest =
         serde_json::from_value(read_json(&path)?).map_err(|e| artifact_error(&path, e))?;
@@ -396,7 +396,7 @@ pub fn variant_table(fp32: &OnnxVariant, int8: &OnnxVariant) -> String {
             v.size_bytes as f64 / 1e6,
             v.accuracy * 100.0,
             v.latency_ms_batch1,
-            v.latency_ms_batch32
+            v.latency_ms_batch32.unwrap_or(f64::NAN)
         );
     }
     out += &format!(
@@ -404,7 +404,7 @@ pub fn variant_table(fp32: &OnnxVariant, int8: &OnnxVariant) -> String {
         fp32.size_bytes as f64 / int8.size_bytes as f64,
         (int8.accuracy - fp32.accuracy) * 100.0,
         fp32.latency_ms_batch1 / int8.latency_ms_batch1,
-        fp32.latency_ms_batch32 / int8.latency_ms_batch32
+        fp32.latency_ms_batch32.unwrap_or(f64::NAN) / int8.latency_ms_batch32.unwrap_or(f64::NAN)
     );
     out
 }

@@ -2,8 +2,11 @@
 //! weights with candle-onnx's prost-generated types ([`graph`]), [`quantize`] rewrites it with
 //! int8 weights, [`runtime`] runs both in ONNX Runtime, [`gate`] decides which one is served, and
 //! [`artifact`] does all of it on an artifact directory and records it in the manifest.
+//! [`decoder_export`] is the same for a causal-LM student: its graph, its parity check at every
+//! position, and its export on an artifact directory (not quantized yet).
 
 pub mod artifact;
+pub mod decoder_export;
 pub mod export;
 pub mod gate;
 pub mod graph;
@@ -36,6 +39,25 @@ pub enum OnnxError {
         disagreements: usize,
         /// Examples compared.
         examples: usize,
+    },
+    /// The exported decoder does not compute what candle computes at some held-out position: an
+    /// exporter bug, never shipped.
+    #[error(
+        "ONNX export of the decoder does not match candle on the held-out sequences: max |Δlogit| {max_diff:.2e} (allowed {tol:.0e}), the most likely next token differs at {disagreements} of {positions} positions ({near_ties} of them near-ties, where candle's own margin is within |Δlogit|) over {sequences} sequences; model.onnx was not written",
+        tol = artifact::PARITY_TOLERANCE
+    )]
+    DecoderParity {
+        /// Largest absolute logit difference (NaN when either side produced one).
+        max_diff: f64,
+        /// Positions whose argmax differs.
+        disagreements: usize,
+        /// Of those, positions where candle's margin between the two tokens is within that
+        /// position's |Δlogit|.
+        near_ties: usize,
+        /// Positions compared (0: nothing to compare, which is refused too).
+        positions: usize,
+        /// Sequences compared.
+        sequences: usize,
     },
     /// A file of the artifact is missing or unreadable.
     #[error("artifact {path}: {message}")]

@@ -41,7 +41,9 @@ pub fn init(library: Option<&Path>) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn environment() -> Result<Environment, RuntimeError> {
+/// The process's environment; [`init`] must have succeeded. Sessions of other graphs than the
+/// classifier's (`super::decoder_export::OnnxDecoder`) are built in it too.
+pub(crate) fn environment() -> Result<Environment, RuntimeError> {
     ENVIRONMENT
         .lock()
         .unwrap_or_else(|e| e.into_inner())
