@@ -2,15 +2,17 @@
 //! a pod deleted while it runs is a failure, a retry waits its backoff, `podFailurePolicy` fails
 //! the Job at once, a termination message is cut to its last 4,096 bytes, a Job's template
 //! cannot be changed, a deleted pod is killed after its grace period or, when its container
-//! never ran, marked Failed, and a pod whose env names a Secret key waits for it, then starts.
-//! Pods run `/bin/sh` (image repository `shell`).
+//! never ran, marked Failed, a pod whose env names a Secret key waits for it, then starts, and an
+//! Indexed Job runs each index once, at most `parallelism` at a time, retrying a failed index
+//! alone. Pods run `/bin/sh` (image repository `shell`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use distillery_tests::apiserver::ApiServer;
 use distillery_tests::cluster::Cluster;
+use distillery_tests::cluster::job::indexed::{COMPLETION_INDEX_KEY, INDEX_FAILURE_COUNT_KEY};
 use distillery_tests::cluster::job::{TRACKING_FINALIZER, scale_backoff};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -61,6 +63,33 @@ impl Harness {
         let c = j.status?.conditions?.into_iter().find(|c| c.type_ == type_ && c.status == "True")?;
         Some((c.reason.unwrap_or_default(), c.message.unwrap_or_default()))
     }
+
+    /// The Job once it has the condition `type_` and every pod it made is counted and let go (no
+    /// pod holds the tracking finalizer, none is left uncounted in its status).
+    async fn settled(&self, job: &str, type_: &str) -> Job {
+        self.wait(&format!("{job} to be {type_} with every pod counted"), Duration::from_secs(60), async || {
+            self.job_condition(job, type_).await?;
+            if self.pods_of(job).await.iter().any(|p| !p.finalizers().is_empty()) {
+                return None;
+            }
+            let j = self.jobs().get(job).await.ok()?;
+            let uncounted = j.status.as_ref()?.uncounted_terminated_pods.clone().unwrap_or_default();
+            let none =
+                uncounted.failed.unwrap_or_default().is_empty() && uncounted.succeeded.unwrap_or_default().is_empty();
+            none.then_some(j)
+        })
+        .await
+    }
+
+    /// The pods of an Indexed Job, by the completion index on their label.
+    async fn pods_per_index(&self, job: &str) -> BTreeMap<String, Vec<Pod>> {
+        let mut per_index: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+        for pod in self.pods_of(job).await {
+            let index = pod.labels().get(COMPLETION_INDEX_KEY).cloned().unwrap_or_default();
+            per_index.entry(index).or_default().push(pod);
+        }
+        per_index
+    }
 }
 
 fn shell_job(name: &str, script: &str, extra: Value) -> Job {
@@ -75,6 +104,35 @@ fn shell_job(name: &str, script: &str, extra: Value) -> Job {
 
 fn running(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// Whether `pod` is active as the Job controller counts it: not ended, not being deleted.
+fn active(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded" | "Failed")) && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// How many pods of each index there are, by index.
+fn counts(per_index: &BTreeMap<String, Vec<Pod>>) -> Vec<(&str, usize)> {
+    per_index.iter().map(|(index, pods)| (index.as_str(), pods.len())).collect()
+}
+
+/// The lines of a file the pods wrote to, sorted.
+fn sorted_lines(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// A script for an Indexed Job's pods: index 1's first pod fails (it finds no marker in `dir`,
+/// leaves one and exits 1), every other pod writes its index to `dir/done` and succeeds.
+fn fails_index_1_once(dir: &std::path::Path) -> String {
+    let dir = dir.display();
+    format!(
+        "if [ \"$JOB_COMPLETION_INDEX\" = 1 ] && [ ! -e {dir}/marker ]; then touch {dir}/marker; exit 1; fi; \
+         echo \"$JOB_COMPLETION_INDEX\" >> {dir}/done"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,4 +343,137 @@ async fn a_pod_waits_for_the_secret_key_its_env_names_and_then_sees_its_value() 
         .await;
     // A Secret's value is taken as it is: no `$(VAR)` expansion.
     assert_eq!(message, "s3cret $(MODE) value|fast|unset");
+}
+
+/// An Indexed Job of 3 completions, 2 in parallel, runs one pod per index and never more than two
+/// at once: each pod's process sees its index in `JOB_COMPLETION_INDEX` (the controller's
+/// downward-API reference to the index label, resolved by the kubelet) and its hostname
+/// `<job>-<index>`; its name starts `<job>-<index>-`; each index runs once, and the Job completes
+/// with `completedIndexes` "0-2" and 3 succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexed_job_runs_each_index_once_and_at_most_parallelism_pods_at_a_time() {
+    let h = Harness::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let log = shared.path().join("log");
+    // Each pod notes its start and its end, two seconds apart, so that pods allowed to overlap do.
+    let script = format!(
+        "echo \"start $JOB_COMPLETION_INDEX $HOSTNAME\" >> {log}; sleep 2; echo \"end $JOB_COMPLETION_INDEX\" >> {log}",
+        log = log.display()
+    );
+    let spec = json!({"completionMode": "Indexed", "completions": 3, "parallelism": 2});
+    h.jobs().create(&PostParams::default(), &shell_job("shards", &script, spec)).await.unwrap();
+
+    let mut most_active = 0;
+    h.wait("the Job to complete", Duration::from_secs(60), async || {
+        most_active = most_active.max(h.pods_of("shards").await.iter().filter(|p| active(p)).count());
+        h.job_condition("shards", "Complete").await
+    })
+    .await;
+    assert!(most_active <= 2, "{most_active} pods active at once, above parallelism 2");
+    let job = h.settled("shards", "Complete").await;
+    let status = job.status.unwrap();
+    assert_eq!(status.completed_indexes.as_deref(), Some("0-2"));
+    assert_eq!((status.succeeded, status.failed.unwrap_or(0)), (Some(3), 0), "{status:?}");
+
+    // What the processes saw and did: each index once, under its own hostname, two at a time.
+    let mut running = 0;
+    let mut peak = 0;
+    let mut started = vec![];
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        match line.split(' ').collect::<Vec<_>>()[..] {
+            ["start", index, hostname] => {
+                running += 1;
+                peak = peak.max(running);
+                started.push(format!("{index} {hostname}"));
+            }
+            ["end", _] => running -= 1,
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
+    started.sort();
+    assert_eq!(started, ["0 shards-0", "1 shards-1", "2 shards-2"], "each index ran once, with its hostname");
+    assert_eq!(peak, 2, "two pods ran at once, never more");
+
+    let per_index = h.pods_per_index("shards").await;
+    assert_eq!(counts(&per_index), [("0", 1), ("1", 1), ("2", 1)]);
+    for (index, pods) in &per_index {
+        let pod = &pods[0];
+        assert_eq!(pod.annotations().get(COMPLETION_INDEX_KEY), Some(index), "the annotation matches the label");
+        assert!(pod.name_any().starts_with(&format!("shards-{index}-")), "{}", pod.name_any());
+        assert_eq!(pod.spec.as_ref().unwrap().hostname, Some(format!("shards-{index}")));
+        let env = pod.spec.as_ref().unwrap().containers[0].env.clone().unwrap_or_default();
+        let reference = env.iter().find(|e| e.name == "JOB_COMPLETION_INDEX").and_then(|e| e.value_from.clone());
+        assert_eq!(
+            reference.and_then(|r| r.field_ref).map(|f| f.field_path).as_deref(),
+            Some("metadata.labels['batch.kubernetes.io/job-completion-index']"),
+            "the variable is a downward-API reference to the label"
+        );
+    }
+}
+
+/// A failed pod of an Indexed Job is replaced by a pod for its index alone: index 1's first pod
+/// fails, index 1 runs again, 0 and 2 once, each index's work is done once, and the Job
+/// completes, the failure counted once against `backoffLimit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexed_job_retries_a_failed_index_alone() {
+    // The same retry delay as the other tests of this binary, which share it.
+    scale_backoff(Duration::from_secs(2));
+    let h = Harness::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let spec = json!({"completionMode": "Indexed", "completions": 3, "parallelism": 2, "backoffLimit": 1});
+    let job = shell_job("retried", &fails_index_1_once(shared.path()), spec);
+    h.jobs().create(&PostParams::default(), &job).await.unwrap();
+
+    let job = h.settled("retried", "Complete").await;
+    let status = job.status.unwrap();
+    assert_eq!(status.completed_indexes.as_deref(), Some("0-2"));
+    assert_eq!((status.succeeded, status.failed), (Some(3), Some(1)), "{status:?}");
+    assert_eq!(status.failed_indexes, None, "no backoffLimitPerIndex: no failedIndexes");
+    assert_eq!(counts(&h.pods_per_index("retried").await), [("0", 1), ("1", 2), ("2", 1)], "only index 1 ran again");
+    assert_eq!(sorted_lines(&shared.path().join("done")), ["0", "1", "2"], "each index's work done once");
+}
+
+/// With `backoffLimitPerIndex` an index counts its own failures: with a limit of 1, index 1's
+/// second pod carries the count of the first one's failure and succeeds, `failedIndexes` stays
+/// empty and the Job completes; with a limit of 0 index 1 fails for good after one pod, the
+/// other indexes still run, and the Job fails with `FailedIndexes` once every index is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_backoff_limit_per_index_an_index_fails_on_its_own_count() {
+    scale_backoff(Duration::from_secs(2));
+    let h = Harness::start().await;
+    let (once, always) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // No backoffLimit: with backoffLimitPerIndex it defaults to unlimited.
+    let per_index = |limit: i32| {
+        json!({"completionMode": "Indexed", "completions": 3, "parallelism": 2, "backoffLimit": null,
+               "backoffLimitPerIndex": limit})
+    };
+    let failing = format!(
+        "if [ \"$JOB_COMPLETION_INDEX\" = 1 ]; then exit 1; fi; echo \"$JOB_COMPLETION_INDEX\" >> {}/done",
+        always.path().display()
+    );
+    let lenient = shell_job("lenient", &fails_index_1_once(once.path()), per_index(1));
+    h.jobs().create(&PostParams::default(), &lenient).await.unwrap();
+    h.jobs().create(&PostParams::default(), &shell_job("strict", &failing, per_index(0))).await.unwrap();
+
+    let lenient = h.settled("lenient", "Complete").await.status.unwrap();
+    assert_eq!(lenient.completed_indexes.as_deref(), Some("0-2"));
+    assert_eq!(lenient.failed_indexes.as_deref(), Some(""), "written, empty, with backoffLimitPerIndex");
+    assert_eq!((lenient.succeeded, lenient.failed), (Some(3), Some(1)), "{lenient:?}");
+    let per_index_pods = h.pods_per_index("lenient").await;
+    assert_eq!(counts(&per_index_pods), [("0", 1), ("1", 2), ("2", 1)]);
+    let mut failure_counts: Vec<String> = per_index_pods["1"]
+        .iter()
+        .map(|p| p.annotations().get(INDEX_FAILURE_COUNT_KEY).cloned().unwrap_or_default())
+        .collect();
+    failure_counts.sort();
+    assert_eq!(failure_counts, ["0", "1"], "the second pod of index 1 carries the first one's failure");
+
+    let strict = h.settled("strict", "Failed").await.status.unwrap();
+    let (reason, message) = h.job_condition("strict", "Failed").await.unwrap();
+    assert_eq!((reason.as_str(), message.as_str()), ("FailedIndexes", "Job has failed indexes"));
+    assert_eq!(strict.failed_indexes.as_deref(), Some("1"));
+    assert_eq!(strict.completed_indexes.as_deref(), Some("0,2"));
+    assert_eq!(strict.failed, Some(1));
+    assert_eq!(counts(&h.pods_per_index("strict").await), [("0", 1), ("1", 1), ("2", 1)], "index 1 not retried");
+    assert_eq!(sorted_lines(&always.path().join("done")), ["0", "2"]);
 }

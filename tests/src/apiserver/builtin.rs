@@ -12,6 +12,11 @@ fn required(causes: &mut Causes, field: &str, what: &str) {
     causes.push((field.to_string(), format!("Required value{what}")));
 }
 
+/// An `Invalid value` of a number field of a spec.
+fn invalid(causes: &mut Causes, field: &str, value: i64, why: &str) {
+    causes.push((format!("spec.{field}"), format!("Invalid value: {value}: {why}")));
+}
+
 fn dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -179,6 +184,129 @@ fn pod_failure_policy(spec: &Value, causes: &mut Causes) {
     }
 }
 
+/// The most pods an Indexed Job may run at once, and the most failed indexes it may allow.
+const MAX_INDEXED_PARALLELISM: i64 = 100_000;
+/// Above this many completions, `backoffLimitPerIndex` needs `maxFailedIndexes`, and both it and
+/// `parallelism` are held to [`HIGH_COMPLETIONS_LIMIT`].
+const COMPLETIONS_SOFT_LIMIT: i64 = 100_000;
+/// The most `parallelism` and `maxFailedIndexes` of a Job above [`COMPLETIONS_SOFT_LIMIT`] with
+/// `backoffLimitPerIndex`.
+const HIGH_COMPLETIONS_LIMIT: i64 = 10_000;
+
+/// A Job's completion mode and what goes with it, checked as the real API server checks them
+/// (`ValidateJob`, `validateJobSpec` and `ValidateJobSpecUpdate` in `pkg/apis/batch/validation`):
+/// `NonIndexed` or `Indexed`; an Indexed Job needs `completions`, at most 100,000 `parallelism`, a
+/// name that stays a DNS label with its last index appended (its pods' hostnames), and
+/// `maxFailedIndexes` within `completions` and 100,000 (with more limits past 100,000
+/// completions); `backoffLimitPerIndex` and `maxFailedIndexes` need an Indexed Job, and
+/// `maxFailedIndexes` needs `backoffLimitPerIndex`. On an update `completionMode` and
+/// `backoffLimitPerIndex` are immutable, and `completions` too except that an Indexed Job may
+/// change it together with `parallelism` (to the same value).
+fn completion_mode(object: &Value, old: Option<&Value>, causes: &mut Causes) {
+    let spec = &object["spec"];
+    let int = |field: &str| spec[field].as_i64();
+    if int("maxFailedIndexes").is_some() && spec["backoffLimitPerIndex"].is_null() {
+        required(causes, "spec.backoffLimitPerIndex", ": when maxFailedIndexes is specified");
+    }
+    match spec["completionMode"].as_str() {
+        None | Some("NonIndexed") => {
+            for field in ["backoffLimitPerIndex", "maxFailedIndexes"] {
+                if let Some(v) = int(field) {
+                    invalid(causes, field, v, "requires indexed completion mode");
+                }
+            }
+        }
+        Some("Indexed") => indexed_limits(object, causes, old.is_none()),
+        Some(other) => causes.push((
+            "spec.completionMode".into(),
+            format!("Unsupported value: \"{other}\": supported values: \"NonIndexed\", \"Indexed\""),
+        )),
+    }
+    if let Some(old) = old {
+        completion_mode_unchanged(&old["spec"], spec, causes);
+    }
+}
+
+/// The limits of an Indexed Job's spec (see [`completion_mode`]); `created`: the name is checked
+/// on creation only, as the real server checks it.
+fn indexed_limits(object: &Value, causes: &mut Causes, created: bool) {
+    let spec = &object["spec"];
+    let int = |field: &str| spec[field].as_i64();
+    let completions = int("completions");
+    if completions.is_none() {
+        required(causes, "spec.completions", ": when completion mode is Indexed");
+    }
+    if let Some(p) = int("parallelism").filter(|p| *p > MAX_INDEXED_PARALLELISM) {
+        let why = format!("must be less than or equal to {MAX_INDEXED_PARALLELISM} when completion mode is Indexed");
+        invalid(causes, "parallelism", p, &why);
+    }
+    if let (Some(c), Some(m)) = (completions, int("maxFailedIndexes"))
+        && m > c
+    {
+        invalid(causes, "maxFailedIndexes", m, "must be less than or equal to completions");
+    }
+    if let Some(m) = int("maxFailedIndexes").filter(|m| *m > MAX_INDEXED_PARALLELISM) {
+        invalid(causes, "maxFailedIndexes", m, &format!("must be less than or equal to {MAX_INDEXED_PARALLELISM}"));
+    }
+    if completions.is_some_and(|c| c > COMPLETIONS_SOFT_LIMIT) && !spec["backoffLimitPerIndex"].is_null() {
+        let high = format!(
+            "must be less than or equal to {HIGH_COMPLETIONS_LIMIT} when completions are above {COMPLETIONS_SOFT_LIMIT} and used with backoff limit per index"
+        );
+        match int("maxFailedIndexes") {
+            None => required(
+                causes,
+                "spec.maxFailedIndexes",
+                &format!(": must be specified when completions is above {COMPLETIONS_SOFT_LIMIT}"),
+            ),
+            Some(m) if m > HIGH_COMPLETIONS_LIMIT => invalid(causes, "maxFailedIndexes", m, &high),
+            Some(_) => {}
+        }
+        if let Some(p) = int("parallelism").filter(|p| *p > HIGH_COMPLETIONS_LIMIT) {
+            invalid(causes, "parallelism", p, &high);
+        }
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    if created
+        && let Some(c) = completions.filter(|c| *c > 0)
+        && !name.is_empty()
+    {
+        let last = format!("{name}-{}", c - 1);
+        if !dns_label(&last) {
+            causes.push((
+                "metadata.name".into(),
+                format!("Invalid value: \"{name}\": will not able to create pod with invalid DNS label: {last}"),
+            ));
+        }
+    }
+}
+
+/// `completionMode`, `backoffLimitPerIndex` and `completions` kept on an update (see
+/// [`completion_mode`]). The simulated server does not default a Job's spec as the real one does,
+/// so an absent `completionMode` is `NonIndexed`, and `completions` is compared only where both
+/// versions state it.
+fn completion_mode_unchanged(before: &Value, after: &Value, causes: &mut Causes) {
+    let mode = |spec: &Value| spec["completionMode"].as_str().unwrap_or("NonIndexed").to_string();
+    if mode(before) != mode(after) {
+        causes.push(("spec.completionMode".into(), format!("Invalid value: \"{}\": field is immutable", mode(after))));
+    }
+    if before["backoffLimitPerIndex"] != after["backoffLimitPerIndex"] {
+        let value = after["backoffLimitPerIndex"].as_i64().map_or("null".to_string(), |v| v.to_string());
+        causes.push(("spec.backoffLimitPerIndex".into(), format!("Invalid value: {value}: field is immutable")));
+    }
+    if let (Some(was), Some(is)) = (before["completions"].as_i64(), after["completions"].as_i64())
+        && was != is
+    {
+        if mode(after) != "Indexed" {
+            causes.push(("spec.completions".into(), format!("Invalid value: {is}: field is immutable")));
+        } else if after["parallelism"].as_i64() != Some(is) {
+            causes.push((
+                "spec.completions".into(),
+                format!("Invalid value: {is}: can only be modified in tandem with spec.parallelism"),
+            ));
+        }
+    }
+}
+
 /// A Job's template is immutable once created, except that a suspended Job that never started
 /// may change its scheduling directives (labels, annotations, node selector, tolerations,
 /// scheduling gates), as the real API server allows for queueing controllers.
@@ -303,6 +431,7 @@ pub fn validate(rt: &ResourceType, object: &Value, old: Option<&Value>) -> Cause
         "Job" => {
             pod_spec(&spec["template"]["spec"], "spec.template.spec", &mut causes);
             pod_failure_policy(spec, &mut causes);
+            completion_mode(object, old, &mut causes);
             if let Some(old) = old {
                 job_template_unchanged(old, object, &mut causes);
             }
@@ -314,7 +443,15 @@ pub fn validate(rt: &ResourceType, object: &Value, old: Option<&Value>) -> Cause
                     ": valid values: \"OnFailure\", \"Never\"",
                 ),
             }
-            for field in ["backoffLimit", "completions", "parallelism", "activeDeadlineSeconds"] {
+            let non_negative = [
+                "backoffLimit",
+                "completions",
+                "parallelism",
+                "activeDeadlineSeconds",
+                "backoffLimitPerIndex",
+                "maxFailedIndexes",
+            ];
+            for field in non_negative {
                 if spec[field].as_i64().is_some_and(|v| v < 0) {
                     causes.push((format!("spec.{field}"), "Invalid value: must be greater than or equal to 0".into()));
                 }
@@ -422,6 +559,60 @@ mod tests {
         assert_eq!(fields(job_with(json!({"rules": many}), "Never")), ["spec.podFailurePolicy.rules"]);
         let not_in_zero = json!({"rules": [{"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [0]}}]});
         assert!(fields(job_with(not_in_zero, "Never")).is_empty(), "0 is allowed with NotIn");
+    }
+
+    fn indexed_job(name: &str, extra: serde_json::Value) -> serde_json::Value {
+        let mut job = json!({"metadata": {"name": name}, "spec": {"completionMode": "Indexed", "completions": 3,
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "worker", "image": "x"}]}}}});
+        json_patch::merge(&mut job["spec"], &extra);
+        job
+    }
+
+    #[test]
+    fn an_indexed_job_is_refused_as_the_real_server_refuses_it() {
+        let registry = Registry::default();
+        let jobs = registry.find("batch", "v1", "jobs").unwrap();
+        let causes = |job: serde_json::Value, old: Option<&serde_json::Value>| validate(jobs, &job, old);
+        let fields = |job, old| causes(job, old).into_iter().map(|(f, _)| f).collect::<Vec<_>>();
+        let good = indexed_job("shards", json!({"parallelism": 2, "backoffLimitPerIndex": 1, "maxFailedIndexes": 1}));
+        assert!(fields(good.clone(), None).is_empty());
+        assert_eq!(fields(indexed_job("shards", json!({"completions": null})), None), ["spec.completions"]);
+        assert_eq!(
+            causes(indexed_job("shards", json!({"maxFailedIndexes": 4, "backoffLimitPerIndex": 0})), None),
+            [(
+                "spec.maxFailedIndexes".to_string(),
+                "Invalid value: 4: must be less than or equal to completions".to_string()
+            )]
+        );
+        assert_eq!(
+            fields(indexed_job("shards", json!({"completionMode": "NonIndexed", "maxFailedIndexes": 1})), None),
+            ["spec.backoffLimitPerIndex", "spec.maxFailedIndexes"],
+            "maxFailedIndexes needs backoffLimitPerIndex and an Indexed Job"
+        );
+        assert_eq!(fields(indexed_job("shards", json!({"completionMode": "Sharded"})), None), ["spec.completionMode"]);
+        let long = "a".repeat(62);
+        assert_eq!(fields(indexed_job(&long, json!({})), None), ["metadata.name"], "its pods' hostnames: {long}-2");
+        let plain = indexed_job("shards", json!({}));
+        let now_non_indexed = indexed_job("shards", json!({"completionMode": "NonIndexed"}));
+        assert_eq!(fields(now_non_indexed, Some(&plain)), ["spec.completionMode"]);
+        let new_limit =
+            indexed_job("shards", json!({"parallelism": 2, "backoffLimitPerIndex": 2, "maxFailedIndexes": 1}));
+        assert_eq!(
+            causes(new_limit, Some(&good)),
+            [("spec.backoffLimitPerIndex".to_string(), "Invalid value: 2: field is immutable".to_string())]
+        );
+        let scaled = indexed_job(
+            "shards",
+            json!({"parallelism": 5, "completions": 5, "backoffLimitPerIndex": 1,
+            "maxFailedIndexes": 1}),
+        );
+        assert!(fields(scaled, Some(&good)).is_empty(), "completions changes in tandem with parallelism");
+        let alone = indexed_job(
+            "shards",
+            json!({"parallelism": 2, "completions": 5, "backoffLimitPerIndex": 1,
+            "maxFailedIndexes": 1}),
+        );
+        assert_eq!(fields(alone, Some(&good)), ["spec.completions"]);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! one of our own binaries, picked by the image's repository name.
 //!
 //! What it honours: `args` (and `command` after its first element), `env` (values, the
-//! `metadata.name`/`metadata.namespace`/`status.podIP` field references, and `secretKeyRef` and
+//! `metadata.name`, `metadata.namespace`, `metadata.uid`, `metadata.labels['KEY']`,
+//! `metadata.annotations['KEY']` and `status.podIP` field references, and `secretKeyRef` and
 //! `configMapKeyRef`, read with the kubelet's own administrator client: a missing Secret,
 //! ConfigMap or key leaves the container waiting with `CreateContainerConfigError` and the real
 //! kubelet's message, an `optional` one leaves the variable out; not `envFrom` nor
@@ -15,9 +16,11 @@
 //! marked Failed (`ContainerStatusUnknown`), as a kubelet does. A container that cannot be created
 //! (waiting with a reason) is tried again every second until it can or its pod goes, its waiting
 //! state written only when it changes, so that a pod starts once the Secret it needs exists;
-//! dropping the kubelet kills every process it started. The pod gets `KUBECONFIG` for the
-//! harness's API server, with the token of the pod's `serviceAccountName` (`default` when unset)
-//! in place of a mounted service-account token: under RBAC it has what that account is bound to.
+//! dropping the kubelet kills every process it started. Every container gets `HOSTNAME` (the
+//! pod's `spec.hostname`, else its name), as a container runtime sets it. The pod gets
+//! `KUBECONFIG` for the harness's API server, with the token of the pod's `serviceAccountName`
+//! (`default` when unset) in place of a mounted service-account token: under RBAC it has what
+//! that account is bound to.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -358,6 +361,8 @@ async fn prepare(
     let mut env = vec![
         ("PATH".to_string(), std::env::var("PATH").unwrap_or_default()),
         ("HOME".to_string(), dir.display().to_string()),
+        // What a container runtime sets: the pod's hostname (`<job>-<index>` for an Indexed Job's).
+        ("HOSTNAME".to_string(), hostname(pod)),
         ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
         // Pods share the host's network here, each on its own loopback address: what a network
         // namespace gives a real pod (its own 0.0.0.0), the server gets by binding that address.
@@ -382,20 +387,15 @@ async fn prepare(
             (Some(v), _) => paths.to_host(&expand_vars(v, &env)),
             (None, Some(from)) => {
                 if let Some(field) = &from.field_ref {
-                    match field.field_path.as_str() {
-                        "metadata.name" => pod.name_any(),
-                        "metadata.namespace" => namespace.clone(),
-                        "status.podIP" => pod_ip.to_string(),
-                        _ => {
-                            return Err((
-                                "CreateContainerConfigError".into(),
-                                format!(
-                                    "env {:?}: only metadata.name, metadata.namespace and status.podIP field references are simulated",
-                                    e.name
-                                ),
-                            ));
-                        }
-                    }
+                    field_value(pod, &field.field_path, pod_ip).ok_or_else(|| {
+                        (
+                            "CreateContainerConfigError".to_string(),
+                            format!(
+                                "env {:?}: only metadata.name, metadata.namespace, metadata.uid, metadata.labels['KEY'], metadata.annotations['KEY'] and status.podIP field references are simulated",
+                                e.name
+                            ),
+                        )
+                    })?
                 } else if let Some(key) = &from.secret_key_ref {
                     let optional = key.optional == Some(true);
                     match sources.secret(client, &namespace, &key.name, &key.key, optional).await? {
@@ -426,6 +426,35 @@ async fn prepare(
     args.extend(container.args.iter().flatten().cloned());
     let args = args.iter().map(|a| paths.to_host(&expand_vars(a, &env))).collect();
     Ok(Prepared { program, args, env, paths, termination_file, dir })
+}
+
+/// The value of a downward-API field reference, as the kubelet resolves it (a label or annotation
+/// that is missing is empty); `None` for a field the simulation does not resolve.
+fn field_value(pod: &Pod, path: &str, pod_ip: &str) -> Option<String> {
+    let subscript = |prefix: &str| path.strip_prefix(prefix)?.strip_suffix("']");
+    if let Some(key) = subscript("metadata.labels['") {
+        return Some(pod.labels().get(key).cloned().unwrap_or_default());
+    }
+    if let Some(key) = subscript("metadata.annotations['") {
+        return Some(pod.annotations().get(key).cloned().unwrap_or_default());
+    }
+    match path {
+        "metadata.name" => Some(pod.name_any()),
+        "metadata.namespace" => Some(pod.namespace().unwrap_or_default()),
+        "metadata.uid" => Some(pod.uid().unwrap_or_default()),
+        "status.podIP" => Some(pod_ip.to_string()),
+        _ => None,
+    }
+}
+
+/// A pod's hostname, as the kubelet makes it: `spec.hostname`, else the pod's name cut to 63
+/// characters, without a trailing `-` or `.`.
+fn hostname(pod: &Pod) -> String {
+    if let Some(name) = pod.spec.as_ref().and_then(|s| s.hostname.clone()).filter(|h| !h.is_empty()) {
+        return name;
+    }
+    let name = pod.name_any();
+    name[..name.len().min(63)].trim_end_matches(['-', '.']).to_string()
 }
 
 /// The Secrets and ConfigMaps one attempt at a container's env has read, each read once (as the
@@ -702,6 +731,27 @@ pub fn pod_logs(root: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_and_annotation_references_resolve_and_a_missing_key_is_empty() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "shards-1-abcde", "namespace": "ml", "uid": "u-1",
+                         "labels": {"batch.kubernetes.io/job-completion-index": "1"},
+                         "annotations": {"note": "x"}},
+            "spec": {"hostname": "shards-1", "containers": [{"name": "main", "image": "shell:1"}]}
+        }))
+        .unwrap();
+        let value = |path: &str| field_value(&pod, path, "127.20.0.1");
+        assert_eq!(value("metadata.labels['batch.kubernetes.io/job-completion-index']").as_deref(), Some("1"));
+        assert_eq!(value("metadata.annotations['note']").as_deref(), Some("x"));
+        assert_eq!(value("metadata.annotations['absent']").as_deref(), Some(""));
+        assert_eq!(value("metadata.uid").as_deref(), Some("u-1"));
+        assert_eq!(value("spec.nodeName"), None, "not simulated: refused");
+        assert_eq!(hostname(&pod), "shards-1");
+        let mut unnamed = pod.clone();
+        unnamed.spec.as_mut().unwrap().hostname = None;
+        assert_eq!(hostname(&unnamed), "shards-1-abcde");
+    }
 
     #[test]
     fn dependent_variables_expand_as_the_kubelet_does() {
