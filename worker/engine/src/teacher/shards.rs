@@ -53,7 +53,7 @@ pub fn batch_aligned_range(total: usize, shard: usize, shards: usize, batch: usi
     let (batch, shards) = (batch.max(1), shards.max(1));
     let batches = total.div_ceil(batch);
     let start_of = |s: usize| (batches * s.min(shards) / shards * batch).min(total);
-    start_of(shard)..start_of(shard + 1)
+    start_of(shard)..start_of(shard.saturating_add(1))
 }
 
 /// Why sharded teacher outputs cannot be written or joined.
@@ -214,7 +214,7 @@ fn place(uri: &str) -> Result<Place, ShardError> {
 pub fn local_dir(resolver: &Resolver, uri: &str) -> Result<PathBuf, ShardError> {
     match place(uri)? {
         Place::Local(dir) => Ok(dir),
-        Place::Remote(base) => Ok(resolver.staging(STAGING_AREA, &base)?),
+        Place::Remote(base) => resolver.staging(STAGING_AREA, &base).map_err(ShardError::from),
     }
 }
 
