@@ -1013,3 +1013,35 @@ fn loadtest(
     }
     Ok(loadgen::table(&reports))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn teacher_outputs_takes_its_shard_and_distill_both_shard_flags_or_neither() {
+        let argv = ["distillery-worker", "teacher-outputs", "-f", "j.yaml", "--shard", "1", "--shards", "2"];
+        let cli = Cli::try_parse_from(argv.iter().chain(&["--output", "s3://b/t"])).unwrap();
+        let Command::TeacherOutputs { shard, shards, output, .. } = cli.command else {
+            panic!("not parsed as teacher-outputs");
+        };
+        assert_eq!((shard, shards, output.as_str()), (1, 2, "s3://b/t"));
+        for (args, ok) in [
+            (&["--teacher-outputs", "/o", "--teacher-shards", "2"][..], true),
+            (&["--teacher-outputs", "/o"][..], false),
+            (&["--teacher-shards", "2"][..], false),
+            (&["--teacher-outputs", "/o", "--teacher-shards", "0"][..], false),
+        ] {
+            let mut argv = vec!["distillery-worker", "distill", "-f", "j.yaml"];
+            argv.extend_from_slice(args);
+            assert_eq!(Cli::try_parse_from(argv).is_ok(), ok, "{args:?}");
+        }
+    }
+}
