@@ -8,7 +8,7 @@ use distillery_crds::DistillationJob;
 use distillery_crds::analysis::{AnalysisRun, Thresholds, judge};
 use distillery_crds::common::{Compression, DataFormat, EvalDataset};
 use distillery_crds::deployment::AnalysisSpec;
-use distillery_crds::distillation::TransferSet;
+use distillery_crds::distillation::{Task, TransferSet};
 
 use candle_core::Device;
 use distillery_crds::cache::cache_dir;
@@ -20,6 +20,7 @@ use crate::pipeline::{DistillError, ErrorPolicy};
 use crate::progress::{self, Event, ProgressStage};
 use crate::serve::generate::{LanguageModel, Sampling};
 use crate::serve::{analyze, bench, inspect, loadgen};
+use crate::teacher::shards::{self, ShardedOutputs};
 use crate::{cluster, onnx, pipeline, spec};
 
 /// Distillery's worker: knowledge distillation, export, quantization, evaluation and load tests.
@@ -53,6 +54,44 @@ pub enum Command {
         /// operator passes `<output.uri>/<run id>`, a new location for every run).
         #[arg(long, env = "DISTILLERY_OUTPUT")]
         output: Option<String>,
+        /// Join the teacher's outputs from the shards `teacher-outputs` wrote here (a directory,
+        /// or a `file://` or `s3://` URI) instead of running the teacher over the data: each
+        /// shard is checked against this job first. Causal-lm jobs only.
+        #[arg(long, env = "DISTILLERY_TEACHER_OUTPUTS", requires = "teacher_shards")]
+        teacher_outputs: Option<String>,
+        /// How many shards `--teacher-outputs` holds.
+        #[arg(
+            long,
+            env = "DISTILLERY_TEACHER_SHARDS",
+            requires = "teacher_outputs",
+            value_parser = clap::value_parser!(u32).range(1..)
+        )]
+        teacher_shards: Option<u32>,
+    },
+    /// Compute one shard of a causal-lm DistillationJob's teacher outputs (one pod of an Indexed
+    /// Job): the teacher's top-k next-token outputs on the shard's training and held-out
+    /// sequences, written as `shard-<I>-of-<N>.safetensors` and its record `shard-<I>-of-<N>.json`
+    /// under `--output`, the record last. `distill --teacher-outputs` joins the shards.
+    TeacherOutputs {
+        /// The DistillationJob file.
+        #[arg(short = 'f', long = "file", env = "DISTILLERY_JOB_FILE", required_unless_present = "job")]
+        file: Option<PathBuf>,
+        /// The DistillationJob itself, as JSON or YAML (how the operator hands it to the pod).
+        #[arg(long, env = "DISTILLERY_JOB", conflicts_with = "file", hide_env_values = true)]
+        job: Option<String>,
+        /// Write the summary (or the error) here too: the container's termination-message path.
+        #[arg(long, env = "DISTILLERY_TERMINATION_MESSAGE")]
+        termination_message: Option<PathBuf>,
+        /// This pod's shard, from 0 (Kubernetes sets JOB_COMPLETION_INDEX in an Indexed Job's
+        /// pods).
+        #[arg(long, env = "JOB_COMPLETION_INDEX")]
+        shard: u32,
+        /// How many shards the outputs are cut into.
+        #[arg(long, env = "DISTILLERY_TEACHER_SHARDS", value_parser = clap::value_parser!(u32).range(1..))]
+        shards: u32,
+        /// Where the shards go: a directory, or a `file://` or `s3://` URI.
+        #[arg(long, env = "DISTILLERY_TEACHER_OUTPUTS")]
+        output: String,
     },
     /// Build `model.onnx` in an artifact directory from its `model.safetensors`, and check it
     /// against candle on the held-out split in ONNX Runtime (max |Δlogit| ≤ 1e-4, same labels).
@@ -399,30 +438,49 @@ pub fn main() -> ExitCode {
                 .map_err(|e| e.to_string());
             conclude(result, termination_message.as_deref())
         }
-        Command::Distill { file, job, report_status, termination_message, output } => {
-            let source = match (file, job) {
-                (Some(path), _) => Source::File(path),
-                (None, Some(text)) => Source::Inline(text),
-                (None, None) => unreachable!("clap requires one of --file and --job"),
+        Command::Distill { file, job, report_status, termination_message, output, teacher_outputs, teacher_shards } => {
+            let source = job_source(file, job);
+            let teacher_shards = match (teacher_outputs, teacher_shards) {
+                (Some(uri), Some(shards)) => Some(ShardedOutputs { uri, shards: shards as usize }),
+                _ => None,
             };
-            let options = RunOptions { report_status, output };
-            let result = distill(&source, &options);
-            let message = match &result {
-                Ok(summary) => summary.clone(),
-                Err(failure) => failure.message.clone(),
-            };
-            if let Some(path) = &termination_message
-                && let Err(e) = cluster::write_termination_message(path, &message)
-            {
-                eprintln!("distillery-worker: cannot write the termination message to {}: {e}", path.display());
-            }
-            match result {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(failure) => {
-                    eprintln!("distillery-worker: {}", failure.message);
-                    failure.exit_code()
-                }
-            }
+            let options = RunOptions { report_status, output, teacher_shards };
+            end_run(distill(&source, &options), termination_message.as_deref())
+        }
+        Command::TeacherOutputs { file, job, termination_message, shard, shards, output } => {
+            let source = job_source(file, job);
+            let target = ShardedOutputs { uri: output, shards: shards as usize };
+            end_run(teacher_shard(&source, &target, shard as usize), termination_message.as_deref())
+        }
+    }
+}
+
+/// The DistillationJob of `--file` or `--job` (clap requires one).
+fn job_source(file: Option<PathBuf>, job: Option<String>) -> Source {
+    match (file, job) {
+        (Some(path), _) => Source::File(path),
+        (None, Some(text)) => Source::Inline(text),
+        (None, None) => unreachable!("clap requires one of --file and --job"),
+    }
+}
+
+/// Ends `distill` or `teacher-outputs`: the summary (or the error) in the termination message;
+/// exit 0, or the error on stderr and the exit code of its policy.
+fn end_run(result: Result<String, Failure>, termination_message: Option<&Path>) -> ExitCode {
+    let message = match &result {
+        Ok(summary) => summary.clone(),
+        Err(failure) => failure.message.clone(),
+    };
+    if let Some(path) = termination_message
+        && let Err(e) = cluster::write_termination_message(path, &message)
+    {
+        eprintln!("distillery-worker: cannot write the termination message to {}: {e}", path.display());
+    }
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("distillery-worker: {}", failure.message);
+            failure.exit_code()
         }
     }
 }
@@ -630,15 +688,86 @@ enum Source {
 struct RunOptions {
     report_status: bool,
     output: Option<String>,
+    /// `--teacher-outputs` and `--teacher-shards`.
+    teacher_shards: Option<ShardedOutputs>,
+}
+
+/// Reads and validates the DistillationJob.
+fn load_job(source: &Source) -> Result<DistillationJob, Failure> {
+    match source {
+        Source::File(path) => spec::load(path),
+        Source::Inline(text) => spec::parse(text, Path::new("$DISTILLERY_JOB")),
+    }
+    .map_err(|e| Failure::permanent(e.to_string()))
+}
+
+/// Refuses sharded teacher outputs for a job that is not causal-lm (`what` is the flag).
+fn require_causal_lm(job: &DistillationJob, what: &str) -> Result<(), Failure> {
+    if job.spec.task == Task::CausalLm {
+        return Ok(());
+    }
+    Err(Failure::permanent(format!(
+        "{what}: spec.task is {:?}; teacher outputs computed in shards by separate pods are built for causal-lm jobs only (this job computes its teacher outputs in its distill pod)",
+        job.spec.task
+    )))
+}
+
+/// Computes and writes one shard of a causal-LM job's teacher outputs; returns the JSON summary
+/// for the termination message.
+fn teacher_shard(source: &Source, target: &ShardedOutputs, shard: usize) -> Result<String, Failure> {
+    target.check_shard(shard).map_err(DistillError::from)?;
+    let job = load_job(source)?;
+    require_causal_lm(&job, "teacher-outputs")?;
+    let resolver = crate::data::inputs::resolver(&job).map_err(|e| Failure::permanent(e.to_string()))?;
+    let local = shards::local_dir(&resolver, &target.uri).map_err(DistillError::from)?;
+    let device = device(&job)?;
+    let name = job.metadata.name.as_deref().unwrap_or("(unnamed)");
+    let mut reporter = progress::for_stderr();
+    reporter.report(&Event::Stage {
+        stage: ProgressStage::Starting,
+        message: format!(
+            "DistillationJob {name}: spec is valid; teacher outputs shard {shard} of {} to {}; device {device:?}",
+            target.shards, target.uri
+        ),
+    });
+    let cache_root = cache_dir();
+    let run = pipeline::RunContext {
+        job: &job,
+        output: &local,
+        cache_root: &cache_root,
+        device: &device,
+        resolver: &resolver,
+        spec_hash: pipeline::spec_hash(&job),
+        teacher_shards: None,
+    };
+    let record = pipeline::causal_lm::write_teacher_shard(&run, target, shard, reporter.as_mut())?;
+    drop(reporter);
+    println!(
+        "DistillationJob {name}: teacher outputs shard {shard} of {}: training sequences {:?} ({} positions), held-out sequences {:?} ({} positions), written to {}",
+        target.shards,
+        record.train.range,
+        record.train.positions,
+        record.held_out.range,
+        record.held_out.positions,
+        target.uri
+    );
+    let summary = serde_json::json!({
+        "shard": shard,
+        "shards": target.shards,
+        "uri": target.uri,
+        "record": target.record_name(shard),
+        "trainPositions": record.train.positions,
+        "heldOutPositions": record.held_out.positions,
+    });
+    Ok(summary.to_string())
 }
 
 /// Runs the job; returns the JSON summary for the termination message.
 fn distill(source: &Source, options: &RunOptions) -> Result<String, Failure> {
-    let job: DistillationJob = match source {
-        Source::File(path) => spec::load(path),
-        Source::Inline(text) => spec::parse(text, Path::new("$DISTILLERY_JOB")),
+    let job = load_job(source)?;
+    if options.teacher_shards.is_some() {
+        require_causal_lm(&job, "--teacher-outputs")?;
     }
-    .map_err(|e| Failure::permanent(e.to_string()))?;
     let resolver = crate::data::inputs::resolver(&job).map_err(|e| Failure::permanent(e.to_string()))?;
     let (output, uri) = pipeline::output_location(&job, options.output.as_deref(), &resolver).map_err(|e| {
         let field = if options.output.is_some() { "--output" } else { "spec.output.uri" };
@@ -665,7 +794,8 @@ fn distill(source: &Source, options: &RunOptions) -> Result<String, Failure> {
         // Before the hours of work: the bucket is reachable and holds no other spec's artifact.
         crate::store::block_on(pipeline::check_remote_output(resolver.store(), &uri, &spec_hash))?;
     }
-    let outcome = pipeline::run(&job, &output, &cache_dir(), &device, reporter.as_mut(), &resolver)?;
+    let shards = options.teacher_shards.clone();
+    let outcome = pipeline::run(&job, &output, &cache_dir(), &device, reporter.as_mut(), &resolver, shards)?;
     if remote {
         reporter.report(&Event::Stage {
             stage: ProgressStage::WritingArtifact,
@@ -882,4 +1012,36 @@ fn loadtest(
         std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(loadgen::table(&reports))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn teacher_outputs_takes_its_shard_and_distill_both_shard_flags_or_neither() {
+        let argv = ["distillery-worker", "teacher-outputs", "-f", "j.yaml", "--shard", "1", "--shards", "2"];
+        let cli = Cli::try_parse_from(argv.iter().chain(&["--output", "s3://b/t"])).unwrap();
+        let Command::TeacherOutputs { shard, shards, output, .. } = cli.command else {
+            panic!("not parsed as teacher-outputs");
+        };
+        assert_eq!((shard, shards, output.as_str()), (1, 2, "s3://b/t"));
+        for (args, ok) in [
+            (&["--teacher-outputs", "/o", "--teacher-shards", "2"][..], true),
+            (&["--teacher-outputs", "/o"][..], false),
+            (&["--teacher-shards", "2"][..], false),
+            (&["--teacher-outputs", "/o", "--teacher-shards", "0"][..], false),
+        ] {
+            let mut argv = vec!["distillery-worker", "distill", "-f", "j.yaml"];
+            argv.extend_from_slice(args);
+            assert_eq!(Cli::try_parse_from(argv).is_ok(), ok, "{args:?}");
+        }
+    }
 }

@@ -3,28 +3,9 @@
 //! held-out documents, the artifact is a HuggingFace-layout Llama model with a manifest, and
 //! `generate` continues a prompt from it.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn worker() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_distillery-worker"))
-}
-
-/// Eight documents: the first 1,500 characters of eight State of the Union speeches.
-fn corpus(dir: &Path) {
-    let sotu = distillery_crds::cache::cache_dir().join("data/sotu");
-    let mut speeches: Vec<PathBuf> = std::fs::read_dir(&sotu)
-        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/setup.sh", sotu.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-        .collect();
-    speeches.sort();
-    for speech in speeches.iter().step_by(29).take(8) {
-        let text = std::fs::read_to_string(speech).unwrap();
-        let cut: String = text.chars().take(1500).collect();
-        std::fs::write(dir.join(speech.file_name().unwrap()), cut).unwrap();
-    }
-}
+use common::{corpus, tiny_lm, worker};
 
 #[test]
 fn a_tiny_causal_lm_job_distils_compares_and_generates() {
@@ -32,7 +13,7 @@ fn a_tiny_causal_lm_job_distils_compares_and_generates() {
     let (docs, out) = (tmp.path().join("docs"), tmp.path().join("artifact"));
     std::fs::create_dir(&docs).unwrap();
     corpus(&docs);
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-lm.yaml");
+    let fixture = tiny_lm();
     let run = worker()
         .env("DISTILLERY_TEST_CORPUS", &docs)
         .args(["distill", "-f"])

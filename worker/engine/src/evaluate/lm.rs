@@ -27,16 +27,35 @@ pub struct LmFigures {
     pub tokens: usize,
 }
 
-/// Running sums of [`LmFigures`].
-#[derive(Clone, Copy, Debug, Default)]
+/// Running sums of [`LmFigures`]. Sums of disjoint positions add up ([`Tally::merge`]): the
+/// figures of shards joined are those of one pass over them all. Serialized as its raw sums (a
+/// teacher-outputs shard's record carries them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tally {
+    /// Total negative log-likelihood of the next tokens.
     nll: f64,
+    /// Positions whose most likely next token is the actual one.
     correct: usize,
+    /// Total KL(teacher ‖ model) over the positions (0 without a teacher).
     kl: f64,
+    /// Positions scored.
     tokens: usize,
 }
 
 impl Tally {
+    /// Adds the sums of other positions (another shard's).
+    pub fn merge(&mut self, other: &Tally) {
+        self.nll += other.nll;
+        self.correct += other.correct;
+        self.kl += other.kl;
+        self.tokens += other.tokens;
+    }
+
+    /// Positions scored.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
     /// Adds positions with `logits` `(n, vocab)` and their `targets` `(n,)`, and the teacher's
     /// bucketed view of them when given.
     pub fn add(&mut self, logits: &Tensor, targets: &Tensor, teacher: Option<(&Tensor, &Tensor)>) -> Result<()> {
@@ -115,6 +134,25 @@ mod tests {
         assert!((f.perplexity - 2.0).abs() < 1e-4, "exp((ln 4 + 0) / 2) = 2: {f:?}");
         assert!((f.top1 - 0.5).abs() < 1e-9, "argmax of a uniform row is token 0: {f:?}");
         assert_eq!((f.tokens, f.kl_to_teacher), (2, None));
+    }
+
+    #[test]
+    fn merged_tallies_give_the_figures_of_one_pass_over_all_positions() {
+        let device = Device::Cpu;
+        let logits = Tensor::new(&[[0f32, 1., 2.], [3., 0., 1.], [0., 0., 5.]], &device).unwrap();
+        let targets = Tensor::new(&[2u32, 1, 2], &device).unwrap();
+        let mut whole = Tally::default();
+        whole.add(&logits, &targets, None).unwrap();
+        let (mut first, mut second) = (Tally::default(), Tally::default());
+        first.add(&logits.narrow(0, 0, 2).unwrap(), &targets.narrow(0, 0, 2).unwrap(), None).unwrap();
+        second.add(&logits.narrow(0, 2, 1).unwrap(), &targets.narrow(0, 2, 1).unwrap(), None).unwrap();
+        first.merge(&second);
+        let (a, b) = (whole.figures(false), first.figures(false));
+        assert!((a.perplexity - b.perplexity).abs() <= 1e-6 * a.perplexity, "{a:?} {b:?}");
+        assert_eq!((a.top1, a.tokens), (b.top1, b.tokens));
+        let json = serde_json::to_string(&first).unwrap();
+        assert!(json.contains("\"nll\"") && json.contains("\"tokens\":3"), "{json}");
+        assert_eq!(serde_json::from_str::<Tally>(&json).unwrap().tokens(), 3);
     }
 
     #[test]

@@ -28,7 +28,13 @@ use crate::serve::generate::{Sampling, continue_text};
 use crate::store::{Kind, sha256, sha256_file};
 use crate::student::decoder::{decoder_from_teacher_layers, random_decoder, student_config};
 use crate::teacher::gguf::{self, LlamaGguf};
-use crate::teacher::lm_outputs::{PassSettings, TeacherPass, cache_path, cached_teacher_pass};
+use crate::teacher::lm_outputs::{
+    PassSettings, SCORING_BATCH, TeacherPass, cache_path, cached_teacher_pass, teacher_pass_tally,
+};
+use crate::teacher::shards::{
+    Expected, ExpectedPart, PartOutputs, ShardOutputs, ShardRecord, ShardedOutputs, join_shards, shard_range,
+    write_shard,
+};
 use crate::teacher::tokenizer_from_gguf::{build_tokenizer, tokenizer_json};
 use crate::train::FitSettings;
 use crate::train::lm::{LmObjective, fit_lm};
@@ -38,8 +44,6 @@ use crate::train::token_kd::TopK;
 /// Causal language modelling (`task: causal-lm`).
 pub struct CausalLm;
 
-/// Sequences per forward pass when scoring (teacher outputs, evaluation).
-const SCORING_BATCH: usize = 4;
 /// Points of the temperature grid the teacher's remainder mass is stored at.
 const GRID_POINTS: usize = 8;
 /// Tokens of the sample generations' prompt, and of their continuations.
@@ -78,6 +82,8 @@ pub struct TeacherOutputs {
     pub train: TeacherPass,
     /// On the held-out sequences: its figures, and what students' KL is measured against.
     pub held_out: TeacherPass,
+    /// Where they were joined from, when other pods computed them (`distill --teacher-outputs`).
+    pub joined: Option<String>,
 }
 
 /// A trained student.
@@ -119,6 +125,8 @@ pub struct Evaluation {
     pub prompt: String,
     /// Greedy continuations of it, by model name.
     pub samples: Vec<(String, String)>,
+    /// Where the teacher's outputs were joined from, when other pods computed them.
+    pub teacher_outputs: Option<String>,
 }
 
 /// `teacherOutputs.topK` must leave the remainder bucket at least one token of the teacher's
@@ -217,30 +225,11 @@ impl TaskPipeline for CausalLm {
         teacher: &Teacher,
         reporter: &mut dyn Reporter,
     ) -> Result<TeacherOutputs, DistillError> {
-        let spec = &run.job.spec;
-        let k = spec.teacher_outputs.clone().unwrap_or_default().top_k as usize;
-        let t = &spec.loss.temperature;
-        let grid = match t.schedule {
-            distillery_crds::distillation::Schedule::Constant => vec![1.0 / t.start],
-            _ => TopK::grid_for(t.start, t.end, GRID_POINTS),
+        let outputs = match &run.teacher_shards {
+            Some(source) => join_teacher_outputs(run, data, teacher, source, reporter)?,
+            None => compute_teacher_outputs(run, data, teacher, reporter)?,
         };
-        let dir = run.cache_root.join("teachers");
-        let decoder = || {
-            Decoder::new(
-                &teacher.gguf.config,
-                VarBuilder::from_tensors(teacher.gguf.tensors.clone(), DType::F32, run.device),
-            )
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
-        };
-        let mut pass = |sequences: &[Vec<u32>], grid: Vec<f64>, what: &str| {
-            let settings = PassSettings { k, grid, batch: SCORING_BATCH };
-            let path = cache_path(&dir, &teacher.digest, sequences, &settings);
-            cached_teacher_pass(&path, &decoder, sequences, &settings, run.device, what, reporter)
-        };
-        let train = pass(&data.corpus.train, grid, "training sequences")?;
-        // Held out: at T = 1, what KL to the teacher is reported at.
-        let held_out = pass(&data.corpus.held_out, vec![1.0], "held-out sequences")?;
-        let f = &held_out.figures;
+        let f = &outputs.held_out.figures;
         stage(
             reporter,
             ProgressStage::Evaluating,
@@ -251,7 +240,7 @@ impl TaskPipeline for CausalLm {
                 f.top1 * 100.0
             ),
         );
-        Ok(TeacherOutputs { train, held_out })
+        Ok(outputs)
     }
 
     fn train(
@@ -346,7 +335,14 @@ impl TaskPipeline for CausalLm {
         };
         let distilled = figures(&students.distilled)?;
         let corpus_only = students.corpus_only.as_ref().map(&mut figures).transpose()?;
-        Ok(Evaluation { teacher: outputs.held_out.figures, distilled, corpus_only, prompt, samples })
+        Ok(Evaluation {
+            teacher: outputs.held_out.figures,
+            distilled,
+            corpus_only,
+            prompt,
+            samples,
+            teacher_outputs: outputs.joined.clone(),
+        })
     }
 
     fn write_artifact(
@@ -402,15 +398,19 @@ impl TaskPipeline for CausalLm {
         for trained in std::iter::once(student).chain(&students.corpus_only) {
             training.insert(trained.name.to_string(), serde_json::to_value(&trained.summary).expect("json"));
         }
+        let mut preparation = json!({
+            "format": "gguf",
+            "tensorTypes": teacher.gguf.tensor_types,
+            "dequantizedTo": "f32",
+            "tokenizer": "rebuilt from the GGUF's vocabulary and merges",
+        });
+        if let Some(source) = &run.teacher_shards {
+            preparation["outputs"] = json!({ "shards": source.shards, "uri": source.uri });
+        }
         let lineage = Lineage {
             teacher_uri: job.spec.teacher.uri.clone(),
             teacher_digest: teacher.digest.clone(),
-            teacher_preparation: Some(json!({
-                "format": "gguf",
-                "tensorTypes": teacher.gguf.tensor_types,
-                "dequantizedTo": "f32",
-                "tokenizer": "rebuilt from the GGUF's vocabulary and merges",
-            })),
+            teacher_preparation: Some(preparation),
             dataset_uri: job.spec.dataset.uri.clone(),
             dataset_digest: data.corpus_digest.clone(),
             spec_hash: run.spec_hash.clone(),
@@ -472,6 +472,9 @@ impl TaskPipeline for CausalLm {
         }
         let mut out = format!("held-out documents: {} tokens\n", evaluation.distilled.tokens);
         out += &lm_table(&rows);
+        if let Some(note) = &evaluation.teacher_outputs {
+            out += &format!("teacher outputs: {note}\n");
+        }
         if let Some(v) = manifest.variants.get("fp32") {
             out += &format!(
                 "{FP32_MODEL} (ONNX Runtime): {:.1} MB; logits within {:.1e} of candle's at every held-out position, argmax agreement {:.2}%, next-token top-1 {:.2}%; {:.1} ms per {}-token sequence alone (1 thread)\n",
@@ -495,6 +498,124 @@ impl TaskPipeline for CausalLm {
         }
         out
     }
+}
+
+/// `teacherOutputs.topK`, and the inverse temperatures the training outputs' remainders are kept
+/// at: the temperature schedule's grid.
+fn output_settings(job: &DistillationJob) -> (usize, Vec<f64>) {
+    let spec = &job.spec;
+    let k = spec.teacher_outputs.clone().unwrap_or_default().top_k as usize;
+    let t = &spec.loss.temperature;
+    let grid = match t.schedule {
+        distillery_crds::distillation::Schedule::Constant => vec![1.0 / t.start],
+        _ => TopK::grid_for(t.start, t.end, GRID_POINTS),
+    };
+    (k, grid)
+}
+
+/// The held-out outputs' grid: T = 1 alone, what KL to the teacher is reported at.
+fn held_out_grid() -> Vec<f64> {
+    vec![1.0]
+}
+
+/// The teacher as a decoder over its f32 tensors.
+fn teacher_decoder(run: &RunContext, teacher: &Teacher) -> candle_core::Result<Decoder> {
+    Decoder::new(&teacher.gguf.config, VarBuilder::from_tensors(teacher.gguf.tensors.clone(), DType::F32, run.device))
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+/// The teacher's outputs computed here, one pass over each part (reused from the cache when a
+/// previous run saved it).
+fn compute_teacher_outputs(
+    run: &RunContext,
+    data: &Data,
+    teacher: &Teacher,
+    reporter: &mut dyn Reporter,
+) -> Result<TeacherOutputs, DistillError> {
+    let (k, grid) = output_settings(run.job);
+    let dir = run.cache_root.join("teachers");
+    let decoder = || teacher_decoder(run, teacher);
+    let mut pass = |sequences: &[Vec<u32>], grid: Vec<f64>, what: &str| {
+        let settings = PassSettings { k, grid, batch: SCORING_BATCH };
+        let path = cache_path(&dir, &teacher.digest, sequences, &settings);
+        cached_teacher_pass(&path, &decoder, sequences, &settings, run.device, what, reporter)
+    };
+    let train = pass(&data.corpus.train, grid, "training sequences")?;
+    let held_out = pass(&data.corpus.held_out, held_out_grid(), "held-out sequences")?;
+    Ok(TeacherOutputs { train, held_out, joined: None })
+}
+
+/// What every shard of this job's teacher outputs must have been computed from.
+fn expected<'a>(run: &RunContext, data: &'a Data, teacher: &Teacher) -> Expected<'a> {
+    let (k, grid) = output_settings(run.job);
+    Expected {
+        teacher_digest: teacher.digest.clone(),
+        k,
+        train: ExpectedPart::new(&data.corpus.train, grid),
+        held_out: ExpectedPart::new(&data.corpus.held_out, held_out_grid()),
+    }
+}
+
+/// The teacher's outputs joined from the shards other pods computed, each checked against this
+/// job first ([`join_shards`]).
+fn join_teacher_outputs(
+    run: &RunContext,
+    data: &Data,
+    teacher: &Teacher,
+    source: &ShardedOutputs,
+    reporter: &mut dyn Reporter,
+) -> Result<TeacherOutputs, DistillError> {
+    stage(
+        reporter,
+        ProgressStage::CachingTeacherOutputs,
+        format!("joining {} shards of teacher outputs from {}", source.shards, source.uri),
+    );
+    let joined = join_shards(run.resolver, source, &expected(run, data, teacher))?;
+    let positions = joined.train.outputs.positions() + joined.held_out.outputs.positions();
+    let note = format!("joined {} shards of teacher outputs from {}: {positions} positions", source.shards, source.uri);
+    stage(reporter, ProgressStage::CachingTeacherOutputs, note.clone());
+    let pass = |part: PartOutputs| TeacherPass { figures: part.tally.figures(false), outputs: part.outputs };
+    Ok(TeacherOutputs { train: pass(joined.train), held_out: pass(joined.held_out), joined: Some(note) })
+}
+
+/// The `teacher-outputs` command on a causal-LM job: reads the data and prepares the teacher as
+/// `distill` does, runs the teacher over shard `shard` of `target`'s training and held-out
+/// sequences ([`shard_range`]) in the batches one pass over them all would run, and writes the
+/// shard under `target.uri` ([`write_shard`]). Returns its record.
+pub fn write_teacher_shard(
+    run: &RunContext,
+    target: &ShardedOutputs,
+    shard: usize,
+    reporter: &mut dyn Reporter,
+) -> Result<ShardRecord, DistillError> {
+    target.check_shard(shard)?;
+    let data = CausalLm.read_data(run, reporter)?;
+    let teacher = CausalLm.prepare_teacher(run, &data, reporter)?;
+    let expected = expected(run, &data, &teacher);
+    let decoder = teacher_decoder(run, &teacher)?;
+    let label = format!("shard {shard} of {}", target.shards);
+    let mut pass = |part: &ExpectedPart, name: &str| -> Result<PartOutputs, DistillError> {
+        let sequences = part.sequences();
+        let range = shard_range(sequences.len(), shard, target.shards);
+        let what = format!("{label}: {name} sequences {}..{} of {}", range.start, range.end, sequences.len());
+        let message = format!("{what}: computing the teacher's top-{} next-token outputs", expected.k);
+        stage(reporter, ProgressStage::CachingTeacherOutputs, message);
+        let settings = PassSettings { k: expected.k, grid: part.grid().to_vec(), batch: SCORING_BATCH };
+        let (outputs, tally) = teacher_pass_tally(&decoder, &sequences[range], &settings, run.device, &what, reporter)?;
+        Ok(PartOutputs { outputs, tally })
+    };
+    let train = pass(&expected.train, "training")?;
+    let held_out = pass(&expected.held_out, "held-out")?;
+    let record = write_shard(run.resolver, target, shard, &expected, &ShardOutputs { train, held_out })?;
+    stage(
+        reporter,
+        ProgressStage::CachingTeacherOutputs,
+        format!(
+            "{label}: {} training and {} held-out positions written to {}",
+            record.train.positions, record.held_out.positions, target.uri
+        ),
+    );
+    Ok(record)
 }
 
 /// One row of the causal-LM table.

@@ -5,6 +5,7 @@ use crate::onnx::OnnxError;
 use crate::store::StoreError;
 use crate::student::StudentError;
 use crate::teacher::prepare::PrepareError;
+use crate::teacher::shards::ShardError;
 use crate::train::checkpoint::CheckpointError;
 use crate::train::runner::RunError;
 
@@ -24,6 +25,9 @@ pub enum DistillError {
     /// The student could not be built.
     #[error(transparent)]
     Student(#[from] StudentError),
+    /// Sharded teacher outputs could not be written or joined.
+    #[error(transparent)]
+    Shards(Box<ShardError>),
     /// The spec contradicts the teacher or the student it describes.
     #[error("spec.{0}")]
     InvalidSpec(String),
@@ -65,6 +69,12 @@ impl From<PrepareError> for DistillError {
     }
 }
 
+impl From<ShardError> for DistillError {
+    fn from(e: ShardError) -> Self {
+        Self::Shards(Box::new(e))
+    }
+}
+
 impl From<OnnxError> for DistillError {
     fn from(e: OnnxError) -> Self {
         Self::Onnx(Box::new(e))
@@ -102,6 +112,9 @@ impl DistillError {
                 }
             }
             Self::Run(e) => run_policy(e),
+            // A missing, damaged or mismatched shard stays so until the outputs are computed
+            // again; storage trouble may pass.
+            Self::Shards(e) if !e.is_permanent() => ErrorPolicy::Retry,
             Self::Teacher(e) => match &**e {
                 PrepareError::Io { .. } => ErrorPolicy::Retry,
                 PrepareError::Run(run) => run_policy(run),
@@ -154,6 +167,27 @@ mod tests {
         ];
         for e in &permanent {
             assert_eq!(e.policy(), ErrorPolicy::WaitForSpecChange, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_mismatched_shard_is_permanent_and_storage_trouble_is_retried() {
+        let missing = ShardError::Missing { uri: "/o".into(), shard: 1, shards: 2, file: "shard-1-of-2.json".into() };
+        let mismatch = ShardError::Mismatch {
+            uri: "/o".into(),
+            shard: 0,
+            shards: 2,
+            what: "teacher (sha256 of its GGUF file)",
+            found: "a".into(),
+            expected: "b".into(),
+        };
+        for e in [missing, mismatch] {
+            assert_eq!(DistillError::from(e).policy(), ErrorPolicy::WaitForSpecChange);
+        }
+        let io = ShardError::Io { path: "/o/shard-0-of-2.json".into(), source: std::io::Error::other("disk") };
+        let slow = ShardError::Store(StoreError::Store { uri: "s3://b/o".into(), message: "503".into() });
+        for e in [io, slow] {
+            assert_eq!(DistillError::from(e).policy(), ErrorPolicy::Retry);
         }
     }
 

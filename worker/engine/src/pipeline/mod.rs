@@ -32,6 +32,7 @@ pub use output::{check_output, check_remote_output, output_location, publish, sp
 
 use crate::progress::{Event, ProgressStage, Reporter};
 use crate::store::{Resolver, sha256_file, write_atomically};
+use crate::teacher::shards::ShardedOutputs;
 
 /// What every stage of a run can read.
 pub struct RunContext<'a> {
@@ -47,6 +48,9 @@ pub struct RunContext<'a> {
     pub resolver: &'a Resolver,
     /// The manifest's `lineage.specHash` ([`spec_hash`]).
     pub spec_hash: String,
+    /// Teacher outputs computed in shards by other pods, joined instead of running the teacher
+    /// (`distill --teacher-outputs`; causal-lm only).
+    pub teacher_shards: Option<ShardedOutputs>,
 }
 
 impl RunContext<'_> {
@@ -152,7 +156,8 @@ pub struct Outcome {
 }
 
 /// Runs `job`, writing the artifact into the local directory `output`; its inputs are read
-/// through `resolver` (an `s3://` one downloaded into its work directory first).
+/// through `resolver` (an `s3://` one downloaded into its work directory first). With
+/// `teacher_shards`, the teacher's outputs are joined from there rather than computed.
 pub fn run(
     job: &DistillationJob,
     output: &Path,
@@ -160,8 +165,15 @@ pub fn run(
     device: &Device,
     reporter: &mut dyn Reporter,
     resolver: &Resolver,
+    teacher_shards: Option<ShardedOutputs>,
 ) -> Result<Outcome, DistillError> {
-    let run = RunContext { job, output, cache_root, device, resolver, spec_hash: spec_hash(job) };
+    if teacher_shards.is_some() && job.spec.task != Task::CausalLm {
+        return Err(DistillError::NotSupported(format!(
+            "--teacher-outputs: spec.task is {:?}; teacher outputs computed in shards are built for causal-lm jobs only (this job computes its own)",
+            job.spec.task
+        )));
+    }
+    let run = RunContext { job, output, cache_root, device, resolver, spec_hash: spec_hash(job), teacher_shards };
     match job.spec.task {
         Task::SequenceClassification => run_stages(&classification::Classification, &run, reporter),
         Task::CausalLm => run_stages(&causal_lm::CausalLm, &run, reporter),

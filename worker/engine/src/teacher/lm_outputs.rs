@@ -17,6 +17,11 @@ use crate::store::sha256;
 use crate::train::lm::{batch_tensors, predicted_logits};
 use crate::train::token_kd::TopK;
 
+/// Sequences per forward pass when scoring (teacher outputs, evaluation). Shards of the teacher
+/// outputs are cut at multiples of it ([`super::shards::shard_range`]), so each runs exactly the
+/// batches one pass over all the sequences would.
+pub const SCORING_BATCH: usize = 4;
+
 /// What one pass of the teacher over some sequences gives.
 pub struct TeacherPass {
     /// Its top-k outputs at every predicted position.
@@ -56,6 +61,20 @@ pub fn teacher_pass(
     what: &str,
     reporter: &mut dyn Reporter,
 ) -> candle_core::Result<TeacherPass> {
+    let (outputs, tally) = teacher_pass_tally(teacher, sequences, settings, device, what, reporter)?;
+    Ok(TeacherPass { outputs, figures: tally.figures(false) })
+}
+
+/// [`teacher_pass`] with the running sums its figures come from rather than the figures: passes
+/// over parts of the same sequences add up ([`Tally::merge`]).
+pub fn teacher_pass_tally(
+    teacher: &Decoder,
+    sequences: &[Vec<u32>],
+    settings: &PassSettings,
+    device: &Device,
+    what: &str,
+    reporter: &mut dyn Reporter,
+) -> candle_core::Result<(TopK, Tally)> {
     let PassSettings { k, ref grid, batch } = *settings;
     let mut outputs = TopK { k, grid: grid.to_vec(), ..Default::default() };
     let mut tally = Tally::default();
@@ -91,7 +110,7 @@ pub fn teacher_pass(
             });
         }
     }
-    Ok(TeacherPass { outputs, figures: tally.figures(false) })
+    Ok((outputs, tally))
 }
 
 /// Where [`cached_teacher_pass`] keeps a pass: `dir/lm-<key>.safetensors`.
