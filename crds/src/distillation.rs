@@ -51,7 +51,7 @@ use crate::common::{Compression, DataFormat, S3Settings, URI_PATTERN};
 #[x_kube(validation = Rule::new("self.task != 'causal-lm' || !has(self.loss.featureAlignment)").message("loss.featureAlignment: feature alignment is not built yet for causal-lm; leave it unset").field_path(".loss.featureAlignment"))]
 #[x_kube(validation = Rule::new("self.task != 'causal-lm' || !has(self.dataset.transferSet)").message("dataset.transferSet is for classification; a causal-lm corpus has no labels to begin with, so put every document in dataset.uri").field_path(".dataset.transferSet"))]
 #[x_kube(validation = Rule::new("self.task == 'causal-lm' || !has(self.teacherOutputs)").message("teacherOutputs (top-k teacher log-probabilities, computed in shards) applies to causal-lm only").field_path(".teacherOutputs"))]
-#[x_kube(validation = Rule::new("self.task != 'causal-lm' || self.quantization.mode == 'none'").message("quantization.mode: int8 quantization of causal-lm students is not built yet (they are exported to fp32 ONNX, checked against candle); set mode none").field_path(".quantization.mode"))]
+#[x_kube(validation = Rule::new("self.task == 'causal-lm' || !has(self.quantization) || !has(self.quantization.perplexityBudget)").message("quantization.perplexityBudget: a perplexity budget applies to causal-lm only (a classifier's int8 is judged on quantization.accuracyBudget); leave it unset").field_path(".quantization.perplexityBudget"))]
 #[x_kube(validation = Rule::new("self.task != 'causal-lm' || !self.student.pruneVocabulary").message("student.pruneVocabulary: vocabulary pruning is not built yet for causal-lm; leave it false").field_path(".student.pruneVocabulary"))]
 pub struct DistillationJobSpec {
     /// What the student learns: `sequence-classification` (text → label), `embedding`
@@ -614,23 +614,50 @@ fn default_checkpoint_interval() -> u32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QuantizationSpec {
-    /// `int8-dynamic`: int8 weights per output channel, activations quantized at run time;
-    /// `none`: serve fp32 only.
+    /// `int8-dynamic`: int8 weights per output channel, activations quantized at run time (a
+    /// causal-lm student's tied token embedding: one int8 table with a scale per token, read by
+    /// both the lookup and the output layer); `none`: serve fp32 only.
     #[serde(default)]
     pub mode: QuantizationMode,
-    /// Largest accuracy drop (absolute, 0.01 = one point) int8 may cost on the held-out split.
-    /// Over budget, the most sensitive layers stay fp32; still over, fp32 is served.
+    /// Largest accuracy drop (absolute, 0.01 = one point) int8 may cost on the held-out split:
+    /// classification accuracy for `sequence-classification`, next-token top-1 accuracy for
+    /// `causal-lm`. Over budget, the most sensitive layers stay fp32; still over, fp32 is served
+    /// (for causal-lm: `model.int8.onnx` is not written).
     #[serde(default = "default_accuracy_budget")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub accuracy_budget: f64,
-    /// Serve int8 only when it is measurably faster than fp32 on the worker's CPU.
+    /// `causal-lm` only: largest rise of held-out perplexity int8 may cost, relative to fp32's
+    /// (0.02: int8's perplexity at most 2% above fp32's), checked before `accuracyBudget`. Over
+    /// budget, the most sensitive layers stay fp32; still over, int8 is refused and only
+    /// `model.onnx` is written. Unset: 0.02.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub perplexity_budget: Option<f64>,
+    /// Serve int8 only when it is measurably faster than fp32 on the worker's CPU (for
+    /// causal-lm: per held-out sequence, alone).
     #[serde(default = "default_true")]
     pub speed_check: bool,
 }
 
+/// The relative perplexity rise a causal-lm student's int8 may cost when
+/// `quantization.perplexityBudget` is unset: 2%.
+pub const DEFAULT_PERPLEXITY_BUDGET: f64 = 0.02;
+
+impl QuantizationSpec {
+    /// `perplexityBudget`, or [`DEFAULT_PERPLEXITY_BUDGET`] when unset.
+    pub fn perplexity_budget_or_default(&self) -> f64 {
+        self.perplexity_budget.unwrap_or(DEFAULT_PERPLEXITY_BUDGET)
+    }
+}
+
 impl Default for QuantizationSpec {
     fn default() -> Self {
-        Self { mode: QuantizationMode::default(), accuracy_budget: default_accuracy_budget(), speed_check: true }
+        Self {
+            mode: QuantizationMode::default(),
+            accuracy_budget: default_accuracy_budget(),
+            perplexity_budget: None,
+            speed_check: true,
+        }
     }
 }
 
@@ -968,7 +995,7 @@ pub struct ModelFigures {
 pub struct Int8Figures {
     /// Size of `model.int8.onnx` in bytes.
     pub size_bytes: u64,
-    /// Held-out accuracy in [0, 1].
+    /// Held-out accuracy in [0, 1] (causal-lm: next-token top-1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<f64>,
     /// fp32 latency / int8 latency at batch 1.

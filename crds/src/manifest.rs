@@ -177,8 +177,13 @@ pub struct OnnxVariant {
     pub size_bytes: u64,
     /// Lower-case hex sha256 of the serialized model.
     pub sha256: String,
-    /// Held-out accuracy in [0, 1], in ONNX Runtime.
+    /// Held-out accuracy in [0, 1], in ONNX Runtime (causal-lm: next-token top-1).
     pub accuracy: f64,
+    /// causal-lm only: held-out perplexity in ONNX Runtime, the exponential of the mean
+    /// next-token negative log-likelihood over the held-out sequences (absent for classifiers, and
+    /// for a decoder's fp32 until its int8 gate ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
     /// Mean latency of a batch of 1, single-threaded, in milliseconds.
     pub latency_ms_batch1: f64,
     /// Mean latency of a batch of 32, single-threaded, in milliseconds; absent where not
@@ -186,11 +191,13 @@ pub struct OnnxVariant {
     /// vocabulary are gigabytes, not a serving shape).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms_batch32: Option<f64>,
-    /// fp32 only: largest absolute difference of its logits from candle's on the held-out split.
+    /// Largest absolute difference of its logits on the held-out split from candle's (fp32) or,
+    /// for a causal-lm student's int8, from the fp32 model's at every held-out position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_abs_logit_diff: Option<f64>,
     /// Share of held-out examples whose predicted label equals candle's (fp32) or the fp32
-    /// model's (int8).
+    /// model's (int8); for causal-lm, share of held-out positions whose most likely next token
+    /// is the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_agreement: Option<f64>,
     /// int8 only: weights kept in fp32 because int8 cost them the most accuracy.
@@ -199,6 +206,11 @@ pub struct OnnxVariant {
     /// int8 only: whether it passed its accuracy and speed gate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passed_gate: Option<bool>,
+    /// int8 only: what its gate decided, with the figures — every check it passed, or the one
+    /// it failed and by how much (a classifier's is also `servedVariantReason`; a causal-lm
+    /// student's is only here, as decoders are not served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_reason: Option<String>,
 }
 
 /// Lower-case hex sha256 of a file's content, read in blocks: what [`FileEntry::sha256`] holds.

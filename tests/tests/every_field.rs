@@ -168,6 +168,11 @@ const FIELDS: &[(&str, &str, Use)] = &[
         Read("worker/engine/src/onnx/artifact.rs", ".accuracy_budget"),
     ),
     ("DistillationJob", "spec.quantization.speedCheck", Read("worker/engine/src/onnx/artifact.rs", ".speed_check")),
+    (
+        "DistillationJob",
+        "spec.quantization.perplexityBudget",
+        Read("worker/engine/src/onnx/decoder_quantize.rs", "spec.perplexity_budget_or_default()"),
+    ),
     // spec.s3 is handed whole to the pods' store environment (objects.rs `store_env`, whose
     // unit test checks each field lands in the env): the same for all three kinds.
     ("DistillationJob", "spec.s3.endpoint", Read(DJ_BUILD, "store_env(spec.s3.as_ref())")),
@@ -261,7 +266,6 @@ const REFUSED_VALUES: &[(&str, &str, &str)] = &[
     ("DistillationJob", "spec.teacherOutputs.parallelism", "2"),
     ("DistillationJob", "spec.student.pruneVocabulary", "true"),
     ("DistillationJob", "spec.student.embeddingSize", "64"),
-    ("DistillationJob", "spec.quantization.mode", r#""int8-dynamic""#),
 ];
 
 /// What a refusal of something not built says.
@@ -422,7 +426,7 @@ fn values_not_built_yet_are_refused_at_apply() {
     for (kind, path, value) in REFUSED_VALUES {
         // What is not built for causal-lm is refused on a causal-lm job.
         let causal = path.starts_with("spec.teacherOutputs")
-            || ["spec.student.pruneVocabulary", "spec.student.embeddingSize", "spec.quantization.mode"].contains(path);
+            || ["spec.student.pruneVocabulary", "spec.student.embeddingSize"].contains(path);
         let mut doc = if causal { causal_lm_base() } else { base(kind) };
         set(&mut doc, path, serde_json::from_str(value).unwrap());
         if path.contains("transferSet") {

@@ -59,6 +59,25 @@ fn a_tiny_causal_lm_job_distils_compares_and_generates() {
     assert!(fp32["maxAbsLogitDiff"].as_f64().unwrap() <= 1e-4, "{fp32}");
     assert_eq!(fp32["labelAgreement"].as_f64(), Some(1.0), "{fp32}");
     assert!(m.get("servedVariant").is_none() && m["servedVariantReason"].is_string(), "{m}");
+    // int8 (the fixture's quantization.mode) went through the gate: held-out perplexity and top-1
+    // in ONNX Runtime recorded for both, the file written only when it passed, and the table says
+    // which.
+    let int8 = &m["variants"]["int8"];
+    assert!(fp32["perplexity"].as_f64().is_some_and(f64::is_finite), "{fp32}");
+    assert!(int8["perplexity"].as_f64().is_some_and(f64::is_finite), "{int8}");
+    assert!(int8["gateReason"].is_string() && int8["maxAbsLogitDiff"].as_f64().is_some(), "{int8}");
+    let passed = int8["passedGate"].as_bool().unwrap();
+    assert_eq!(out.join("model.int8.onnx").exists(), passed, "{int8}");
+    if passed {
+        let bytes = std::fs::read(out.join("model.int8.onnx")).unwrap();
+        assert_eq!(m["files"]["model.int8.onnx"]["sha256"], distillery_worker::store::sha256(&bytes));
+        assert_eq!(int8["sha256"], m["files"]["model.int8.onnx"]["sha256"]);
+        assert!(stdout.contains("model.int8.onnx (ONNX Runtime): ") && stdout.contains("× fp32's speed)"), "{stdout}");
+    } else {
+        assert!(m["files"].get("model.int8.onnx").is_none(), "{m}");
+        let line = format!("int8: refused — {}", int8["gateReason"].as_str().unwrap());
+        assert!(stdout.contains(&line), "{line} missing from\n{stdout}");
+    }
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "LlamaForCausalLM");
     assert_eq!((config["num_hidden_layers"].as_u64(), config["vocab_size"].as_u64()), (Some(2), Some(49_152)));

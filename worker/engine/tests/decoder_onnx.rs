@@ -1,6 +1,6 @@
 //! The causal-LM decoder's ONNX export on tiny random students, run in the real ONNX Runtime (the
 //! library scripts/setup.sh fetched, through `ORT_DYLIB_PATH` or the setup cache) and compared
-//! with candle at every position.
+//! with candle at every position; and its int8 version through the gate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -8,13 +8,16 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_onnx::onnx::ModelProto;
-use distillery_crds::manifest::{ArtifactManifest, FP32_MODEL, MANIFEST_FILE};
+use distillery_crds::distillation::QuantizationSpec;
+use distillery_crds::manifest::{ArtifactManifest, FP32_MODEL, INT8_MODEL, MANIFEST_FILE};
 use distillery_worker::model::decoder::{Decoder, DecoderConfig, StudentShape};
 use distillery_worker::onnx::OnnxError;
 use distillery_worker::onnx::decoder_export::{
-    DecoderWeights, NOT_SERVED, OnnxDecoder, check_parity, export_decoder, export_decoder_artifact,
+    DecoderWeights, EMBED_TOKENS, NOT_SERVED, OnnxDecoder, check_parity, export_decoder, export_decoder_artifact,
 };
+use distillery_worker::onnx::decoder_quantize::{compare_variants, held_out_figures, quantize_decoder_artifact};
 use distillery_worker::onnx::graph::f32_values;
+use distillery_worker::onnx::quantize::{QuantizeOptions, quantize};
 use distillery_worker::onnx::runtime;
 use distillery_worker::progress::Silent;
 use distillery_worker::student::decoder::random_decoder;
@@ -178,4 +181,139 @@ fn exporting_an_artifact_writes_model_onnx_and_records_it_unserved() {
     write_artifact(empty.path(), &c, &tensors);
     assert!(export_decoder_artifact(empty.path(), &[], &mut Silent).is_err());
     assert!(!empty.path().join(FP32_MODEL).exists());
+}
+
+#[test]
+fn int8_keeps_the_whole_token_table_and_runs_in_onnx_runtime_close_to_fp32() {
+    ort();
+    let c = config(true, 2);
+    let tensors = tiny(&c, 13);
+    let proto = export_decoder(&DecoderWeights { config: &c, tensors: &tensors }).unwrap();
+    let q = quantize(&proto, &QuantizeOptions::default()).unwrap();
+    assert!(q.quantized.iter().any(|w| w == EMBED_TOKENS), "{:?}", q.quantized);
+    // The lookup reads the full int8 table (every token, every dimension) by input_ids; the tied
+    // head reads the same table, transposed.
+    let g = q.model.graph.as_ref().unwrap();
+    let table = g.initializer.iter().find(|t| t.name == format!("{EMBED_TOKENS}.int8")).unwrap();
+    assert_eq!(table.dims, vec![60, 32]);
+    assert_eq!(table.raw_data.len(), 60 * 32);
+    let gather = g.node.iter().find(|n| n.op_type == "Gather" && n.input[0] == table.name).unwrap();
+    assert_eq!(gather.input[1], "input_ids");
+    assert!(g.node.iter().any(|n| n.op_type == "Transpose" && n.input[0] == table.name));
+    let (fp32_bytes, int8_bytes) = (proto.encode_to_vec(), q.model.encode_to_vec());
+    assert!(int8_bytes.len() < fp32_bytes.len(), "{} ≥ {} bytes", int8_bytes.len(), fp32_bytes.len());
+
+    // It runs, every token id included, and stays close to fp32.
+    let mut ids = sequences(20, 60, 24, 5);
+    ids.push((0..24).map(|t| t * 59 / 23).collect());
+    let mut fp32 = OnnxDecoder::new(&fp32_bytes, 1).unwrap();
+    let mut int8 = OnnxDecoder::new(&int8_bytes, 1).unwrap();
+    let a = compare_variants(&mut fp32, &mut int8, &ids).unwrap();
+    assert_eq!(a.positions, ids.iter().map(Vec::len).sum::<usize>());
+    let reference = fp32.run(&[ids[0].as_slice()]).unwrap().values;
+    let spread = reference.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    assert!(a.max_abs_diff > 0.0 && a.max_abs_diff < spread / 2.0, "{a:?}, logits up to {spread}");
+    assert!(a.argmax_agreement >= 0.5, "{a:?}");
+    let (f, i) = (held_out_figures(&mut fp32, &ids, 4).unwrap(), held_out_figures(&mut int8, &ids, 1).unwrap());
+    assert_eq!(f.tokens, i.tokens);
+    assert!(i.perplexity.is_finite() && i.perplexity > 1.0, "{i:?}");
+    assert!((0.0..=1.0).contains(&i.top1));
+    assert!(f.perplexity != i.perplexity, "int8 moves the logits, so the perplexity: {f:?} {i:?}");
+}
+
+/// A tiny decoder artifact written and exported, with its held-out sequences.
+fn exported(seed: u64) -> (tempfile::TempDir, Vec<Vec<u32>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(true, 2);
+    let tensors = tiny(&c, seed);
+    write_artifact(dir.path(), &c, &tensors);
+    let held_out = sequences(12, 60, 24, seed);
+    export_decoder_artifact(dir.path(), &held_out, &mut Silent).unwrap();
+    (dir, held_out)
+}
+
+fn read_manifest(dir: &Path) -> ArtifactManifest {
+    serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs()
+}
+
+#[test]
+fn int8_within_generous_budgets_is_written_and_recorded_unserved() {
+    ort();
+    let (dir, held_out) = exported(17);
+    let spec = QuantizationSpec {
+        perplexity_budget: Some(1.0),
+        accuracy_budget: 1.0,
+        speed_check: false,
+        ..Default::default()
+    };
+    let out = quantize_decoder_artifact(dir.path(), &held_out, &spec, &mut Silent).unwrap();
+    let reason = out.verdict.reason().to_string();
+    assert!(out.verdict.passed() && reason.ends_with("speed check off"), "{reason}");
+    let (p32, p8) = (out.fp32.perplexity.unwrap(), out.int8.perplexity.unwrap());
+    assert!(p8.is_finite() && p8 != p32 && p8 / p32 - 1.0 <= 1.0, "fp32 {p32}, int8 {p8}");
+    assert!(out.int8.fp32_layers.is_empty(), "within budget at once: no retry");
+
+    let written = std::fs::read(dir.path().join(INT8_MODEL)).unwrap();
+    let m = read_manifest(dir.path());
+    assert_eq!(m.files[INT8_MODEL].sha256, distillery_worker::store::sha256(&written));
+    let v = &m.variants["int8"];
+    assert_eq!((v.file.as_deref(), v.passed_gate), (Some(INT8_MODEL), Some(true)));
+    assert_eq!((v.sha256.as_str(), v.size_bytes), (m.files[INT8_MODEL].sha256.as_str(), written.len() as u64));
+    assert!(v.size_bytes < m.variants["fp32"].size_bytes);
+    assert!(close(v.perplexity.unwrap(), p8) && close(m.variants["fp32"].perplexity.unwrap(), p32));
+    assert!((0.0..=1.0).contains(&v.accuracy) && (0.0..=1.0).contains(&v.label_agreement.unwrap()));
+    assert!(v.max_abs_logit_diff.unwrap() > 0.0 && v.latency_ms_batch1 > 0.0 && v.latency_ms_batch32.is_none());
+    assert_eq!(v.gate_reason.as_deref(), Some(reason.as_str()));
+    assert_eq!(m.served_variant, None, "the server runs classifiers only");
+    assert_eq!(m.served_variant_reason.as_deref(), Some(NOT_SERVED));
+    assert!(m.files.contains_key(FP32_MODEL));
+
+    // With the speed check, the reason gives the speed per sequence whichever way it went (a tiny
+    // graph need not be faster in int8), and the file is there only when int8 passed.
+    let timed = QuantizationSpec { speed_check: true, ..spec };
+    let out = quantize_decoder_artifact(dir.path(), &held_out, &timed, &mut Silent).unwrap();
+    assert!(out.verdict.reason().contains("× fp32's speed per "), "{}", out.verdict.reason());
+    assert_eq!(dir.path().join(INT8_MODEL).exists(), out.verdict.passed());
+}
+
+#[test]
+fn int8_over_its_perplexity_budget_is_refused_and_only_fp32_is_written() {
+    ort();
+    let (dir, held_out) = exported(19);
+    // Budget 0: any rise refuses int8 (the verdict follows the sign of the rise; that int8 moves
+    // the perplexity at all is checked).
+    let zero = QuantizationSpec {
+        perplexity_budget: Some(0.0),
+        accuracy_budget: 1.0,
+        speed_check: false,
+        ..Default::default()
+    };
+    let out = quantize_decoder_artifact(dir.path(), &held_out, &zero, &mut Silent).unwrap();
+    let (p32, p8) = (out.fp32.perplexity.unwrap(), out.int8.perplexity.unwrap());
+    assert!(p8 != p32, "int8 must move the perplexity for this test to mean anything: {p8}");
+    assert_eq!(out.verdict.passed(), p8 < p32, "fp32 {p32}, int8 {p8}: {}", out.verdict.reason());
+
+    // A budget that asks int8 for a tenth of fp32's perplexity: refused, even with the most
+    // sensitive layers kept in fp32, and nothing but fp32 is left.
+    let impossible = QuantizationSpec { perplexity_budget: Some(-0.9), ..zero };
+    let out = quantize_decoder_artifact(dir.path(), &held_out, &impossible, &mut Silent).unwrap();
+    let reason = out.verdict.reason();
+    assert!(!out.verdict.passed());
+    assert!(
+        reason.starts_with("int8 held-out perplexity ") && reason.ends_with("over the budget of -90.00%"),
+        "{reason}"
+    );
+    assert!(reason.contains("most sensitive layers in fp32") && !out.int8.fp32_layers.is_empty(), "{reason}");
+    assert!(!dir.path().join(INT8_MODEL).exists(), "a refused int8 is never written, an earlier one is removed");
+    let m = read_manifest(dir.path());
+    assert!(m.files.contains_key(FP32_MODEL) && !m.files.contains_key(INT8_MODEL));
+    let v = &m.variants["int8"];
+    assert_eq!((v.file.as_deref(), v.passed_gate), (None, Some(false)));
+    assert_eq!(v.gate_reason.as_deref(), Some(reason));
+    assert_eq!(m.served_variant, None);
+    assert_eq!(m.variants["fp32"].file.as_deref(), Some(FP32_MODEL));
 }

@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use super::OnnxError;
 use super::export::{ClassifierWeights, export};
-use super::gate::{self, Accuracies, Latencies, Verdict};
+use super::gate::{self, Accuracies, AccuracyCheck, Latencies, Verdict};
 use super::quantize::{QuantizeOptions, quantize};
 use super::runtime::{self, OnnxModel, batches, compare_latency, time_per_batch};
 use crate::data::batch::{encode_all, load_tokenizer};
@@ -218,21 +218,33 @@ pub fn export_artifact(dir: &Path, eval: &EvalSet, reporter: &mut dyn Reporter) 
 }
 
 fn best_of(model: &mut OnnxModel, batches: &[Vec<&[u32]>]) -> Result<f64, OnnxError> {
-    time_per_batch(model, batches)?;
+    time_per_batch(&mut *model, batches)?;
     let mut best = f64::MAX;
     for _ in 0..3 {
-        best = best.min(time_per_batch(model, batches)?.as_secs_f64() * 1e3);
+        best = best.min(time_per_batch(&mut *model, batches)?.as_secs_f64() * 1e3);
     }
     Ok(best)
 }
 
-/// One int8 candidate: its serialized model, the weights it quantized, its held-out accuracy and
-/// its predicted labels.
+/// One int8 candidate: its serialized model, the weights it quantized, its held-out accuracy
+/// (against fp32's and the budget) and its predicted labels.
 struct Candidate {
     bytes: Vec<u8>,
     quantized: Vec<String>,
-    accuracy: f64,
+    quality: AccuracyCheck,
     predictions: Vec<u32>,
+}
+
+impl gate::Evaluated for Candidate {
+    type Figures = AccuracyCheck;
+
+    fn quantized(&self) -> &[String] {
+        &self.quantized
+    }
+
+    fn quality(&self) -> AccuracyCheck {
+        self.quality
+    }
 }
 
 /// What quantization decided.
@@ -262,49 +274,30 @@ pub fn quantize_artifact(
     let fp32_logits = OnnxModel::new(&fp32_bytes, threads)?.logits(&eval.ids, EVAL_BATCH)?;
     let fp32_predictions = predictions(&fp32_logits);
     let fp32_accuracy = accuracy(&fp32_logits, &eval.labels);
+    let budget = spec.accuracy_budget;
     let evaluate = |keep: &BTreeSet<String>| -> Result<Candidate, OnnxError> {
         let q = quantize(&fp32_model, &QuantizeOptions { keep_fp32: keep.clone() })?;
         let bytes = q.model.encode_to_vec();
         let l = OnnxModel::new(&bytes, threads)?.logits(&eval.ids, INT8_EVAL_BATCH)?;
+        let figures = Accuracies { fp32: fp32_accuracy, int8: accuracy(&l, &eval.labels) };
         Ok(Candidate {
             bytes,
             quantized: q.quantized,
-            accuracy: accuracy(&l, &eval.labels),
+            quality: AccuracyCheck::classifier(figures, budget),
             predictions: predictions(&l),
         })
     };
-    let budget = spec.accuracy_budget;
-    let within = |c: &Candidate| Accuracies { fp32: fp32_accuracy, int8: c.accuracy }.within(budget);
-    let mut keep = BTreeSet::new();
-    let mut candidate = evaluate(&keep)?;
+    let first = evaluate(&BTreeSet::new())?;
     stage(format!(
         "{} weights int8: held-out accuracy {:.2}% (fp32 {:.2}%, budget {:.2} points)",
-        candidate.quantized.len(),
-        candidate.accuracy * 100.0,
+        first.quantized.len(),
+        first.quality.figures.int8 * 100.0,
         fp32_accuracy * 100.0,
         budget * 100.0
     ));
-    if !within(&candidate) {
-        let all = candidate.quantized.clone();
-        let mut per_layer = vec![];
-        for w in &all {
-            per_layer.push((w.clone(), evaluate(&BTreeSet::from([w.clone()]))?.accuracy));
-        }
-        let order = gate::by_sensitivity(&per_layer);
-        let accuracy_of = |w: &String| per_layer.iter().find(|p| &p.0 == w).map_or(0.0, |p| p.1);
-        let top: Vec<String> =
-            order.iter().take(4).map(|w| format!("{w} ({:.2}% in fp32)", accuracy_of(w) * 100.0)).collect();
-        stage(format!("over budget; most sensitive: {}", top.join(", ")));
-        for k in gate::retry_sizes(all.len()) {
-            keep = order.iter().take(k).cloned().collect();
-            candidate = evaluate(&keep)?;
-            stage(format!("{k} most sensitive in fp32: held-out accuracy {:.2}%", candidate.accuracy * 100.0));
-            if within(&candidate) {
-                break;
-            }
-        }
-    }
-    let Candidate { bytes, accuracy: int8_accuracy, predictions: int8_predictions, .. } = candidate;
+    let (candidate, keep) = gate::keep_sensitive_fp32(first, evaluate, &mut stage)?;
+    let Candidate { bytes, quality, predictions: int8_predictions, .. } = candidate;
+    let int8_accuracy = quality.figures.int8;
     let mut fp32_single = OnnxModel::new(&fp32_bytes, 1)?;
     let mut int8_single = OnnxModel::new(&bytes, 1)?;
     let (f1, i1) = compare_latency(&mut fp32_single, &mut int8_single, &batches(&eval.ids, 1, LATENCY_SINGLES), 3)?;
@@ -315,7 +308,7 @@ pub fn quantize_artifact(
         Latencies { fp32_batch1: ms(f1), int8_batch1: ms(i1), fp32_batch32: ms(f32_), int8_batch32: ms(i32_) };
     let accuracies = Accuracies { fp32: fp32_accuracy, int8: int8_accuracy };
     let verdict = gate::decide(accuracies, budget, keep.len(), spec.speed_check.then_some(latencies));
-    let passed = matches!(verdict, Verdict::Int8(_));
+    let passed = verdict.passed();
     let int8_path = dir.join(INT8_MODEL);
     if passed {
         std::fs::write(&int8_path, &bytes).map_err(|e| artifact_error(&int8_path, e))?;
@@ -333,6 +326,7 @@ pub fn quantize_artifact(
         label_agreement: Some(agreement(&int8_predictions, &fp32_predictions)),
         fp32_layers: keep.into_iter().collect(),
         passed_gate: Some(passed),
+        gate_reason: Some(verdict.reason().into()),
         ..Default::default()
     };
     let mut fp32 = OnnxVariant {

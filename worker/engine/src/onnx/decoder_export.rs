@@ -43,7 +43,7 @@ use super::OnnxError;
 use super::artifact::{PARITY_TOLERANCE, artifact_error, eval_threads, read_json, update_manifest};
 use super::export::ExportError;
 use super::graph::{Attr, Dim, GraphBuilder};
-use super::runtime::{self, RuntimeError};
+use super::runtime::{self, RunBatch, RuntimeError};
 use crate::model::decoder::{Decoder, DecoderConfig, MASKED, rotary_tables};
 use crate::progress::{Event, ProgressStage, Reporter};
 use crate::store::sha256;
@@ -62,7 +62,7 @@ pub const ROPE_SIN: &str = "model.rotary_emb.sin";
 /// logits are `batch · seq · vocab` floats, twice, candle's and ONNX Runtime's).
 pub const PARITY_BATCH: usize = 4;
 /// Sequences timed one at a time for the manifest's batch-1 latency.
-const LATENCY_SINGLES: usize = 16;
+pub(crate) const LATENCY_SINGLES: usize = 16;
 /// The manifest's `servedVariantReason` of an exported decoder (`servedVariant` stays unset).
 pub const NOT_SERVED: &str =
     "causal-lm: model.onnx is exported and checked against candle; distillery-server serves classifiers only";
@@ -355,24 +355,42 @@ impl OnnxDecoder {
 
     /// Logits of one batch, padded on the right to its longest sequence.
     pub fn run(&mut self, batch: &[&[u32]]) -> Result<BatchLogits, RuntimeError> {
-        let padded = Padded::new(batch);
-        let shape = [batch.len(), padded.longest];
-        let to_i64 = |v: &[u32]| v.iter().map(|&x| i64::from(x)).collect::<Vec<i64>>();
-        let ids = ort::value::Tensor::from_array((shape, to_i64(&padded.ids))).map_err(ort_error)?;
-        let mask = ort::value::Tensor::from_array((shape, to_i64(&padded.mask))).map_err(ort_error)?;
+        let (ids, mask, longest) = decoder_inputs(batch)?;
         let outputs =
             self.session.run(ort::inputs![DECODER_INPUTS[0] => ids, DECODER_INPUTS[1] => mask]).map_err(ort_error)?;
         let (dims, values) = outputs[LOGITS].try_extract_tensor::<f32>().map_err(ort_error)?;
-        if dims.len() != 3 || dims[0] != batch.len() as i64 || dims[1] != padded.longest as i64 {
+        if dims.len() != 3 || dims[0] != batch.len() as i64 || dims[1] != longest as i64 {
             return Err(RuntimeError::Ort(format!(
                 "logits of shape {:?} for a batch of {} sequences of {} tokens",
                 &dims[..],
                 batch.len(),
-                padded.longest
+                longest
             )));
         }
-        Ok(BatchLogits { values: values.to_vec(), longest: padded.longest, vocab: dims[2] as usize })
+        Ok(BatchLogits { values: values.to_vec(), longest, vocab: dims[2] as usize })
     }
+}
+
+impl RunBatch for OnnxDecoder {
+    /// Runs the batch without copying its logits out: what latency is measured on (a sequence's
+    /// logits are `length · vocab` floats, whose copy is no part of the model's time).
+    fn run_batch(&mut self, batch: &[&[u32]]) -> Result<(), RuntimeError> {
+        let (ids, mask, _) = decoder_inputs(batch)?;
+        let _outputs =
+            self.session.run(ort::inputs![DECODER_INPUTS[0] => ids, DECODER_INPUTS[1] => mask]).map_err(ort_error)?;
+        Ok(())
+    }
+}
+
+/// A batch padded on the right as the decoder graph's int64 inputs `(input_ids, attention_mask)`,
+/// and its padded length.
+fn decoder_inputs(batch: &[&[u32]]) -> Result<(ort::value::Tensor<i64>, ort::value::Tensor<i64>, usize), RuntimeError> {
+    let padded = Padded::new(batch);
+    let shape = [batch.len(), padded.longest];
+    let to_i64 = |v: &[u32]| v.iter().map(|&x| i64::from(x)).collect::<Vec<i64>>();
+    let ids = ort::value::Tensor::from_array((shape, to_i64(&padded.ids))).map_err(ort_error)?;
+    let mask = ort::value::Tensor::from_array((shape, to_i64(&padded.mask))).map_err(ort_error)?;
+    Ok((ids, mask, padded.longest))
 }
 
 /// What the parity check measured, over every real (unpadded) position of the sequences.
@@ -402,7 +420,7 @@ impl DecoderParity {
 }
 
 /// The index of the largest value (the last of equal ones, as `train::predictions`).
-fn argmax(v: &[f32]) -> usize {
+pub(crate) fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
@@ -597,9 +615,11 @@ pub fn export_decoder_artifact(
 mod tests {
     use super::*;
     use crate::model::decoder::StudentShape;
-    use crate::onnx::quantize::quantizable;
+    use crate::onnx::graph::f32_values;
+    use crate::onnx::quantize::{QuantizeOptions, quantizable, quantize};
     use crate::student::decoder::random_decoder;
     use crate::train::runner;
+    use candle_onnx::onnx::TensorProto;
 
     fn tiny(tied: bool, kv_heads: usize) -> DecoderConfig {
         DecoderConfig {
@@ -664,8 +684,72 @@ mod tests {
         let q = quantizable(&proto);
         assert_eq!(q.len(), 2 * 7, "{q:?}");
         assert!(q.iter().all(|w| w.starts_with("model.layers.") && w.ends_with("_proj.weight")), "{q:?}");
-        // The tied output layer multiplies by a Transpose's output, not an initializer: fp32.
+        // The tied output layer multiplies by a Transpose's output, not an initializer: it is
+        // quantized with the table, per row (next test), not as a projection.
         assert!(!q.iter().any(|w| w == EMBED_TOKENS));
+    }
+
+    fn initializer<'m>(proto: &'m ModelProto, name: &str) -> Option<&'m TensorProto> {
+        proto.graph.as_ref().unwrap().initializer.iter().find(|t| t.name == name)
+    }
+
+    /// The nodes reading `value`, by op.
+    fn readers<'m>(proto: &'m ModelProto, value: &str) -> Vec<&'m str> {
+        let g = proto.graph.as_ref().unwrap();
+        g.node.iter().filter(|n| n.input.iter().any(|i| i == value)).map(|n| n.op_type.as_str()).collect()
+    }
+
+    #[test]
+    fn int8_keeps_the_whole_token_table_once_for_the_lookup_and_the_tied_head() {
+        let c = tiny(true, 1);
+        let tensors = weights(&c, 6);
+        let proto = export_decoder(&DecoderWeights { config: &c, tensors: &tensors }).unwrap();
+        let q = quantize(&proto, &QuantizeOptions::default()).unwrap();
+        assert_eq!(q.quantized.len(), 1 + 2 * 7, "the table and seven projections per layer: {:?}", q.quantized);
+        assert_eq!(q.quantized[0], EMBED_TOKENS, "graph order: the lookup comes first");
+        let (table, scales) = (format!("{EMBED_TOKENS}.int8"), format!("{EMBED_TOKENS}.scale"));
+        // The full table, once, in int8; no fp32 copy left and nothing reading one.
+        let int8 = initializer(&q.model, &table).unwrap();
+        assert_eq!((int8.dims.clone(), int8.data_type), (vec![50, 24], DataType::Int8 as i32));
+        assert_eq!(int8.raw_data.len(), 50 * 24);
+        assert!(initializer(&q.model, EMBED_TOKENS).is_none() && readers(&q.model, EMBED_TOKENS).is_empty());
+        let g = q.model.graph.as_ref().unwrap();
+        assert_eq!(
+            g.initializer.iter().filter(|t| t.name.starts_with(EMBED_TOKENS)).count(),
+            3,
+            "values, scales, axis"
+        );
+        // The lookup gathers rows by input_ids; the head multiplies by the transposed int8 table.
+        assert_eq!(readers(&q.model, &table), ["Gather", "Transpose"]);
+        let gather = g.node.iter().find(|n| n.op_type == "Gather" && n.input[0] == table).unwrap();
+        assert_eq!(gather.input[1], "input_ids");
+        let transposed = &g.node.iter().find(|n| n.op_type == "Transpose" && n.input[0] == table).unwrap().output[0];
+        assert_eq!(readers(&q.model, transposed), ["MatMulInteger"]);
+        assert_eq!(readers(&q.model, &scales), ["Gather", "Mul"], "one scale per row serves both");
+        assert_eq!(count(&q.model, "MatMul"), 2 * 2, "only the attention products stay fp32 MatMuls");
+        // Every row dequantizes to within half a step of the fp32 row.
+        let fp32 = f32_values(initializer(&proto, EMBED_TOKENS).unwrap()).unwrap();
+        let s = f32_values(initializer(&q.model, &scales).unwrap()).unwrap();
+        assert_eq!(s.len(), 50);
+        for (i, (&v, &b)) in fp32.iter().zip(&int8.raw_data).enumerate() {
+            let back = f32::from(b as i8) * s[i / 24];
+            assert!((back - v).abs() <= s[i / 24] / 2.0 + 1e-7, "row {}: {v} -> {back}", i / 24);
+        }
+
+        // Kept fp32 (the gate's retry): the table and both its readers as exported.
+        let kept = quantize(&proto, &QuantizeOptions { keep_fp32: [EMBED_TOKENS.to_string()].into() }).unwrap();
+        assert!(!kept.quantized.iter().any(|w| w == EMBED_TOKENS) && kept.quantized.len() == 2 * 7);
+        assert!(initializer(&kept.model, EMBED_TOKENS).is_some() && initializer(&kept.model, &table).is_none());
+        assert_eq!(readers(&kept.model, EMBED_TOKENS), ["Gather", "Transpose"]);
+
+        // Untied: the table is only looked up, and lm_head is a projection like the others.
+        let c = tiny(false, 3);
+        let tensors = weights(&c, 6);
+        let proto = export_decoder(&DecoderWeights { config: &c, tensors: &tensors }).unwrap();
+        let q = quantize(&proto, &QuantizeOptions::default()).unwrap();
+        assert_eq!(q.quantized.len(), 1 + 2 * 7 + 1, "{:?}", q.quantized);
+        assert!(q.quantized.iter().any(|w| w == LM_HEAD));
+        assert_eq!(readers(&q.model, &table), ["Gather"]);
     }
 
     #[test]

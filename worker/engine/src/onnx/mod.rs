@@ -3,10 +3,12 @@
 //! int8 weights, [`runtime`] runs both in ONNX Runtime, [`gate`] decides which one is served, and
 //! [`artifact`] does all of it on an artifact directory and records it in the manifest.
 //! [`decoder_export`] is the same for a causal-LM student: its graph, its parity check at every
-//! position, and its export on an artifact directory (not quantized yet).
+//! position, and its export on an artifact directory; [`decoder_quantize`] takes its int8 through
+//! the same gate, judged on held-out perplexity and next-token top-1.
 
 pub mod artifact;
 pub mod decoder_export;
+pub mod decoder_quantize;
 pub mod export;
 pub mod gate;
 pub mod graph;

@@ -7,9 +7,18 @@
 //!   Runtime fuses that pattern into one kernel. Unsigned activations and signed weights are the
 //!   pairing its x86 kernels expect; signed activations with per-tensor zero points are the
 //!   signedness choice users report collapsing accuracy;
-//! - the word-embedding table becomes int8 with one scale per row, dequantized after the `Gather`
-//!   (rows of rare and common tokens differ widely in norm);
-//! - LayerNorm, Softmax, GELU, attention products and the classifier stay fp32.
+//! - the embedding table ([`EMBEDDING_TABLES`]: the classifier's word embeddings, a causal-LM
+//!   student's token embeddings) becomes int8 with one scale per row, dequantized after the
+//!   `Gather` (rows of rare and common tokens differ widely in norm);
+//! - a causal-LM student's output layer tied to that table (`MatMul` by `Transpose` of it) reads
+//!   the **same** int8 table: one scale per row of the table is one scale per output channel of
+//!   its transpose, so the head is quantized exactly as a projection is (`MatMulInteger` by the
+//!   transposed int8 table, times `input scale × row scales`) and the file holds the table once,
+//!   in int8 — `vocab × hidden` bytes plus `4 × vocab` of scales instead of `4 × vocab × hidden`.
+//!   ONNX Runtime folds the constant `Transpose` when it loads the model, so the `(hidden,
+//!   vocab)` int8 copy exists in memory only. A table read any other way stays fp32 whole
+//!   ([`table_uses`]);
+//! - LayerNorm, RMSNorm, Softmax, GELU, SiLU, attention products and the classifier stay fp32.
 //!
 //! The math ([`quantize_columns`], [`quantize_rows`], [`dynamic_quantize_u8`]) is pure and tested
 //! against hand-computed values; [`quantize`] rewrites the graph.
@@ -19,6 +28,7 @@ use std::collections::{BTreeSet, HashMap};
 use candle_onnx::onnx::tensor_proto::DataType;
 use candle_onnx::onnx::{GraphProto, ModelProto, NodeProto};
 
+use super::decoder_export::EMBED_TOKENS;
 use super::export::HEAD_WEIGHT;
 use super::graph::{Attr, GraphBuilder, f32_values};
 
@@ -26,6 +36,9 @@ use super::graph::{Attr, GraphBuilder, f32_values};
 pub const QMAX: f32 = 127.0;
 /// The word-embedding table's initializer.
 pub const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
+/// The embedding tables quantized per row: the classifier's word embeddings and a causal-LM
+/// student's token embeddings (its output layer's weight too, when tied).
+pub const EMBEDDING_TABLES: [&str; 2] = [WORD_EMBEDDINGS, EMBED_TOKENS];
 
 /// int8 values and their scales (one per channel): `value ≈ q · scale`.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,7 +106,8 @@ pub fn dynamic_quantize_u8(x: &[f32]) -> (Vec<u8>, f32, u8) {
 #[derive(Clone, Debug, Default)]
 pub struct QuantizeOptions {
     /// Weights (initializer names) to leave in fp32: the most sensitive layers, when the gate
-    /// asks for them ([`WORD_EMBEDDINGS`] keeps the embedding table fp32).
+    /// asks for them (an [`EMBEDDING_TABLES`] name keeps that table fp32, for its lookup and its
+    /// tied output layer alike).
     pub keep_fp32: BTreeSet<String>,
 }
 
@@ -113,8 +127,9 @@ pub enum QuantizeError {
     Unsupported(String),
 }
 
-/// The weights of `model` that [`quantize`] makes int8 by default: every 2-D fp32 initializer a
-/// `MatMul` multiplies by, except the classifier's.
+/// The weights of `model` that [`quantize`] makes int8 per output channel by default: every 2-D
+/// fp32 initializer a `MatMul` multiplies by, except the classifier's. (Embedding tables are
+/// quantized per row besides, see [`table_uses`].)
 pub fn quantizable(model: &ModelProto) -> Vec<String> {
     let Some(graph) = &model.graph else { return vec![] };
     let matrices: HashMap<&str, usize> = graph
@@ -133,65 +148,234 @@ pub fn quantizable(model: &ModelProto) -> Vec<String> {
         .collect()
 }
 
+/// How an embedding table is read in a graph.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableUses {
+    /// `Gather`s of its rows (the lookup).
+    pub gathers: usize,
+    /// Outputs of `Transpose`s of it to `(hidden, vocab)` that only `MatMul`s read, as their
+    /// weight: a tied output layer.
+    pub tied_heads: Vec<String>,
+}
+
+/// Every `(node, input slot)` reading `value`.
+fn readers<'g>(graph: &'g GraphProto, value: &str) -> Vec<(&'g NodeProto, usize)> {
+    graph
+        .node
+        .iter()
+        .flat_map(move |n| n.input.iter().enumerate().filter(move |(_, i)| *i == value).map(move |(k, _)| (n, k)))
+        .collect()
+}
+
+/// A `Gather` along axis 0: a lookup of rows.
+fn gathers_rows(node: &NodeProto) -> bool {
+    node.op_type == "Gather" && !node.attribute.iter().any(|a| a.name == "axis" && a.i != 0)
+}
+
+/// A 2-D `Transpose` (`perm [1, 0]`).
+fn transposes_2d(node: &NodeProto) -> bool {
+    node.op_type == "Transpose"
+        && node.output.len() == 1
+        && node.attribute.iter().any(|a| a.name == "perm" && a.ints == [1, 0])
+}
+
+/// How `table` is read in `graph`, when every reader is one [`quantize`] can rewrite with a
+/// per-row int8 table: a `Gather` of its rows, or a 2-D `Transpose` that only `MatMul`s multiply
+/// by (a tied output layer). `None` when something else reads it, or nothing does: the table
+/// then stays fp32 whole, so the lookup and the head never disagree about it.
+pub fn table_uses(graph: &GraphProto, table: &str) -> Option<TableUses> {
+    let mut uses = TableUses::default();
+    for (node, slot) in readers(graph, table) {
+        if slot == 0 && gathers_rows(node) {
+            uses.gathers += 1;
+        } else if slot == 0
+            && transposes_2d(node)
+            && readers(graph, &node.output[0]).iter().all(|(n, k)| n.op_type == "MatMul" && *k == 1)
+        {
+            uses.tied_heads.push(node.output[0].clone());
+        } else {
+            return None;
+        }
+    }
+    (uses.gathers > 0 || !uses.tied_heads.is_empty()).then_some(uses)
+}
+
+/// A table's int8 initializers: values, one scale per row, and the `-1` axis its gathered scales
+/// are unsqueezed on.
+#[derive(Clone)]
+struct TableInt8 {
+    values: String,
+    scales: String,
+    last_axis: String,
+}
+
+/// What a node of the fp32 graph becomes.
+enum Rewrite<'a> {
+    /// `MatMul` by a weight quantized per output channel.
+    Weight(&'a str),
+    /// `MatMul` by the transpose of a quantized table (the tied output layer).
+    TiedHead(&'a str),
+    /// `Gather` of a quantized table's rows.
+    Lookup(&'a str),
+    /// The `Transpose` of a quantized table: now of its int8 values.
+    TableTranspose(&'a str),
+    /// Copied as it is.
+    Keep,
+}
+
+/// The int8 graph under construction.
+struct Rewriter<'g> {
+    source: &'g GraphProto,
+    index: HashMap<&'g str, usize>,
+    b: GraphBuilder,
+    /// One DynamicQuantizeLinear per activation, shared by the MatMuls that read it (Q, K, V).
+    activations: HashMap<String, [String; 3]>,
+    tables: HashMap<String, TableInt8>,
+    replaced: BTreeSet<String>,
+    quantized: Vec<String>,
+}
+
+impl<'g> Rewriter<'g> {
+    fn new(source: &'g GraphProto) -> Self {
+        Self {
+            source,
+            index: source.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect(),
+            b: GraphBuilder::from_graph(GraphProto { node: vec![], ..source.clone() }),
+            activations: HashMap::new(),
+            tables: HashMap::new(),
+            replaced: BTreeSet::new(),
+            quantized: vec![],
+        }
+    }
+
+    /// An fp32 initializer's values and its `(rows, cols)`.
+    fn matrix(&self, name: &str) -> Result<(Vec<f32>, usize, usize), QuantizeError> {
+        let i = self.index.get(name).ok_or_else(|| QuantizeError::Unsupported(format!("no initializer {name}")))?;
+        let t = &self.source.initializer[*i];
+        let values = f32_values(t).ok_or_else(|| QuantizeError::Unsupported(format!("{name} is not fp32 raw data")))?;
+        if t.dims.len() != 2 {
+            return Err(QuantizeError::Unsupported(format!("{name} has shape {:?}, not a matrix", t.dims)));
+        }
+        Ok((values, t.dims[0] as usize, t.dims[1] as usize))
+    }
+
+    /// `x` quantized at run time: `[u8 values, scale, zero point]`, once per activation.
+    fn activation(&mut self, x: &str) -> [String; 3] {
+        if let Some(outs) = self.activations.get(x) {
+            return outs.clone();
+        }
+        let outs = [self.b.fresh(x, "u8"), self.b.fresh(x, "scale"), self.b.fresh(x, "zero_point")];
+        self.b.node_into(x, "DynamicQuantizeLinear", &[x], &[&outs[0], &outs[1], &outs[2]], vec![]);
+        self.activations.insert(x.to_string(), outs.clone());
+        outs
+    }
+
+    /// `node` (a `MatMul`) as `MatMulInteger(x_u8, weight_int8) · (x_scale · channel_scales)`
+    /// into the same output.
+    fn int8_matmul(&mut self, prefix: &str, node: &NodeProto, weight: &str, channel_scales: &str) {
+        let [xq, xs, xz] = self.activation(&node.input[0]);
+        let acc = self.b.node(prefix, "MatMulInteger", &[&xq, weight, &xz], vec![]);
+        let acc = self.b.node(prefix, "Cast", &[&acc], vec![("to", Attr::Int(DataType::Float as i64))]);
+        let scale = self.b.node(prefix, "Mul", &[&xs, channel_scales], vec![]);
+        self.b.node_into(prefix, "Mul", &[&acc, &scale], &[&node.output[0]], vec![]);
+    }
+
+    /// A `MatMul` by weight `w`, `w` int8 per output channel.
+    fn weight(&mut self, node: &NodeProto, w: &str) -> Result<(), QuantizeError> {
+        let (values, rows, cols) = self.matrix(w)?;
+        let q = quantize_columns(&values, rows, cols);
+        let wq = self.b.i8(&format!("{w}.int8"), &[rows, cols], &q.values);
+        let ws = self.b.f32(&format!("{w}.scale"), &[cols], &q.scales);
+        self.int8_matmul(&format!("{w}/int8"), node, &wq, &ws);
+        self.replaced.insert(w.to_string());
+        self.quantized.push(w.to_string());
+        Ok(())
+    }
+
+    /// `table` int8 per row, made once however many nodes read it.
+    fn table(&mut self, table: &str) -> Result<TableInt8, QuantizeError> {
+        if let Some(t) = self.tables.get(table) {
+            return Ok(t.clone());
+        }
+        let (values, rows, cols) = self.matrix(table)?;
+        let q = quantize_rows(&values, rows, cols);
+        let t = TableInt8 {
+            values: self.b.i8(&format!("{table}.int8"), &[rows, cols], &q.values),
+            scales: self.b.f32(&format!("{table}.scale"), &[rows], &q.scales),
+            last_axis: self.b.i64(&format!("{table}.last_axis"), &[1], &[-1]),
+        };
+        self.tables.insert(table.to_string(), t.clone());
+        self.replaced.insert(table.to_string());
+        self.quantized.push(table.to_string());
+        Ok(t)
+    }
+
+    /// A `Gather` of `table`'s rows: int8 rows times their scales.
+    fn lookup(&mut self, node: &NodeProto, table: &str) -> Result<(), QuantizeError> {
+        let t = self.table(table)?;
+        let p = format!("{table}/int8");
+        let ids = &node.input[1];
+        let rows_q = self.b.node(&p, "Gather", &[&t.values, ids], vec![]);
+        let rows_f = self.b.node(&p, "Cast", &[&rows_q], vec![("to", Attr::Int(DataType::Float as i64))]);
+        let scales = self.b.node(&p, "Gather", &[&t.scales, ids], vec![]);
+        let scales = self.b.node(&p, "Unsqueeze", &[&scales, &t.last_axis], vec![]);
+        self.b.node_into(&p, "Mul", &[&rows_f, &scales], &[&node.output[0]], vec![]);
+        Ok(())
+    }
+
+    /// The `Transpose` of `table` for a tied head: the same node over the int8 values (its
+    /// output, now int8, is read only by the `MatMul`s [`Self::tied_head`] rewrites).
+    fn table_transpose(&mut self, node: &NodeProto, table: &str) -> Result<(), QuantizeError> {
+        let t = self.table(table)?;
+        let mut input = node.input.clone();
+        input[0] = t.values;
+        self.b.graph.node.push(NodeProto { input, ..node.clone() });
+        Ok(())
+    }
+
+    /// A `MatMul` by the transposed `table`: per output channel, the channel scales being the
+    /// table's row scales.
+    fn tied_head(&mut self, node: &NodeProto, table: &str) -> Result<(), QuantizeError> {
+        let t = self.table(table)?;
+        self.int8_matmul(&format!("{table}/head/int8"), node, &node.input[1], &t.scales);
+        Ok(())
+    }
+}
+
+/// A node's input `k`, or "" when it has none.
+fn input(node: &NodeProto, k: usize) -> &str {
+    node.input.get(k).map_or("", String::as_str)
+}
+
 /// Rewrites `model` with int8 weights (see the module documentation).
 pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantized, QuantizeError> {
     let graph = model.graph.as_ref().ok_or_else(|| QuantizeError::Unsupported("no graph".into()))?;
     let targets: BTreeSet<String> = quantizable(model).into_iter().filter(|w| !options.keep_fp32.contains(w)).collect();
-    let initializers: HashMap<&str, usize> =
-        graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-    let matrix = |name: &str| -> Result<(Vec<f32>, usize, usize), QuantizeError> {
-        let t = &graph.initializer[initializers[name]];
-        let values = f32_values(t).ok_or_else(|| QuantizeError::Unsupported(format!("{name} is not fp32 raw data")))?;
-        Ok((values, t.dims[0] as usize, t.dims[1] as usize))
-    };
-    let mut b = GraphBuilder::from_graph(GraphProto { node: vec![], ..graph.clone() });
-    let mut replaced = BTreeSet::new();
-    let mut quantized = vec![];
-    // One DynamicQuantizeLinear per activation, shared by the MatMuls that read it (Q, K, V).
-    let mut activations: HashMap<String, [String; 3]> = HashMap::new();
-    let embed = !options.keep_fp32.contains(WORD_EMBEDDINGS) && initializers.contains_key(WORD_EMBEDDINGS);
+    let mut r = Rewriter::new(graph);
+    let tables: HashMap<&str, TableUses> = EMBEDDING_TABLES
+        .into_iter()
+        .filter(|t| !options.keep_fp32.contains(*t) && r.index.contains_key(*t))
+        .filter_map(|t| table_uses(graph, t).map(|u| (t, u)))
+        .collect();
+    let heads: HashMap<&str, &str> =
+        tables.iter().flat_map(|(t, u)| u.tied_heads.iter().map(move |h| (h.as_str(), *t))).collect();
     for node in &graph.node {
-        let weight = node.input.get(1).filter(|w| node.op_type == "MatMul" && targets.contains(w.as_str()));
-        if let Some(w) = weight {
-            let (values, rows, cols) = matrix(w)?;
-            let q = quantize_columns(&values, rows, cols);
-            let p = format!("{w}/int8");
-            let wq = b.i8(&format!("{w}.int8"), &[rows, cols], &q.values);
-            let ws = b.f32(&format!("{w}.scale"), &[cols], &q.scales);
-            let x = &node.input[0];
-            let [xq, xs, xz] = activations
-                .entry(x.clone())
-                .or_insert_with(|| {
-                    let outs = [b.fresh(x, "u8"), b.fresh(x, "scale"), b.fresh(x, "zero_point")];
-                    b.node_into(x, "DynamicQuantizeLinear", &[x], &[&outs[0], &outs[1], &outs[2]], vec![]);
-                    outs
-                })
-                .clone();
-            let acc = b.node(&p, "MatMulInteger", &[&xq, &wq, &xz], vec![]);
-            let acc = b.node(&p, "Cast", &[&acc], vec![("to", Attr::Int(DataType::Float as i64))]);
-            let scale = b.node(&p, "Mul", &[&xs, &ws], vec![]);
-            b.node_into(&p, "Mul", &[&acc, &scale], &[&node.output[0]], vec![]);
-            replaced.insert(w.clone());
-            quantized.push(w.clone());
-        } else if embed && node.op_type == "Gather" && node.input.first().is_some_and(|t| t == WORD_EMBEDDINGS) {
-            let (values, rows, cols) = matrix(WORD_EMBEDDINGS)?;
-            let q = quantize_rows(&values, rows, cols);
-            let p = format!("{WORD_EMBEDDINGS}/int8");
-            let tq = b.i8(&format!("{WORD_EMBEDDINGS}.int8"), &[rows, cols], &q.values);
-            let ts = b.f32(&format!("{WORD_EMBEDDINGS}.scale"), &[rows], &q.scales);
-            let ids = &node.input[1];
-            let rows_q = b.node(&p, "Gather", &[&tq, ids], vec![]);
-            let rows_f = b.node(&p, "Cast", &[&rows_q], vec![("to", Attr::Int(DataType::Float as i64))]);
-            let scales = b.node(&p, "Gather", &[&ts, ids], vec![]);
-            let last = b.i64(&format!("{WORD_EMBEDDINGS}.last_axis"), &[1], &[-1]);
-            let scales = b.node(&p, "Unsqueeze", &[&scales, &last], vec![]);
-            b.node_into(&p, "Mul", &[&rows_f, &scales], &[&node.output[0]], vec![]);
-            replaced.insert(WORD_EMBEDDINGS.to_string());
-            quantized.push(WORD_EMBEDDINGS.to_string());
-        } else {
-            b.graph.node.push(NodeProto { ..node.clone() });
+        let rewrite = match node.op_type.as_str() {
+            "MatMul" if targets.contains(input(node, 1)) => Rewrite::Weight(input(node, 1)),
+            "MatMul" if heads.contains_key(input(node, 1)) => Rewrite::TiedHead(heads[input(node, 1)]),
+            "Gather" if tables.contains_key(input(node, 0)) => Rewrite::Lookup(input(node, 0)),
+            "Transpose" if tables.contains_key(input(node, 0)) => Rewrite::TableTranspose(input(node, 0)),
+            _ => Rewrite::Keep,
+        };
+        match rewrite {
+            Rewrite::Weight(w) => r.weight(node, w)?,
+            Rewrite::TiedHead(t) => r.tied_head(node, t)?,
+            Rewrite::Lookup(t) => r.lookup(node, t)?,
+            Rewrite::TableTranspose(t) => r.table_transpose(node, t)?,
+            Rewrite::Keep => r.b.graph.node.push(node.clone()),
         }
     }
+    let Rewriter { mut b, replaced, quantized, .. } = r;
     b.graph.initializer.retain(|t| !replaced.contains(&t.name));
     let out = ModelProto { graph: Some(b.graph), ..model.clone() };
     Ok(Quantized { model: out, quantized })

@@ -90,11 +90,25 @@ pub fn batches(ids: &[Vec<u32>], size: usize, count: usize) -> Vec<Vec<&[u32]>> 
     ids.chunks(size.max(1)).take(count).map(|c| c.iter().map(Vec::as_slice).collect()).collect()
 }
 
+/// A session that runs batches of token sequences: what [`time_per_batch`] and
+/// [`compare_latency`] time — a classifier's [`OnnxModel`], a decoder's
+/// [`super::decoder_export::OnnxDecoder`].
+pub trait RunBatch {
+    /// Runs one batch (padded to its longest sequence), discarding its outputs.
+    fn run_batch(&mut self, batch: &[&[u32]]) -> Result<(), RuntimeError>;
+}
+
+impl RunBatch for OnnxModel {
+    fn run_batch(&mut self, batch: &[&[u32]]) -> Result<(), RuntimeError> {
+        self.run(batch).map(drop)
+    }
+}
+
 /// Mean wall time per batch of one pass over `batches`.
-pub fn time_per_batch(model: &mut OnnxModel, batches: &[Vec<&[u32]>]) -> Result<Duration, RuntimeError> {
+pub fn time_per_batch<M: RunBatch>(model: &mut M, batches: &[Vec<&[u32]>]) -> Result<Duration, RuntimeError> {
     let start = Instant::now();
     for b in batches {
-        model.run(b)?;
+        model.run_batch(b)?;
     }
     Ok(start.elapsed() / batches.len().max(1) as u32)
 }
@@ -102,18 +116,18 @@ pub fn time_per_batch(model: &mut OnnxModel, batches: &[Vec<&[u32]>]) -> Result<
 /// Latency per batch of two models over the same batches, measured alternately (`rounds` passes
 /// each, after one warm-up pass) so that both see the same machine state; the fastest pass of
 /// each counts. Returns `(a, b)`.
-pub fn compare_latency(
-    a: &mut OnnxModel,
-    b: &mut OnnxModel,
+pub fn compare_latency<M: RunBatch>(
+    a: &mut M,
+    b: &mut M,
     batches: &[Vec<&[u32]>],
     rounds: usize,
 ) -> Result<(Duration, Duration), RuntimeError> {
-    time_per_batch(a, batches)?;
-    time_per_batch(b, batches)?;
+    time_per_batch(&mut *a, batches)?;
+    time_per_batch(&mut *b, batches)?;
     let (mut best_a, mut best_b) = (Duration::MAX, Duration::MAX);
     for _ in 0..rounds.max(1) {
-        best_a = best_a.min(time_per_batch(a, batches)?);
-        best_b = best_b.min(time_per_batch(b, batches)?);
+        best_a = best_a.min(time_per_batch(&mut *a, batches)?);
+        best_b = best_b.min(time_per_batch(&mut *b, batches)?);
     }
     Ok((best_a, best_b))
 }

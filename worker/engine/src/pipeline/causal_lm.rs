@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use candle_nn::{VarBuilder, VarMap};
 use distillery_crds::DistillationJob;
+use distillery_crds::distillation::QuantizationMode;
 use distillery_crds::manifest::{
-    ArtifactManifest, FP32_MODEL, FileEntry, Lineage, NO_DISTILLATION_GAIN, QualityWarning,
+    ArtifactManifest, FP32_MODEL, FileEntry, INT8_MODEL, Lineage, NO_DISTILLATION_GAIN, OnnxVariant, QualityWarning,
 };
 use serde_json::json;
 use tokenizers::Tokenizer;
@@ -23,6 +24,7 @@ use crate::evaluate::lm::{LmFigures, evaluate, gap_closed};
 use crate::model::decoder::{Decoder, DecoderConfig};
 use crate::onnx::artifact::JOB_FILE;
 use crate::onnx::decoder_export::export_decoder_artifact;
+use crate::onnx::decoder_quantize::{decoder_not_quantized, quantize_decoder_artifact};
 use crate::progress::{ProgressStage, Reporter};
 use crate::serve::generate::{Sampling, continue_text};
 use crate::store::{Kind, sha256, sha256_file};
@@ -427,14 +429,29 @@ impl TaskPipeline for CausalLm {
     ) -> Result<(), DistillError> {
         // The student as written to model.safetensors (what a server would read back), exported
         // and run in ONNX Runtime on the held-out sequences against candle at every position;
-        // refused unless they agree. int8 of a decoder is not built: the schema requires
-        // `quantization.mode: none` for causal-lm, so nothing is quantized here.
+        // refused unless they agree. Then int8 through the gate: held-out perplexity and
+        // next-token top-1 within budget of fp32's, and faster (`speedCheck`), or refused.
         stage(
             reporter,
             ProgressStage::Exporting,
             "building model.onnx and checking it against candle at every held-out position in ONNX Runtime",
         );
         export_decoder_artifact(run.output, &data.corpus.held_out, reporter)?;
+        let q = &run.job.spec.quantization;
+        if q.mode == QuantizationMode::Int8Dynamic {
+            stage(
+                reporter,
+                ProgressStage::Quantizing,
+                format!(
+                    "int8, budgets: held-out perplexity +{:.2}%, next-token top-1 −{:.2} points",
+                    q.perplexity_budget_or_default() * 100.0,
+                    q.accuracy_budget * 100.0
+                ),
+            );
+            quantize_decoder_artifact(run.output, &data.corpus.held_out, q, reporter)?;
+        } else {
+            decoder_not_quantized(run.output)?;
+        }
         Ok(())
     }
 
@@ -475,6 +492,7 @@ impl TaskPipeline for CausalLm {
         if let Some(note) = &evaluation.teacher_outputs {
             out += &format!("teacher outputs: {note}\n");
         }
+        let length = data.corpus.held_out.first().map_or(0, Vec::len);
         if let Some(v) = manifest.variants.get("fp32") {
             out += &format!(
                 "{FP32_MODEL} (ONNX Runtime): {:.1} MB; logits within {:.1e} of candle's at every held-out position, argmax agreement {:.2}%, next-token top-1 {:.2}%; {:.1} ms per {}-token sequence alone (1 thread)\n",
@@ -483,8 +501,11 @@ impl TaskPipeline for CausalLm {
                 v.label_agreement.unwrap_or(f64::NAN) * 100.0,
                 v.accuracy * 100.0,
                 v.latency_ms_batch1,
-                data.corpus.held_out.first().map_or(0, Vec::len),
+                length,
             );
+            if let Some(int8) = manifest.variants.get("int8") {
+                out += &int8_line(v, int8, length);
+            }
         }
         out += &format!("\nprompt (a held-out speech): {:?}\n", evaluation.prompt);
         for (name, text) in &evaluation.samples {
@@ -616,6 +637,22 @@ pub fn write_teacher_shard(
         ),
     );
     Ok(record)
+/// The table's int8 line: `model.int8.onnx`'s size, held-out perplexity and top-1, and speed
+/// against fp32's, or why int8 was refused.
+fn int8_line(fp32: &OnnxVariant, int8: &OnnxVariant, length: usize) -> String {
+    if int8.file.is_none() {
+        return format!("int8: refused — {}\n", int8.gate_reason.as_deref().unwrap_or("it failed its gate"));
+    }
+    let perplexity = int8.perplexity.unwrap_or(f64::NAN);
+    format!(
+        "{INT8_MODEL} (ONNX Runtime): {:.1} MB ({:.1}× smaller); perplexity {perplexity:.2} ({:+.2}% vs fp32), top-1 {:.2}%; {:.1} ms per {length}-token sequence ({:.2}× fp32's speed)\n",
+        int8.size_bytes as f64 / 1e6,
+        fp32.size_bytes as f64 / int8.size_bytes as f64,
+        (perplexity / fp32.perplexity.unwrap_or(f64::NAN) - 1.0) * 100.0,
+        int8.accuracy * 100.0,
+        int8.latency_ms_batch1,
+        fp32.latency_ms_batch1 / int8.latency_ms_batch1,
+    )
 }
 
 /// One row of the causal-LM table.
@@ -720,6 +757,30 @@ fn corpus_digest(corpus: &Corpus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_int8_line_gives_size_perplexity_and_speed_or_why_it_was_refused() {
+        let fp32 = OnnxVariant {
+            size_bytes: 28_000_000,
+            perplexity: Some(400.0),
+            latency_ms_batch1: 12.0,
+            ..Default::default()
+        };
+        let int8 = OnnxVariant {
+            file: Some(INT8_MODEL.into()),
+            size_bytes: 7_000_000,
+            perplexity: Some(404.0),
+            accuracy: 0.2,
+            latency_ms_batch1: 4.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            int8_line(&fp32, &int8, 128),
+            "model.int8.onnx (ONNX Runtime): 7.0 MB (4.0× smaller); perplexity 404.00 (+1.00% vs fp32), top-1 20.00%; 4.0 ms per 128-token sequence (3.00× fp32's speed)\n"
+        );
+        let refused = OnnxVariant { file: None, gate_reason: Some("int8 is not faster".into()), ..int8 };
+        assert_eq!(int8_line(&fp32, &refused, 128), "int8: refused — int8 is not faster\n");
+    }
 
     #[test]
     fn top_k_must_leave_the_remainder_bucket_a_token() {
