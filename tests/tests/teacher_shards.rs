@@ -400,7 +400,7 @@ fn read_safetensors(path: &Path) -> BTreeMap<String, Tensor> {
         }
         let shape: Vec<usize> =
             info["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-        let [begin, end] = [0, 1].map(|i| info["data_offsets"][i].as_u64().unwrap() as usize);
+        let [begin, end] = [0usize, 1].map(|i| info["data_offsets"][i].as_u64().unwrap() as usize);
         let raw = &data[begin..end];
         let values: Vec<f64> = match info["dtype"].as_str().unwrap() {
             "F64" => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),

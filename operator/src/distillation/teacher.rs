@@ -158,14 +158,15 @@ pub fn next_step(teacher: &TeacherJob, training_exists: bool, finished: bool) ->
         return Step::Training;
     }
     match teacher {
+        TeacherJob::Stale if finished => Step::Finished { spec_changed: true },
+        // A failed shard's status is written once, when the run fails: its pods may go since.
+        _ if finished => Step::Finished { spec_changed: false },
         TeacherJob::Failed { failed_indexes, completed, reason, message } => Step::TeacherFailed {
             failed_indexes: failed_indexes.clone(),
             completed: *completed,
             reason: reason.clone(),
             message: message.clone(),
         },
-        TeacherJob::Stale if finished => Step::Finished { spec_changed: true },
-        _ if finished => Step::Finished { spec_changed: false },
         TeacherJob::Absent => Step::CreateTeacher,
         TeacherJob::Deleting => Step::WaitForDeletion,
         TeacherJob::Stale => Step::ReplaceTeacher,
@@ -478,7 +479,11 @@ mod tests {
                 message: "Job has exceeded the specified maximal number of failed indexes".into()
             }
         );
-        assert_eq!(next_step(&state, false, true), step, "recomputed after the run failed: the same");
+        assert_eq!(
+            next_step(&state, false, true),
+            Step::Finished { spec_changed: false },
+            "once the run has failed its status stays as written"
+        );
     }
 
     #[test]
