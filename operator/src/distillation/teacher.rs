@@ -177,12 +177,13 @@ pub fn next_step(teacher: &TeacherJob, training_exists: bool, finished: bool) ->
     }
 }
 
-/// `"shard 1"` or `"shards 0-2,5"`, for `failedIndexes` text.
-fn shard_list(indexes: &str, shards: u32) -> String {
+/// What failed, from the Job's `failedIndexes`: `"shard 1 of 3 failed"`, `"shards 0-2,5 of 8
+/// failed"`, or — no index failed (a deadline passed) — `"the Job failed with 2 of 3 shards done"`.
+fn failed_clause(indexes: &str, shards: u32, completed: u32) -> String {
     match parse_indexes(indexes, shards).len() {
-        0 => "a shard".to_string(),
-        1 => format!("shard {indexes}"),
-        _ => format!("shards {indexes}"),
+        0 => format!("the Job failed with {completed} of {shards} shards done"),
+        1 => format!("shard {indexes} of {shards} failed"),
+        _ => format!("shards {indexes} of {shards} failed"),
     }
 }
 
@@ -249,19 +250,19 @@ pub fn stage_status(
     if let Step::TeacherFailed { failed_indexes, reason, message, .. } = step {
         status.phase = Some(JobPhase::Failed);
         status.completion_time = status.completion_time.or_else(|| Some(now.clone()));
-        let which = shard_list(failed_indexes, n);
+        let which = failed_clause(failed_indexes, n, completed);
         let message = match last_failure(pods) {
             Some((index, code, quoted)) if code == distillery_crds::exit::PERMANENT => format!(
-                "teacher outputs: {which} of {n} failed: the worker refused the spec (shard {index}, exit code {code}: \
-                 {quoted}); not retried — fix the spec, then delete and re-apply the DistillationJob to run it again"
+                "teacher outputs: {which}: the worker refused the spec (shard {index}, exit code {code}: {quoted}); \
+                 not retried — fix the spec, then delete and re-apply the DistillationJob to run it again"
             ),
             Some((index, code, quoted)) => format!(
-                "teacher outputs: {which} of {n} failed (Job {teacher_job_name}: {reason}: {message}); last attempt: \
-                 shard {index}, exit code {code}: {quoted}"
+                "teacher outputs: {which} (Job {teacher_job_name}: {reason}: {message}); last attempt: shard {index}, \
+                 exit code {code}: {quoted}"
             ),
-            None => format!("teacher outputs: {which} of {n} failed (Job {teacher_job_name}: {reason}: {message})"),
+            None => format!("teacher outputs: {which} (Job {teacher_job_name}: {reason}: {message})"),
         };
-        let ready = format!("{which} of {n} failed; {done}");
+        let ready = if parse_indexes(failed_indexes, n).is_empty() { which } else { format!("{which}; {done}") };
         let failed = reasons::TEACHER_OUTPUTS_FAILED;
         set_condition(c, types::TEACHER_OUTPUTS_READY, false, failed, ready, generation, now);
         set_condition(c, types::PROGRESSING, false, failed, "stopped before training", generation, now);
@@ -592,6 +593,14 @@ mod tests {
             Step::TeacherFailed { failed_indexes: "0-2".into(), completed: 0, reason: "x".into(), message: "y".into() };
         let s = status_for(&dj, &step, None, &pods);
         let message = condition(&s, types::FAILED).2;
+        let deadline = Step::TeacherFailed {
+            failed_indexes: String::new(),
+            completed: 1,
+            reason: "DeadlineExceeded".into(),
+            message: "Job was active longer than specified deadline".into(),
+        };
+        let late = condition(&status_for(&dj, &deadline, None, &[]), types::FAILED).2;
+        assert!(late.contains("the Job failed with 1 of 3 shards done") && late.contains("DeadlineExceeded"), "{late}");
         assert!(
             message.contains("shards 0-2 of 3 failed")
                 && message.contains("refused the spec")
