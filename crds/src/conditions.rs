@@ -29,6 +29,9 @@ pub mod types {
     /// A DistillationJob succeeded but its results say distillation did not do what it is for
     /// (`status.result.warnings`); its reason is the first warning's.
     pub const QUALITY_WARNING: &str = "QualityWarning";
+    /// A DistillationJob with `teacherOutputs.parallelism` above 1 has every teacher-outputs
+    /// shard written (`False` while its Indexed Job runs, the message saying how many are done).
+    pub const TEACHER_OUTPUTS_READY: &str = "TeacherOutputsReady";
 }
 
 /// Condition reasons (CamelCase, as the API conventions ask).
@@ -57,6 +60,12 @@ pub mod reasons {
     pub const WORKER_REFUSED_SPEC: &str = "WorkerRefusedSpec";
     /// The results raised no quality warning.
     pub const RESULTS_AS_EXPECTED: &str = "ResultsAsExpected";
+    /// A teacher-outputs shard failed for good (its retries spent, or the worker refused the
+    /// spec), so the DistillationJob failed before training; the message names the shards.
+    pub const TEACHER_OUTPUTS_FAILED: &str = "TeacherOutputsFailed";
+    /// The teacher-outputs Job was made from an earlier spec: it is deleted and the shards are
+    /// computed again for the current one, under a new run's location.
+    pub const TEACHER_JOB_REPLACED: &str = "TeacherJobReplaced";
     /// The spec changed after the workload was created from an earlier one; the workload goes on
     /// with the earlier spec.
     pub const SPEC_CHANGED_AFTER_START: &str = "SpecChangedAfterStart";

@@ -52,6 +52,7 @@ use crate::common::{Compression, DataFormat, S3Settings, URI_PATTERN};
 #[x_kube(validation = Rule::new("self.task != 'causal-lm' || !has(self.dataset.transferSet)").message("dataset.transferSet is for classification; a causal-lm corpus has no labels to begin with, so put every document in dataset.uri").field_path(".dataset.transferSet"))]
 #[x_kube(validation = Rule::new("self.task == 'causal-lm' || !has(self.teacherOutputs)").message("teacherOutputs (top-k teacher log-probabilities, computed in shards) applies to causal-lm only").field_path(".teacherOutputs"))]
 #[x_kube(validation = Rule::new("self.task == 'causal-lm' || !has(self.quantization) || !has(self.quantization.perplexityBudget)").message("quantization.perplexityBudget: a perplexity budget applies to causal-lm only (a classifier's int8 is judged on quantization.accuracyBudget); leave it unset").field_path(".quantization.perplexityBudget"))]
+#[x_kube(validation = Rule::new("!has(self.teacherOutputs) || self.teacherOutputs.parallelism <= 1 || self.output.uri.startsWith('s3://') || has(self.output.volumeClaim)").message("teacherOutputs.parallelism above 1 runs the teacher in several pods, each writing a shard the training pod then reads, so the shards need a place every pod reaches: set output.uri to an s3:// location, or output.volumeClaim to a PersistentVolumeClaim every pod can mount (ReadWriteMany when they may land on different nodes); or set parallelism 1").field_path(".teacherOutputs.parallelism"))]
 #[x_kube(validation = Rule::new("self.task != 'causal-lm' || !self.student.pruneVocabulary").message("student.pruneVocabulary: vocabulary pruning is not built yet for causal-lm; leave it false").field_path(".student.pruneVocabulary"))]
 pub struct DistillationJobSpec {
     /// What the student learns: `sequence-classification` (text → label), `embedding`
@@ -79,7 +80,8 @@ pub struct DistillationJobSpec {
     pub output: OutputSpec,
     /// `causal-lm` only: how the teacher's outputs on the training sequences are computed and
     /// cached before the students train — how many log-probabilities are kept per position, and
-    /// how many pods compute them. Defaults when unset.
+    /// how many pods compute them (`parallelism`: above 1, an Indexed Job of teacher pods runs
+    /// first, then the training Job). Defaults when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_outputs: Option<TeacherOutputsSpec>,
     /// How to reach the S3-compatible store of every `s3://` URI in this spec (teacher, dataset,
@@ -95,16 +97,21 @@ pub struct DistillationJobSpec {
     pub image: Option<String>,
     /// How many times a failed worker pod is retried before the job fails. A retried worker
     /// resumes from its last checkpoint when the output is a `file://` claim (with an `s3://`
-    /// output it starts again: its checkpoints were in the failed pod's scratch space).
+    /// output it starts again: its checkpoints were in the failed pod's scratch space). With
+    /// `teacherOutputs.parallelism` above 1, each teacher-outputs shard is retried this many times
+    /// on its own (the Indexed Job's `backoffLimitPerIndex`), and the training pod as well.
     #[serde(default = "default_backoff_limit")]
     #[schemars(range(min = 0, max = 100))]
     pub backoff_limit: i32,
-    /// Wall-clock limit for the whole job, in seconds; no limit when unset.
+    /// Wall-clock limit for the whole job, in seconds; no limit when unset. With
+    /// `teacherOutputs.parallelism` above 1 the teacher-outputs Job and the training Job that
+    /// follows it each get this limit (Kubernetes counts it per Job, from its start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub active_deadline_seconds: Option<i64>,
     /// Pause the job: no worker pod runs while true. Training resumes from its last checkpoint
-    /// when set back to false.
+    /// when set back to false; teacher-outputs shards already complete are kept, the others run
+    /// again.
     #[serde(default)]
     pub suspend: bool,
 }
@@ -752,10 +759,14 @@ pub struct OutputSpec {
     pub volume_claim: Option<String>,
 }
 
+/// The most teacher-outputs pods one DistillationJob may run (`teacherOutputs.parallelism`):
+/// the schema's bound, and what the operator leaves room for in the teacher Job's name (its pods'
+/// hostnames append `-<index>`).
+pub const MAX_TEACHER_SHARDS: u32 = 64;
+
 /// How a causal-lm teacher's outputs on the training sequences are computed and cached.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.parallelism == 1").message("teacherOutputs.parallelism above 1 (an Indexed Job of teacher pods) is not built yet; set 1").field_path(".parallelism"))]
 pub struct TeacherOutputsSpec {
     /// Log-probabilities kept per position: the teacher's `topK` most likely next tokens, and the
     /// rest of its probability mass as one remainder, so the cache holds `topK + 1` numbers per
@@ -764,7 +775,17 @@ pub struct TeacherOutputsSpec {
     #[serde(default = "default_top_k")]
     #[schemars(range(min = 1, max = 4096))]
     pub top_k: u32,
-    /// Pods computing them, each a deterministic shard of the training sequences.
+    /// Pods computing them, 1 to 64. With 1 (the default) the training pod runs the teacher
+    /// itself before it trains. Above 1, the operator first runs an Indexed Job
+    /// (`<name>-teacher`) of this many teacher pods, each computing a deterministic shard of the
+    /// training sequences (pod `i` of `n` the same sequences on every retry, so a retried shard
+    /// rewrites the same file) into `<output.uri>/teacher-outputs/<run id>`; only once every
+    /// shard is complete does it create the training Job, whose pod joins the shards instead of
+    /// running the teacher. Worth it with a large teacher, whose forward passes over the corpus
+    /// cost more than training the student: they are spread over `parallelism` pods (each asking
+    /// for `resources`, GPUs included). Needs an `s3://` `output.uri` or an `output.volumeClaim`
+    /// every pod can mount, where the shards are shared; progress shows in the condition
+    /// `TeacherOutputsReady` and `status.teacherOutputs`.
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = 1, max = 64))]
     pub parallelism: u32,
@@ -797,9 +818,15 @@ pub struct DistillationJobStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// Name of the `batch/v1` Job running the worker.
+    /// Name of the `batch/v1` Job running the worker (the training Job; with
+    /// `teacherOutputs.parallelism` above 1, set once the teacher-outputs Job has completed and
+    /// the training Job is created).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
+    /// With `teacherOutputs.parallelism` above 1: the teacher-outputs stage that runs before
+    /// training — its Job, where its shards go and how many are complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_outputs: Option<TeacherOutputsStatus>,
     /// Live training progress, reported by the worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
@@ -814,12 +841,30 @@ pub struct DistillationJobStatus {
     pub result: Option<DistillationResult>,
 }
 
+/// The teacher-outputs stage of a DistillationJob whose `teacherOutputs.parallelism` is above 1:
+/// an Indexed Job of teacher pods, one shard each, that runs before the training Job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TeacherOutputsStatus {
+    /// Name of the Indexed `batch/v1` Job whose pods compute the shards (`<name>-teacher`).
+    pub job_name: String,
+    /// Where the shards are written: `<spec.output.uri>/teacher-outputs/<run id>`, pod `i` of `n`
+    /// writing `shard-<i>-of-<n>.safetensors` and `shard-<i>-of-<n>.json`; the training pod reads
+    /// them all from there.
+    pub uri: String,
+    /// How many shards the run computes: `spec.teacherOutputs.parallelism`.
+    pub shards: u32,
+    /// How many of them are complete (the Job's `status.completedIndexes`).
+    pub completed: u32,
+}
+
 /// Where a DistillationJob or Benchmark stands.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum JobPhase {
-    /// Accepted; the worker pod is not running yet.
+    /// Accepted; no worker pod is running yet.
     Pending,
-    /// The worker pod is running.
+    /// A worker pod is running (for a DistillationJob with `teacherOutputs.parallelism` above 1,
+    /// a teacher-outputs pod, then the training pod).
     Running,
     /// `spec.suspend` is true.
     Suspended,
@@ -1003,4 +1048,19 @@ pub struct Int8Figures {
     pub speedup: Option<f64>,
     /// Whether int8 passed its accuracy and speed gate.
     pub passed_gate: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn the_schema_bounds_teacher_outputs_parallelism_by_max_teacher_shards() {
+        let crd = serde_json::to_value(DistillationJob::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let parallelism = &spec["properties"]["teacherOutputs"]["properties"]["parallelism"];
+        assert_eq!(parallelism["maximum"].as_f64(), Some(f64::from(MAX_TEACHER_SHARDS)), "{parallelism}");
+        assert_eq!(parallelism["minimum"].as_f64(), Some(1.0), "{parallelism}");
+    }
 }

@@ -11,13 +11,20 @@ pub const MAX_LABEL: usize = 63;
 
 /// `<parent>-<suffix>`, shortened with a hash of `parent` to at most 63 characters.
 pub fn child_name(parent: &str, suffix: &str) -> String {
+    child_name_within(parent, suffix, MAX_LABEL)
+}
+
+/// [`child_name`] within `max` characters (at most 63): for a name that something is appended to,
+/// as an Indexed Job's pods' hostnames append `-<index>` to the Job's name.
+pub fn child_name_within(parent: &str, suffix: &str, max: usize) -> String {
+    let max = max.min(MAX_LABEL);
     let name = format!("{parent}-{suffix}");
-    if name.len() <= MAX_LABEL {
+    if name.len() <= max {
         return name;
     }
     let hash = short_hash(parent);
     // parent-cut + "-" + hash(8) + "-" + suffix
-    let keep = MAX_LABEL.saturating_sub(suffix.len() + hash.len() + 2);
+    let keep = max.saturating_sub(suffix.len() + hash.len() + 2);
     let cut = parent[..keep.min(parent.len())].trim_end_matches(['-', '.']);
     format!("{cut}-{hash}-{suffix}")
 }
@@ -51,6 +58,20 @@ mod tests {
         assert!(stable.ends_with("-stable") && canary.ends_with("-canary"));
         assert_eq!(stable, child_name(&long, "stable"), "deterministic");
         assert_ne!(child_name(&format!("{long}x"), "stable"), stable, "another parent, another name");
+    }
+
+    #[test]
+    fn a_name_within_a_shorter_limit_leaves_room_and_stays_stable() {
+        assert_eq!(child_name_within("reviews", "teacher", 60), "reviews-teacher");
+        let long = "b".repeat(100);
+        let name = child_name_within(&long, "teacher", 60);
+        assert!(name.len() <= 60 && name.ends_with("-teacher"), "{name}");
+        assert_eq!(name, child_name_within(&long, "teacher", 60), "deterministic");
+        assert_eq!(child_name_within(&long, "x", 200), child_name(&long, "x"), "never above 63");
+        // A name of 60 or 61 characters: the one that fits is kept, the other cut.
+        let edge = "c".repeat(52);
+        assert_eq!(child_name_within(&edge, "teacher", 60), format!("{edge}-teacher"));
+        assert!(child_name_within(&format!("{edge}c"), "teacher", 60).len() <= 60);
     }
 
     #[test]

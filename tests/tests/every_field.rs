@@ -104,13 +104,9 @@ const FIELDS: &[(&str, &str, Use)] = &[
         Read("worker/engine/src/student/decoder.rs", "arch.key_value_heads"),
     ),
     ("DistillationJob", "spec.teacherOutputs.topK", Read("worker/engine/src/pipeline/causal_lm.rs", ".top_k")),
-    (
-        "DistillationJob",
-        "spec.teacherOutputs.parallelism",
-        Exception(
-            "one value is accepted, 1 (one pod); more is refused at apply until the Indexed Job is built (REFUSED_VALUES)",
-        ),
-    ),
+    // Above 1, the teacher-outputs Indexed Job's completions and parallelism, and the shard count
+    // both Jobs' pods are told.
+    ("DistillationJob", "spec.teacherOutputs.parallelism", Read(DJ_BUILD, "outputs.parallelism")),
     ("DistillationJob", "spec.student.initFromTeacher.layers", Read(STUDENT, "from.layers")),
     ("DistillationJob", "spec.student.pruneVocabulary", Read(STUDENT, "spec.prune_vocabulary")),
     ("DistillationJob", "spec.student.embeddingSize", Read(STUDENT, "spec.embedding_size")),
@@ -263,7 +259,6 @@ const FIELDS: &[(&str, &str, Use)] = &[
 /// Values of read fields that are refused at admission: `(kind, field, value)`.
 const REFUSED_VALUES: &[(&str, &str, &str)] = &[
     ("DistillationJob", "spec.task", r#""embedding""#),
-    ("DistillationJob", "spec.teacherOutputs.parallelism", "2"),
     ("DistillationJob", "spec.student.pruneVocabulary", "true"),
     ("DistillationJob", "spec.student.embeddingSize", "64"),
 ];

@@ -65,3 +65,26 @@ fn invalid_examples_are_refused_naming_the_field() {
         }
     }
 }
+
+/// `teacherOutputs.parallelism` above 1 is accepted where every pod reaches the shards — an
+/// `s3://` output or an output claim — and refused otherwise, naming the field and what to set.
+#[test]
+fn teacher_shards_need_an_output_every_pod_reaches() {
+    let mut doc = read_documents(&repo_root().join("examples/local/distill-lm.yaml")).unwrap().remove(0);
+    validate_document(&doc).expect("the causal-lm example is valid");
+    doc["spec"]["teacherOutputs"]["parallelism"] = serde_json::json!(2);
+    let message = validate_document(&doc).expect_err("a local file:// output with two teacher pods").to_string();
+    assert!(
+        message.contains("spec.teacherOutputs.parallelism")
+            && message.contains("s3://")
+            && message.contains("output.volumeClaim"),
+        "{message}"
+    );
+    doc["spec"]["output"] = serde_json::json!({"uri": "file:///artifacts/lm", "volumeClaim": "artifacts"});
+    validate_document(&doc).unwrap_or_else(|e| panic!("an output claim is shared by every pod: {e}"));
+    doc["spec"]["output"] = serde_json::json!({"uri": "s3://artifacts/lm"});
+    validate_document(&doc).unwrap_or_else(|e| panic!("an s3:// output is shared by every pod: {e}"));
+    doc["spec"]["teacherOutputs"]["parallelism"] = serde_json::json!(65);
+    let message = validate_document(&doc).expect_err("65 teacher pods").to_string();
+    assert!(message.contains("spec.teacherOutputs.parallelism"), "{message}");
+}
