@@ -637,6 +637,8 @@ pub fn write_teacher_shard(
         ),
     );
     Ok(record)
+}
+
 /// The table's int8 line: `model.int8.onnx`'s size, held-out perplexity and top-1, and speed
 /// against fp32's, or why int8 was refused.
 fn int8_line(fp32: &OnnxVariant, int8: &OnnxVariant, length: usize) -> String {
