@@ -260,15 +260,16 @@ async fn teacher_outputs_in_two_shards_run_before_training_retry_a_deleted_shard
     assert_eq!(teacher_status.completed_indexes.as_deref(), Some("0,1"), "{teacher_status:?}");
 
     // Index 1 ran twice (the deleted pod failed, not succeeded), index 0 once.
-    let seen = seen.lock().unwrap();
-    let counts: Vec<(&str, usize)> = seen.per_index.iter().map(|(i, uids)| (i.as_str(), uids.len())).collect();
-    assert_eq!(counts, [("0", 1), ("1", 2)], "only the deleted pod's index ran again\n{}", h.diagnostics());
-    assert_eq!(
-        seen.phases.get(&victim_uid).map(String::as_str),
-        Some("Failed"),
-        "the deleted pod was killed while it ran (had it finished first, its index would not have been retried)"
-    );
-    drop(seen);
+    {
+        let seen = seen.lock().unwrap();
+        let counts: Vec<(&str, usize)> = seen.per_index.iter().map(|(i, uids)| (i.as_str(), uids.len())).collect();
+        assert_eq!(counts, [("0", 1), ("1", 2)], "only the deleted pod's index ran again\n{}", h.diagnostics());
+        assert_eq!(
+            seen.phases.get(&victim_uid).map(String::as_str),
+            Some("Failed"),
+            "the deleted pod was killed while it ran (had it finished first, its index would not have been retried)"
+        );
+    }
 
     // The status: shards ready, where they are; the shards are there.
     let status = done.status.clone().unwrap();
