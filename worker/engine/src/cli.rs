@@ -827,9 +827,22 @@ fn artifact_job(artifact: &Path, file: Option<&Path>) -> Result<DistillationJob,
     spec::load(&path).map_err(|e| e.to_string())
 }
 
+/// [`artifact_job`] for `export` and `quantize`, which rebuild a classifier's ONNX files: a
+/// causal-LM artifact's are built (and gated) by the `distill` run that trained it.
+fn classifier_artifact_job(artifact: &Path, file: Option<&Path>, command: &str) -> Result<DistillationJob, String> {
+    let job = artifact_job(artifact, file)?;
+    if job.spec.task == Task::CausalLm {
+        return Err(format!(
+            "{}: a causal-lm artifact; `{command} -a` rebuilds classifiers' ONNX files. A causal-lm student's model.onnx and model.int8.onnx are exported, checked and gated by its `distill` run: run it again (with the quantization settings you want) to rebuild them",
+            artifact.display()
+        ));
+    }
+    Ok(job)
+}
+
 fn export(artifact: &Path, file: Option<&Path>, library: Option<&Path>) -> Result<String, String> {
     onnx::runtime::init(library).map_err(|e| e.to_string())?;
-    let job = artifact_job(artifact, file)?;
+    let job = classifier_artifact_job(artifact, file, "export")?;
     let eval = onnx::artifact::eval_set(artifact, Some(&job)).map_err(|e| e.to_string())?;
     let mut reporter = progress::for_stderr();
     let v = onnx::artifact::export_artifact(artifact, &eval, reporter.as_mut()).map_err(|e| e.to_string())?;
@@ -853,7 +866,7 @@ fn quantize(
     library: Option<&Path>,
 ) -> Result<String, String> {
     onnx::runtime::init(library).map_err(|e| e.to_string())?;
-    let job = artifact_job(artifact, file)?;
+    let job = classifier_artifact_job(artifact, file, "quantize")?;
     let mut spec = job.spec.quantization.clone();
     if let Some(b) = budget {
         if !(0.0..=1.0).contains(&b) {

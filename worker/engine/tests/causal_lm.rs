@@ -101,6 +101,19 @@ fn a_tiny_causal_lm_job_distils_compares_and_generates() {
     let sampled = generate(&["--temperature", "1.5", "--seed", "3"]);
     assert_eq!(sampled, generate(&["--temperature", "1.5", "--seed", "3"]));
 
+    // `export -a` and `quantize -a` rebuild classifiers' ONNX files; on a causal-lm artifact they
+    // say that its distill run builds them, and change nothing.
+    let before = std::fs::read(out.join("distillery.json")).unwrap();
+    for command in ["export", "quantize"] {
+        let o = worker().args([command, "-a"]).arg(&out).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && stderr.contains("a causal-lm artifact") && stderr.contains("distill"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(std::fs::read(out.join("distillery.json")).unwrap(), before);
+
     // A classification artifact is not a causal LM: generate says so.
     let not_lm = tmp.path().join("not-lm");
     std::fs::create_dir(&not_lm).unwrap();
